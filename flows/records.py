@@ -1,0 +1,152 @@
+"""Records that cross step boundaries: small, plain, JSON-serialisable.
+
+Tasks exchange these (paths and summaries), never large DataFrames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.specs import TaskType
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileRef(_Record):
+    """One input file as the service hands it to the flow."""
+
+    file_id: int
+    name: str  # the name it had in the inbox
+    path: str  # where it is now (processing/ for new files, archive/ for the window)
+    sha256: str
+    size: int
+
+
+class PartitionPlan(_Record):
+    """A byte range of one file; the row that starts in [start, end) belongs to it.
+
+    ``end == -1`` means "to the end of the file". Partition 0 starts after the header.
+    """
+
+    file: FileRef
+    index: int
+    count: int
+    start: int
+    end: int
+
+
+class ResolvedSchema(_Record):
+    """The schema with every inferred part filled in, shared by all partitions of a run."""
+
+    target: str
+    task: TaskType
+    numeric: list[str]
+    categorical: list[str]
+    max_bad_row_fraction: float
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class Rejection(_Record):
+    """Why a file was refused, for ``<name>.error.json`` and the run summary."""
+
+    reason: str  # one line, names the file's problem
+    hint: str = ""  # what to do about it
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class PartitionSummary(_Record):
+    """What preprocessing one partition produced."""
+
+    file_id: int
+    file_name: str
+    sha256: str
+    index: int
+    parquet_path: str | None  # None when the partition (and so its file) was rejected
+    rows: int = 0  # rows kept
+    rejected_rows: int = 0  # rows dropped as unparseable
+    holdout_rows: int = 0
+    cached: bool = False
+    seconds: float = 0.0
+    rejection: Rejection | None = None
+
+
+class TrainResult(_Record):
+    """A fitted candidate, staged on disk (not yet a registry version)."""
+
+    model_path: str
+    model_sha256: str
+    estimator: str  # "module:Class" of the final estimator
+    params: dict[str, Any]
+    train_rows: int
+    fit_seconds: float
+    features: list[str]
+    categorical: list[str]
+    classes: list[Any] | None = None
+
+
+class EvaluationResult(_Record):
+    """Candidate and champion scored on the same holdout rows, and the gate's decision."""
+
+    metric: str
+    greater_is_better: bool
+    threshold: float
+    tolerance: float
+    holdout_rows: int
+    candidate: dict[str, float]
+    champion: dict[str, float] | None = None
+    champion_version: str | None = None
+    passed_threshold: bool
+    not_worse_than_champion: bool
+    deploy: bool
+    reason: str  # one line: why deploy or not, with the numbers
+    # The candidate's metric on the first `check_rows` holdout rows (in the window's
+    # order): what the post-deploy check must reproduce from the deployed file.
+    check_rows: int = 0
+    check_value: float | None = None
+
+
+class ModelVersion(_Record):
+    """One registry entry (the content of ``registry/<version>/metadata.json``)."""
+
+    version: str
+    path: str
+    created_at: str
+    flow_run_id: str | None = None
+    model_sha256: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    champion_metrics: dict[str, float] | None = None
+    decision: Literal["deployed", "rejected", "deploy_failed", "pending"] = "pending"
+    reason: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class FileOutcome(_Record):
+    file_id: int
+    name: str
+    accepted: bool
+    rows: int = 0
+    rejected_rows: int = 0
+    rejection: Rejection | None = None
+
+
+class RunOutcome(_Record):
+    """What the flow returns to the service."""
+
+    flow_run_id: str | None
+    decision: Literal["deployed", "rejected", "no_valid_data", "deploy_failed"]
+    reason: str
+    files: list[FileOutcome]
+    model_version: str | None = None
+    metric: str | None = None
+    candidate_metrics: dict[str, float] | None = None
+    champion_metrics: dict[str, float] | None = None
+    train_rows: int = 0
+    holdout_rows: int = 0
+    window_files: int = 0

@@ -1,0 +1,165 @@
+"""Settings of the pipeline's steps.
+
+These sections are part of the service's one config object (``service.config``), but
+are defined here so that the flow can take them as parameters without importing the
+service. Every field has a default; ``config/retrain.toml`` documents each one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TaskType = Literal["classification", "regression"]
+
+# The estimator menu: name -> "module:Class" for classification and regression.
+ESTIMATORS: dict[str, dict[str, str]] = {
+    "logistic_regression": {"classification": "sklearn.linear_model:LogisticRegression"},
+    "ridge": {
+        "classification": "sklearn.linear_model:RidgeClassifier",
+        "regression": "sklearn.linear_model:Ridge",
+    },
+    "random_forest": {
+        "classification": "sklearn.ensemble:RandomForestClassifier",
+        "regression": "sklearn.ensemble:RandomForestRegressor",
+    },
+    "hist_gradient_boosting": {
+        "classification": "sklearn.ensemble:HistGradientBoostingClassifier",
+        "regression": "sklearn.ensemble:HistGradientBoostingRegressor",
+    },
+    "linear_regression": {"regression": "sklearn.linear_model:LinearRegression"},
+}
+
+# metric name -> (task, greater_is_better)
+METRICS: dict[str, tuple[TaskType, bool]] = {
+    "accuracy": ("classification", True),
+    "balanced_accuracy": ("classification", True),
+    "f1": ("classification", True),
+    "roc_auc": ("classification", True),
+    "r2": ("regression", True),
+    "rmse": ("regression", False),
+    "mae": ("regression", False),
+}
+DEFAULT_METRIC: dict[TaskType, str] = {"classification": "roc_auc", "regression": "r2"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SchemaSpec(_Section):
+    """What the data looks like."""
+
+    target: str = "churned"
+    task: TaskType = "classification"
+    # Empty: every column except the target and `drop`.
+    features: list[str] = Field(default_factory=list)
+    # None: inferred (columns whose values are text). [] means "no categorical columns".
+    categorical: list[str] | None = None
+    drop: list[str] = Field(default_factory=list)
+    # Rows that cannot be parsed are dropped and counted; above this share the file is rejected.
+    max_bad_row_fraction: float = Field(0.05, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _target_not_a_feature(self) -> "SchemaSpec":
+        if self.target in self.features:
+            raise ValueError(f"the target {self.target!r} cannot also be listed in features")
+        return self
+
+
+class ModelSpec(_Section):
+    """Which estimator to fit: a name from the menu, or a user's `module:function` factory."""
+
+    estimator: str = "hist_gradient_boosting"
+    params: dict[str, Any] = Field(default_factory=dict)
+    factory: str | None = None
+    # Extra types (fully qualified names) trusted when loading a factory's model with skops.
+    trusted_types: list[str] = Field(default_factory=list)
+    random_state: int = 0
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, value: str) -> str:
+        if value not in ESTIMATORS:
+            raise ValueError(f"expected one of {', '.join(sorted(ESTIMATORS))}")
+        return value
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError("expected 'module:function', e.g. 'my_models:make_estimator'")
+        return value
+
+
+class EvaluationSpec(_Section):
+    """How a candidate is judged."""
+
+    metric: str | None = None  # None: roc_auc for classification, r2 for regression
+    threshold: float = 0.6
+    tolerance: float = Field(0.0, ge=0.0)
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    min_holdout_rows: int = Field(20, ge=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str | None) -> str | None:
+        if value is not None and value not in METRICS:
+            raise ValueError(f"expected one of {', '.join(METRICS)}")
+        return value
+
+    def metric_for(self, task: TaskType) -> str:
+        return self.metric or DEFAULT_METRIC[task]
+
+
+class WindowSpec(_Section):
+    """Which data a model is trained on."""
+
+    # 0: every file accepted so far; N: the newest N files (the current batch included).
+    last_files: int = Field(0, ge=0)
+
+
+class PreprocessSpec(_Section):
+    """How files are cut into partitions for parallel preprocessing."""
+
+    rows_per_partition: int = Field(200_000, ge=1_000)
+
+
+class DeploySpec(_Section):
+    """How a winning model is deployed."""
+
+    retries: int = Field(3, ge=0)
+    retry_delay_seconds: float = Field(1.0, ge=0.0)
+    # Rows of the holdout re-scored by the post-deploy check.
+    check_rows: int = Field(1000, ge=1)
+    # Optional hooks run after the switch, retried like the deploy; a failing hook rolls back.
+    hook_command: str | None = None
+    hook_url: str | None = None
+    hook_timeout_seconds: float = Field(30.0, gt=0.0)
+
+
+class PipelineSpec(_Section):
+    """Everything the flow needs to know from the config."""
+
+    schema_: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    window: WindowSpec = Field(default_factory=WindowSpec)
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    deploy: DeploySpec = Field(default_factory=DeploySpec)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> "PipelineSpec":
+        task = self.schema_.task
+        metric = self.evaluation.metric_for(task)
+        if METRICS[metric][0] != task:
+            raise ValueError(f"evaluation.metric {metric!r} is not a {task} metric")
+        if self.model.factory is None and task not in ESTIMATORS[self.model.estimator]:
+            raise ValueError(
+                f"model.estimator {self.model.estimator!r} has no {task} variant; choose one of "
+                + ", ".join(sorted(n for n, v in ESTIMATORS.items() if task in v))
+            )
+        return self
