@@ -140,7 +140,7 @@ class RunOutcome(_Record):
     """What the flow returns to the service."""
 
     flow_run_id: str | None
-    decision: Literal["deployed", "rejected", "no_valid_data", "deploy_failed"]
+    decision: Literal["deployed", "rejected", "no_valid_data", "not_trained", "deploy_failed"]
     reason: str
     files: list[FileOutcome]
     model_version: str | None = None

@@ -1,0 +1,364 @@
+"""The ``retrain`` command line.
+
+Commands import what they need lazily: ``retrain status`` must answer in a fraction of a
+second, without importing Prefect or Dask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from flows.errors import RetrainError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options accepted before or after the command. SUPPRESS keeps a subcommand's parser
+    # from resetting a value given before the command to its default.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--config", metavar="PATH",
+                        help="settings file (default: config/retrain.toml when present; env RETRAIN_CONFIG)")
+    common.add_argument("--home", metavar="DIR",
+                        help="home folder with inbox/, archive/, registry/... (default: var; env RETRAIN_HOME)")
+    common.add_argument("--log-format", choices=["plain", "json"],
+                        help="log lines as plain text (default) or one JSON object per line")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(
+        prog="retrain", parents=[common],
+        description="Keep a model fresh: drop CSV files into the inbox; each batch is "
+                    "preprocessed, trained, evaluated and deployed only when it wins.",
+    )
+    parser.set_defaults(config=None, home=None, log_format="plain", verbose=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    watch = sub.add_parser("watch", parents=[common], help="run the daemon (foreground, Ctrl+C to stop)",
+                           description="Watch the inbox and retrain on every batch of new files.")
+    watch.add_argument("--dask-address", metavar="URL", help="run tasks on this existing Dask scheduler")
+    watch.set_defaults(func=cmd_watch)
+
+    run = sub.add_parser("run", parents=[common], help="run one batch of files through the flow, no daemon",
+                         description="Copy FILEs into the home and run them through the flow as one "
+                                     "batch. The originals are never moved. Exit 0: the run completed "
+                                     "(deployed or not) and every file was used; 3: it completed but a "
+                                     "file was quarantined; 1: it failed.")
+    run.add_argument("files", nargs="+", metavar="FILE", help="CSV files")
+    run.add_argument("--dask-address", metavar="URL", help="run tasks on this existing Dask scheduler")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", parents=[common], help="files per state, last runs, current model",
+                            description="What the service is doing and has done.")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--runs", type=int, default=10, metavar="N", help="how many runs to show")
+    status.set_defaults(func=cmd_status)
+
+    models = sub.add_parser("models", parents=[common], help="the model registry",
+                            description="List versions; show, roll back or compare them.")
+    models.add_argument("--json", action="store_true", help="one JSON document")
+    models.set_defaults(func=cmd_models_list)
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    show = msub.add_parser("show", parents=[common], help="metadata, lineage and metrics of a version")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_models_show)
+    rollback = msub.add_parser("rollback", parents=[common],
+                               help="point current back at the previous (or a named) deployed version")
+    rollback.add_argument("version", nargs="?")
+    rollback.set_defaults(func=cmd_models_rollback)
+    diff = msub.add_parser("diff", parents=[common], help="metrics and training data that differ")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(func=cmd_models_diff)
+
+    predict = sub.add_parser("predict", parents=[common], help="predictions of the current model",
+                             description="Predict every row of CSV with the current model.")
+    predict.add_argument("csv", metavar="CSV")
+    predict.add_argument("--output", metavar="PATH", help="write a CSV here (default: stdout)")
+    predict.add_argument("--version", help="use this registry version instead of current")
+    predict.set_defaults(func=cmd_predict)
+
+    sample = sub.add_parser("sample", parents=[common], help="write synthetic CSV batches",
+                            description="Synthetic data matching the default schema, for demos, "
+                                        "tests and benchmarks.")
+    sample.add_argument("--out", required=True, metavar="DIR", help="folder to write into (e.g. var/inbox)")
+    sample.add_argument("--files", type=int, default=1, metavar="K")
+    sample.add_argument("--rows", type=int, default=5000, metavar="N", help="rows per file")
+    sample.add_argument("--seed", type=int, default=0, metavar="S")
+    sample.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                        help="share of labels replaced by noise; 0.5 leaves nothing to learn")
+    sample.add_argument("--task", choices=["classification", "regression"], default="classification")
+    sample.set_defaults(func=cmd_sample)
+
+    requeue = sub.add_parser("requeue", parents=[common], help="put a fixed quarantined file back in the inbox")
+    requeue.add_argument("name", help="its name in quarantine/")
+    requeue.set_defaults(func=cmd_requeue)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_format, args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except RetrainError as exc:
+        print(f"retrain: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- settings and logging --------------------------------------------------------------------
+
+def load(args: argparse.Namespace, **overrides: Any):
+    from service.config import load_settings
+
+    return load_settings(config_path=args.config, home=args.home or os.environ.get("RETRAIN_HOME"),
+                         overrides=overrides)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(fmt: str, verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger("retrain")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def existing_home(settings) -> Path:
+    home = Path(settings.home)
+    if not (home / "state").is_dir():
+        raise RetrainError(f"no retrain home at {home.resolve()}; start `retrain watch` there first, "
+                           "or pass --home")
+    return home
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    settings = load(args, **{"dask.address": args.dask_address})
+    from service.runtime import prepare_environment
+
+    prepare_environment(Path(settings.home))
+    from service.daemon import RetrainDaemon
+
+    return RetrainDaemon(settings).serve()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load(args, **{"dask.address": args.dask_address})
+    sources = [Path(f) for f in args.files]
+    for source in sources:
+        if not source.is_file():
+            raise RetrainError(f"{source}: no such file; give paths of CSV files")
+    from service.runtime import prepare_environment
+
+    prepare_environment(Path(settings.home))
+    from service.inbox import Home, claim_file
+    from service.ledger import FileState, Ledger
+    from service.lock import HomeLock
+    from service.runs import build_request, call_flow, record_result
+    from service.runtime import dask_cluster, prefect_api, quiet_libraries
+
+    log = logging.getLogger("retrain.run")
+    home = Home(settings.home).ensure()
+    with HomeLock(home.state / "daemon.lock", "retrain run"):
+        ledger = Ledger(home.ledger_path)
+        try:
+            claimed = []
+            for source in sources:
+                # Copy under a temporary name, then rename: the copy is complete when it
+                # appears under its real name, exactly like a well-behaved inbox writer.
+                tmp = home.inbox / f".{source.name}.{os.getpid()}.tmp"
+                shutil.copyfile(source, tmp)
+                target = home.inbox / source.name
+                os.replace(tmp, target)
+                record = claim_file(ledger, home, target, time.time(), settings.watcher.max_file_bytes)
+                if record is None:
+                    continue
+                if record.state == FileState.QUEUED:
+                    claimed.append(record.id)
+                elif record.state == FileState.DUPLICATE:
+                    print(f"retrain: {source.name}: same content as a file already used; not trained on again",
+                          file=sys.stderr)
+                else:
+                    print(f"retrain: {source.name}: {(record.error or {}).get('reason', record.state)}",
+                          file=sys.stderr)
+            if not claimed:
+                raise RetrainError("no file to run on; see the lines above")
+            quiet_libraries()
+            with prefect_api(), dask_cluster(settings.dask) as address:
+                quiet_libraries()
+                run = ledger.start_run(claimed)
+                request = build_request(settings, home, ledger, run)
+                result = call_flow(request, address)
+                run = record_result(ledger, home, run, result, settings.daemon.max_attempts)
+            return report_run(ledger, run, result, log)
+        finally:
+            ledger.close()
+
+
+def report_run(ledger, run, result, log: logging.Logger) -> int:
+    from service.ledger import FileState
+
+    if result.outcome is None:
+        print(f"retrain: error: run {run.id} failed: {result.error}", file=sys.stderr)
+        return 1
+    outcome = result.outcome
+    quarantined = 0
+    for f in outcome.files:
+        if not f.accepted:
+            quarantined += 1
+            where = ledger.get(f.file_id).path
+            print(f"retrain: error: {f.rejection.reason if f.rejection else 'rejected'} "
+                  f"(quarantined as {where})", file=sys.stderr)
+    if outcome.decision == "no_valid_data":
+        return 1
+    print(f"run {run.id}: {outcome.decision}"
+          f"{' ' + outcome.model_version if outcome.model_version else ''}: {outcome.reason}")
+    states = {ledger.get(f.file_id).state for f in outcome.files}
+    return 3 if quarantined or FileState.QUARANTINED in states else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from service.status import collect_status, print_status
+
+    settings = load(args)
+    status = collect_status(existing_home(settings), settings, runs=args.runs)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print_status(status)
+    return 0
+
+
+def _registry(args: argparse.Namespace):
+    from flows.registry import ModelRegistry
+
+    settings = load(args)
+    return settings, ModelRegistry(existing_home(settings) / "registry")
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from service.status import print_models
+
+    _, registry = _registry(args)
+    versions = registry.versions()
+    current = registry.current_version()
+    if args.json:
+        print(json.dumps({"current": current, "versions": [v.model_dump() for v in versions]},
+                         indent=2, default=str))
+    else:
+        print_models(versions, current)
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    _, registry = _registry(args)
+    version = registry.get(args.version)
+    data = version.model_dump()
+    data["current"] = registry.current_version() == version.version
+    print(json.dumps(data, indent=2, default=str))
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from service.inbox import Home
+    from service.ledger import Ledger
+
+    settings, registry = _registry(args)
+    old, new = registry.rollback_to(args.version)
+    ledger = Ledger(Home(settings.home).ledger_path)
+    try:
+        ledger.record_event("rollback", {"from": old, "to": new, "by": "retrain models rollback"})
+    finally:
+        ledger.close()
+    print(f"current: {old} -> {new}")
+    return 0
+
+
+def cmd_models_diff(args: argparse.Namespace) -> int:
+    from service.status import models_diff, print_models_diff
+
+    _, registry = _registry(args)
+    diff = models_diff(registry.get(args.a), registry.get(args.b))
+    if args.json:
+        print(json.dumps(diff, indent=2, default=str))
+    else:
+        print_models_diff(diff)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flows.errors import ModelNotFoundError
+    from flows.predict import predict_frame, prepare_features, read_rows
+    from flows.records import ResolvedSchema
+
+    settings, registry = _registry(args)
+    version = registry.get(args.version) if args.version else registry.current()
+    if version is None:
+        raise ModelNotFoundError("no model is deployed yet; drop data into the inbox first")
+    schema = ResolvedSchema.model_validate(version.metadata["schema"])
+    model = registry.load_model(version.version, settings.model.trusted_types)
+    frame = read_rows(args.csv)
+    result = predict_frame(model, prepare_features(frame, schema, args.csv), schema.task)
+    out = frame.join(result)
+    if args.output:
+        out.to_csv(args.output, index=False)
+        print(f"{len(out)} predictions of {version.version} written to {args.output}", file=sys.stderr)
+    else:
+        out.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from service.sample import write_samples
+
+    if args.files < 1 or args.rows < 1:
+        raise RetrainError("--files and --rows must be at least 1")
+    if not 0.0 <= args.label_noise <= 1.0:
+        raise RetrainError("--label-noise must be between 0 and 1")
+    paths = write_samples(Path(args.out), files=args.files, rows=args.rows, seed=args.seed,
+                          label_noise=args.label_noise, task=args.task)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from service.inbox import Home, requeue
+    from service.ledger import Ledger
+
+    settings = load(args)
+    home = Home(existing_home(settings))
+    ledger = Ledger(home.ledger_path)
+    try:
+        target = requeue(ledger, home, args.name)
+    finally:
+        ledger.close()
+    print(f"{args.name} is back in the inbox as {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

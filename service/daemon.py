@@ -1,0 +1,227 @@
+"""``retrain watch``: the daemon.
+
+serve() reads as its outline: signal handlers -> startup -> main loop -> shutdown.
+
+Threads: watchdog's observer only enqueues events; one run thread calls the flow; the
+main loop does everything else (claims, batches, ledger updates, file moves), so every
+state change has a single writer and a shutdown can never race a run's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+
+from service.batcher import Batcher
+from service.config import Settings
+from service.inbox import Home, claim_file, fail_run_files, reconcile
+from service.ledger import FileState, Ledger, RunRecord
+from service.lock import HomeLock
+from service.runs import FlowResult, build_request, call_flow, record_result
+from service.watcher import InboxWatcher
+
+log = logging.getLogger("retrain.daemon")
+
+
+class RetrainDaemon:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = Home(settings.home)
+        self.should_exit = False
+        self.force_exit = False
+        self.started_at = time.time()
+        self.ledger: Ledger | None = None
+        self.watcher: InboxWatcher | None = None
+        self.batcher = Batcher(settings.watcher.batch_window_seconds,
+                               settings.watcher.max_batch_wait_seconds,
+                               settings.watcher.max_batch_files)
+        self.scheduler_address: str | None = None
+        self.api_url: str | None = None
+        self.current_run: RunRecord | None = None
+        self.run_future: Future[FlowResult] | None = None
+        self._next_heartbeat = 0.0
+
+    # -- outline --------------------------------------------------------------------------
+    def serve(self) -> int:
+        self.install_signal_handlers()
+        with ExitStack() as resources:
+            self.startup(resources)
+            self.main_loop()
+            self.shutdown()
+        log.info("stopped")
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.handle_exit)
+        signal.signal(signal.SIGTERM, self.handle_exit)
+
+    def handle_exit(self, signum: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True  # a second signal: do not wait for the run
+        self.should_exit = True
+
+    # -- startup --------------------------------------------------------------------------
+    def startup(self, resources: ExitStack) -> None:
+        from service.runtime import dask_cluster, prefect_api, quiet_libraries
+
+        home = self.home.ensure()
+        resources.enter_context(HomeLock(home.state / "daemon.lock", "retrain watch"))
+        self.ledger = Ledger(home.ledger_path)
+        resources.callback(self.ledger.close)
+        resources.callback(self._remove_heartbeat)
+
+        from flows.registry import ModelRegistry
+
+        leftovers = ModelRegistry(home.registry).clean_staging()
+        repaired = reconcile(self.ledger, home, self.settings.daemon.max_attempts)
+        if leftovers or any(repaired.values()):
+            log.info("recovered after an unclean stop: %s%s",
+                     ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
+                     f"; removed {len(leftovers)} half-written model(s)" if leftovers else "")
+
+        # Claim files while the heavier resources start: intake needs neither of them.
+        self.watcher = InboxWatcher(
+            home.inbox, observer=self.settings.watcher.observer,
+            settle_seconds=self.settings.watcher.settle_seconds,
+            closed_settle_seconds=self.settings.watcher.closed_settle_seconds,
+            rescan_seconds=self.settings.watcher.rescan_seconds,
+        )
+        self.watcher.start()
+        resources.callback(self.watcher.stop)
+        queued = [r.id for r in self.ledger.files(FileState.QUEUED)]
+        if queued:
+            log.info("%d file(s) waiting from before the start are queued", len(queued))
+            self.batcher.add(queued, time.monotonic())
+        self.write_heartbeat(state="starting")
+
+        quiet_libraries()
+        self.api_url = resources.enter_context(prefect_api())
+        self.scheduler_address = resources.enter_context(dask_cluster(self.settings.dask))
+        quiet_libraries()
+        log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
+                 home.inbox.resolve(), self.settings.watcher.settle_seconds,
+                 self.settings.watcher.batch_window_seconds)
+
+    # -- main loop --------------------------------------------------------------------------
+    def main_loop(self) -> None:
+        tick = self.settings.watcher.tick_seconds
+        while not self.should_exit:
+            self.take_in_files()
+            self.finish_run_if_done()
+            self.start_run_if_ready()
+            self.write_heartbeat_if_due()
+            time.sleep(tick)
+
+    def take_in_files(self) -> None:
+        assert self.watcher is not None and self.ledger is not None
+        claimed = []
+        for entry in self.watcher.poll():
+            record = claim_file(self.ledger, self.home, entry.path, entry.first_seen,
+                                self.settings.watcher.max_file_bytes)
+            self.watcher.forget(entry.path)
+            if record is not None and record.state == FileState.QUEUED:
+                claimed.append(record.id)
+        if claimed:
+            self.batcher.add(claimed, time.monotonic())
+
+    def start_run_if_ready(self) -> None:
+        assert self.ledger is not None and self.scheduler_address is not None
+        if self.run_future is not None or not self.batcher.ready(time.monotonic()):
+            return
+        file_ids = self.batcher.take()
+        run = self.ledger.start_run(file_ids)
+        request = build_request(self.settings, self.home, self.ledger, run)
+        log.info("run %d started: %d new file(s), %d in the window", run.id,
+                 len(request.new_files), len(request.window_files) + len(request.new_files))
+        self.current_run = run
+        self.run_future = Future()
+        thread = threading.Thread(target=self._run_in_thread, name=f"run-{run.id}",
+                                  args=(request, self.scheduler_address, self.run_future),
+                                  daemon=True)  # never keeps the process alive past shutdown
+        thread.start()
+        self.write_heartbeat()
+
+    @staticmethod
+    def _run_in_thread(request, address: str, future: Future[FlowResult]) -> None:
+        future.set_result(call_flow(request, address))
+
+    def finish_run_if_done(self) -> None:
+        if self.run_future is None or not self.run_future.done():
+            return
+        assert self.ledger is not None and self.current_run is not None
+        record_result(self.ledger, self.home, self.current_run, self.run_future.result(),
+                      self.settings.daemon.max_attempts)
+        # Files that failed and went back to the queue wait for the next batch.
+        requeued = [fid for fid in self.current_run.file_ids
+                    if self.ledger.get(fid).state == FileState.QUEUED]
+        if requeued:
+            self.batcher.add(requeued, time.monotonic())
+        self.current_run, self.run_future = None, None
+        self.write_heartbeat()
+
+    # -- shutdown --------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop intake, let the run finish within the grace period or hand its files back."""
+        log.info("stopping: no new files are taken")
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.run_future is not None and self.current_run is not None:
+            grace = 0.0 if self.force_exit else self.settings.daemon.grace_seconds
+            log.info("waiting up to %.0fs for run %d to finish", grace, self.current_run.id)
+            deadline = time.monotonic() + grace
+            while not self.run_future.done() and time.monotonic() < deadline and not self.force_exit:
+                time.sleep(0.1)
+            if self.run_future.done():
+                self.finish_run_if_done()
+            else:
+                assert self.ledger is not None
+                fail_run_files(self.ledger, self.home, self.current_run.id,
+                               "the daemon stopped during the run; its files go to the next run",
+                               self.settings.daemon.max_attempts, count_attempt=False)
+                log.warning("run %d did not finish in time; its files are handed back to the queue",
+                            self.current_run.id)
+                self.current_run, self.run_future = None, None
+
+    # -- heartbeat (read by `retrain status`) ----------------------------------------------
+    def write_heartbeat_if_due(self) -> None:
+        if time.monotonic() >= self._next_heartbeat:
+            self.write_heartbeat()
+
+    def write_heartbeat(self, state: str | None = None) -> None:
+        self._next_heartbeat = time.monotonic() + self.settings.daemon.heartbeat_seconds
+        now = time.time()
+        beat = {
+            "pid": os.getpid(),
+            "state": state or ("running" if self.current_run else "idle"),
+            "started_at": _iso(self.started_at),
+            "heartbeat_at": _iso(now),
+            "heartbeat_unix": now,
+            "heartbeat_seconds": self.settings.daemon.heartbeat_seconds,
+            "home": str(self.home.root.resolve()),
+            "prefect_api_url": self.api_url,
+            "dask_scheduler": self.scheduler_address,
+            "current_run": self.current_run.id if self.current_run else None,
+            "current_run_files": len(self.current_run.file_ids) if self.current_run else 0,
+            "batched": len(self.batcher),
+            "settling": self.watcher.pending if self.watcher else 0,
+        }
+        path = self.home.state / "daemon.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(beat, indent=1))
+        os.replace(tmp, path)
+
+    def _remove_heartbeat(self) -> None:
+        Path(self.home.state / "daemon.json").unlink(missing_ok=True)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,111 @@
+"""One batch through the flow: build the request from the ledger, call the flow, record
+what happened. Used by the daemon and by ``retrain run`` alike.
+
+Only ``call_flow`` talks to Prefect; it touches no ledger or file, so the daemon can run
+it in a worker thread and keep every state change in its own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+
+from flows.records import FileRef, RunOutcome
+from service.config import Settings
+from service.inbox import Home, archive_files, fail_run_files
+from service.ledger import FileRecord, Ledger, RunRecord
+
+log = logging.getLogger("retrain.runs")
+
+
+@dataclass
+class FlowResult:
+    flow_run_id: str | None
+    outcome: RunOutcome | None  # None when the flow failed
+    error: str | None = None  # one line, when it failed
+
+
+def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord):
+    """The flow's parameter for this run: its new files and the training window."""
+    from flows.retrain import RetrainRequest
+
+    new_files = [_ref(ledger.get(fid)) for fid in run.file_ids]
+    last = settings.window.last_files
+    if last:
+        window = ledger.window(max(last - len(new_files), 0)) if last > len(new_files) else []
+    else:
+        window = ledger.window(0)
+    return RetrainRequest(
+        new_files=new_files,
+        window_files=[_ref(r) for r in window],
+        pipeline=settings.pipeline(),
+        registry_dir=str(home.registry.resolve()),
+        cache_dir=str(home.cache.resolve()),
+    )
+
+
+def _ref(record: FileRecord) -> FileRef:
+    return FileRef(file_id=record.id, name=record.name, path=str(record.path),
+                   sha256=record.sha256 or "", size=record.size or 0)
+
+
+def call_flow(request, scheduler_address: str) -> FlowResult:
+    """Run the flow on the given Dask scheduler; never raises."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.retrain import retrain
+
+    flow = retrain.with_options(task_runner=DaskTaskRunner(address=scheduler_address))
+    try:
+        state = flow(request, return_state=True)
+    except Exception as exc:  # the engine itself failed (API gone, ...)
+        log.error("flow did not run: %s", _one_line(exc))
+        log.debug("%s", traceback.format_exc())
+        return FlowResult(None, None, _one_line(exc))
+    flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+    if state.is_completed():
+        return FlowResult(flow_run_id, state.result())
+    try:
+        state.result()  # raises the flow's exception
+        error = state.message or state.name
+    except BaseException as exc:
+        error = _one_line(exc)
+    return FlowResult(flow_run_id, None, f"flow run {state.name.lower()}: {error}")
+
+
+def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
+                  max_attempts: int) -> RunRecord:
+    """Archive the files the run used, quarantine the ones it rejected; or, when the flow
+    failed, hand its files back to the queue (quarantined after max_attempts)."""
+    if result.flow_run_id:
+        ledger.set_flow_run_id(run.id, result.flow_run_id)
+    outcome = result.outcome
+    if outcome is None:
+        fail_run_files(ledger, home, run.id, result.error or "flow failed", max_attempts)
+        log.error("run %d failed: %s", run.id, result.error)
+        return ledger.get_run(run.id)
+
+    accepted = [f.file_id for f in outcome.files if f.accepted]
+    rejected = {f.file_id: f.rejection.model_dump() for f in outcome.files
+                if not f.accepted and f.rejection is not None}
+    metrics = {
+        "candidate": outcome.candidate_metrics,
+        "champion": outcome.champion_metrics,
+        "train_rows": outcome.train_rows,
+        "holdout_rows": outcome.holdout_rows,
+        "window_files": outcome.window_files,
+        "rows": sum(f.rows for f in outcome.files),
+        "rejected_rows": sum(f.rejected_rows for f in outcome.files),
+    }
+    archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
+                  flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
+                  metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
+    log.info("run %d %s: %s (flow run %s; %d files archived, %d quarantined)", run.id,
+             outcome.decision, outcome.reason, outcome.flow_run_id, len(accepted), len(rejected))
+    return ledger.get_run(run.id)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

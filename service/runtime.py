@@ -1,0 +1,127 @@
+"""The two long-lived resources a process needs to run flows: one Prefect API and one Dask
+cluster, each started (or connected to) once and kept for the process's whole life.
+
+``prepare_environment`` must run before Prefect is imported: Prefect reads its settings
+(home folder, telemetry) from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from flows.errors import RetrainError
+from service.config import DaskSpec
+
+log = logging.getLogger("retrain.runtime")
+
+
+def prepare_environment(home: Path) -> None:
+    """Environment for Prefect, set before it is imported.
+
+    Without PREFECT_API_URL the embedded API keeps its database under the home folder, so
+    each home is self-contained. Telemetry is off: there may be no internet, and it would
+    only log errors.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_HOME", str((home / "state" / "prefect").resolve()))
+    # The embedded server migrates its database on first start; slow disks need more time.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # Prefect's own console logs stay, but the "task finished" line per task is noise here.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the URL of the Prefect API every flow of this process reports to.
+
+    PREFECT_API_URL set: that server (checked to answer). Otherwise one local API server
+    in a subprocess for this process's life (not one per run). Its URL goes into the
+    environment before any Dask worker starts, and into Prefect's settings, so that tasks
+    on workers report to this same API instead of starting their own.
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        try:
+            httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise RetrainError(
+                f"the Prefect API at {url} does not answer ({type(exc).__name__}); "
+                "start it (make server) or unset PREFECT_API_URL to use the embedded one"
+            ) from None
+        log.info("reporting to the Prefect API at %s", url)
+        yield url
+        return
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        raise RetrainError(f"the embedded Prefect API did not start: {exc}".splitlines()[0]) from None
+    os.environ["PREFECT_API_URL"] = server.api_url
+    log.info("embedded Prefect API at %s (database in %s)", server.api_url,
+             os.environ.get("PREFECT_HOME"))
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+@contextmanager
+def dask_cluster(spec: DaskSpec) -> Iterator[str]:
+    """Yield the address of the scheduler the flow's tasks run on.
+
+    ``spec.address`` set: that existing scheduler (checked to answer, with at least one
+    worker). Otherwise a LocalCluster of worker processes started once for this process.
+    """
+    from distributed import Client, LocalCluster
+
+    if spec.address:
+        try:
+            with Client(spec.address, timeout="10s") as client:
+                workers = len(client.scheduler_info().get("workers", {}))
+        except (OSError, TimeoutError) as exc:
+            raise RetrainError(
+                f"the Dask scheduler at {spec.address} does not answer ({type(exc).__name__}); "
+                "start it (dask scheduler) or unset dask.address to use a local cluster"
+            ) from None
+        log.info("running tasks on the Dask scheduler at %s (%d workers)", spec.address, workers)
+        yield spec.address
+        return
+
+    cluster = LocalCluster(
+        n_workers=spec.n_workers,
+        threads_per_worker=spec.threads_per_worker,
+        memory_limit=spec.memory_limit,
+        processes=True,
+        dashboard_address=spec.dashboard_address,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        if spec.adaptive_maximum:
+            cluster.adapt(minimum=spec.adaptive_minimum, maximum=spec.adaptive_maximum)
+        link = getattr(cluster, "dashboard_link", None)
+        log.info("local Dask cluster: %d workers x %d threads at %s%s", spec.n_workers,
+                 spec.threads_per_worker, cluster.scheduler_address,
+                 f", dashboard {link}" if link else "")
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def quiet_libraries() -> None:
+    """Keep Dask's and Prefect's chatter out of the operator's log unless it matters."""
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny",
+                 "distributed.worker", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,223 @@
+"""What ``retrain status`` and ``retrain models`` show: collected as one plain document
+(for ``--json`` and monitoring), rendered with rich tables for people."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from flows.records import ModelVersion
+from flows.registry import ModelRegistry
+from service.ledger import FileState, Ledger
+from service.lock import lock_holder
+
+
+def daemon_status(home: Path) -> dict[str, Any]:
+    """Alive when the home's lock is held by a live process and its heartbeat is fresh."""
+    holder = lock_holder(home / "state" / "daemon.lock")
+    beat: dict[str, Any] = {}
+    try:
+        beat = json.loads((home / "state" / "daemon.json").read_text())
+    except (FileNotFoundError, ValueError):
+        pass
+    age = time.time() - beat["heartbeat_unix"] if "heartbeat_unix" in beat else None
+    fresh = age is not None and age < max(10.0, 5 * beat.get("heartbeat_seconds", 1.0))
+    alive = bool(holder and "watch" in holder and fresh and _pid_alive(beat.get("pid")))
+    return {
+        "alive": alive,
+        "lock_holder": holder,
+        "pid": beat.get("pid") if alive else None,
+        "state": beat.get("state") if alive else "stopped",
+        "started_at": beat.get("started_at") if alive else None,
+        "uptime_seconds": _uptime(beat) if alive else None,
+        "heartbeat_age_seconds": round(age, 1) if age is not None else None,
+        "current_run": beat.get("current_run") if alive else None,
+        "batched_files": beat.get("batched", 0) if alive else 0,
+        "settling_files": beat.get("settling", 0) if alive else 0,
+        "prefect_api_url": beat.get("prefect_api_url") if alive else None,
+        "dask_scheduler": beat.get("dask_scheduler") if alive else None,
+    }
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _uptime(beat: dict[str, Any]) -> float | None:
+    from datetime import datetime
+
+    try:
+        started = datetime.fromisoformat(beat["started_at"]).timestamp()
+    except (KeyError, ValueError):
+        return None
+    return round(time.time() - started, 1)
+
+
+def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
+    ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
+    try:
+        counts = ledger.counts()
+        recent = ledger.runs(limit=runs)
+        quarantined = ledger.files(FileState.QUARANTINED)[-5:]
+    finally:
+        ledger.close()
+    registry = ModelRegistry(home / "registry")
+    current = registry.current()
+    return {
+        "home": str(home.resolve()),
+        "daemon": daemon_status(home),
+        "files": {"total": sum(counts.values()), **counts},
+        "runs": [
+            {
+                "id": r.id, "state": r.state, "started_at": _iso(r.started_at),
+                "finished_at": _iso(r.finished_at), "files": len(r.file_ids),
+                "flow_run_id": r.flow_run_id, "decision": r.decision, "reason": r.reason,
+                "model_version": r.model_version, "metric": r.metric,
+                "candidate": (r.metrics or {}).get("candidate"),
+                "champion": (r.metrics or {}).get("champion"),
+                "rows": (r.metrics or {}).get("rows"),
+                "train_rows": (r.metrics or {}).get("train_rows"),
+            }
+            for r in recent
+        ],
+        "current_model": None if current is None else {
+            "version": current.version, "created_at": current.created_at,
+            "deployed_at": current.metadata.get("deployed_at"),
+            "metric": current.metadata.get("metric"), "metrics": current.metrics,
+            "flow_run_id": current.flow_run_id,
+        },
+        "quarantined": [
+            {"name": Path(f.path).name, "reason": (f.error or {}).get("reason"), "file_id": f.id}
+            for f in reversed(quarantined)
+        ],
+        "gate": {"metric": settings.evaluation.metric_for(settings.schema_.task),
+                 "threshold": settings.evaluation.threshold,
+                 "tolerance": settings.evaluation.tolerance},
+    }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _fmt_metric(values: dict[str, Any] | None, metric: str | None) -> str:
+    if not values or not metric or metric not in values:
+        return ""
+    return f"{values[metric]:.4f}"
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    d = status["daemon"]
+    if d["alive"]:
+        console.print(f"[bold green]daemon running[/] pid {d['pid']}, up {d['uptime_seconds']:.0f}s, "
+                      f"{d['state']}" + (f" (run {d['current_run']})" if d["current_run"] else "")
+                      + f"; {d['batched_files']} file(s) batched, {d['settling_files']} settling")
+    else:
+        console.print(f"[bold yellow]daemon not running[/] (home {status['home']})")
+
+    files = status["files"]
+    table = Table(title=f"Files ({files['total']} in all)", title_justify="left")
+    for state in files:
+        if state != "total":
+            table.add_column(state, justify="right")
+    table.add_row(*[str(v) for k, v in files.items() if k != "total"])
+    console.print(table)
+
+    model = status["current_model"]
+    gate = status["gate"]
+    if model:
+        console.print(f"current model [bold]{model['version']}[/] ({model['created_at']}): "
+                      f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
+                      f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}")
+    else:
+        console.print(f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}")
+
+    runs = Table(title="Last runs", title_justify="left")
+    for col in ("run", "finished", "files", "rows", "decision", "version", "candidate", "champion", "why"):
+        runs.add_column(col, overflow="fold")
+    for r in status["runs"]:
+        runs.add_row(str(r["id"]), r["finished_at"] or r["state"], str(r["files"]),
+                     str(r["rows"] or ""), r["decision"] or r["state"], r["model_version"] or "",
+                     _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]),
+                     r["reason"] or "")
+    console.print(runs)
+
+    if status["quarantined"]:
+        q = Table(title="Last quarantined files", title_justify="left")
+        q.add_column("file")
+        q.add_column("reason", overflow="fold")
+        for f in status["quarantined"]:
+            q.add_row(f["name"], f["reason"] or "")
+        console.print(q)
+
+
+def print_models(versions: list[ModelVersion], current: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Model versions", title_justify="left")
+    for col in ("", "version", "created", "decision", "metric", "value", "champion", "rows", "files"):
+        table.add_column(col)
+    for v in versions:
+        metric = v.metadata.get("metric")
+        training = v.metadata.get("training", {})
+        table.add_row("*" if v.version == current else "", v.version, v.created_at, v.decision,
+                      metric or "", _fmt_metric(v.metrics, metric),
+                      _fmt_metric(v.champion_metrics, metric), str(training.get("train_rows", "")),
+                      str(len(v.metadata.get("files", []))))
+    console = Console()
+    console.print(table)
+    console.print(f"current: {current or 'none'}")
+
+
+def models_diff(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
+    """Metrics side by side and the training files only one of them used."""
+    files_a = {f["sha256"]: f["name"] for f in a.metadata.get("files", [])}
+    files_b = {f["sha256"]: f["name"] for f in b.metadata.get("files", [])}
+    metrics = sorted(set(a.metrics) | set(b.metrics))
+    return {
+        "a": a.version, "b": b.version,
+        "metrics": {m: {"a": a.metrics.get(m), "b": b.metrics.get(m),
+                        "change": (b.metrics[m] - a.metrics[m]) if m in a.metrics and m in b.metrics else None}
+                    for m in metrics},
+        "only_in_a": sorted(files_a[s] for s in files_a.keys() - files_b.keys()),
+        "only_in_b": sorted(files_b[s] for s in files_b.keys() - files_a.keys()),
+        "common_files": len(files_a.keys() & files_b.keys()),
+        "estimator": {"a": a.metadata.get("training", {}).get("estimator"),
+                      "b": b.metadata.get("training", {}).get("estimator")},
+        "decision": {"a": a.decision, "b": b.decision},
+    }
+
+
+def print_models_diff(diff: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{diff['a']} vs {diff['b']}", title_justify="left")
+    for col in ("metric", diff["a"], diff["b"], "change"):
+        table.add_column(col, justify="right")
+    for name, m in diff["metrics"].items():
+        table.add_row(name, *("" if m[k] is None else f"{m[k]:.4f}" for k in ("a", "b")),
+                      "" if m["change"] is None else f"{m['change']:+.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"training files in common: {diff['common_files']}; only in {diff['a']}: "
+                  f"{', '.join(diff['only_in_a']) or 'none'}; only in {diff['b']}: "
+                  f"{', '.join(diff['only_in_b']) or 'none'}")

@@ -1,0 +1,100 @@
+"""Helpers for tests that drive the real `retrain` command and daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RETRAIN = shutil.which("retrain", path=str(Path(sys.executable).parent)) or "retrain"
+
+
+def daemon_env(home: Path, prefect_api_url: str | None = None, **settings: str) -> dict[str, str]:
+    """Environment for a daemon subprocess: fast intake settings for tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_"))}
+    env.update({
+        "RETRAIN_HOME": str(home),
+        "RETRAIN_WATCHER__SETTLE_SECONDS": "0.5",
+        "RETRAIN_WATCHER__RESCAN_SECONDS": "1.0",
+        "RETRAIN_WATCHER__BATCH_WINDOW_SECONDS": "0.5",
+        "RETRAIN_DEPLOY__RETRY_DELAY_SECONDS": "0.2",
+        "RETRAIN_DASK__DASHBOARD_ADDRESS": "null",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    if prefect_api_url:
+        env["PREFECT_API_URL"] = prefect_api_url
+    for key, value in settings.items():
+        env[f"RETRAIN_{key.upper()}"] = value
+    return env
+
+
+class Daemon:
+    """A real `retrain watch` process in its own process group (so a kill takes its
+    worker processes with it, like a power cut)."""
+
+    def __init__(self, home: Path, env: dict[str, str], cwd: Path):
+        self.home = home
+        self.log_path = home.parent / f"{home.name}-daemon.log"
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([RETRAIN, "watch"], env=env, cwd=cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_for(lambda: "press Ctrl+C to stop" in self.log() or self.proc.poll() is not None,
+                 timeout, "daemon start")
+        assert self.proc.poll() is None, f"daemon exited early:\n{self.log()}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._cleanup()
+
+    def kill_group(self) -> None:
+        """SIGKILL the daemon and everything it started."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([RETRAIN, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def status_json(home: Path, env: dict[str, str]) -> dict:
+    result = cli("status", "--json", env=env, cwd=home.parent)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

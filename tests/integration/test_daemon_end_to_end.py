@@ -1,0 +1,116 @@
+"""The whole service for real: `retrain watch` as a subprocess with its own 2-worker
+LocalCluster and its own embedded Prefect API; files dropped with `retrain sample`."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import Daemon, cli, daemon_env, status_json, wait_for
+from invariants import check_invariant
+
+pytestmark = pytest.mark.integration
+
+
+def _runs_finished(home: Path, env: dict, n: int):
+    status = status_json(home, env)
+    done = [r for r in status["runs"] if r["state"] != "running"]
+    return status if len(done) >= n else None
+
+
+def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # Train on the newest file only, so the noisy batch is judged on its own (threshold).
+    env = daemon_env(home, window__last_files="1")
+    daemon = Daemon(home, env, cwd=tmp_path)
+    try:
+        daemon.wait_ready()
+        assert cli("sample", "--out", str(home / "inbox"), "--files", "2", "--rows", "3000",
+                   "--seed", "1", env=env, cwd=tmp_path).returncode == 0
+
+        status = wait_for(lambda: _runs_finished(home, env, 1), 180, "the first run")
+        first = status["runs"][0]
+        assert first["decision"] == "deployed", (first, daemon.log())
+        assert first["files"] == 2
+        assert status["files"]["archived"] == 2
+        assert status["current_model"]["version"] == first["model_version"]
+        assert status["daemon"]["alive"] and status["daemon"]["pid"] == daemon.proc.pid
+
+        models = json.loads(cli("models", "--json", env=env, cwd=tmp_path).stdout)
+        assert models["current"] == first["model_version"]
+        assert [v["decision"] for v in models["versions"]] == ["deployed"]
+
+        # A batch no model can learn from is evaluated and not deployed.
+        assert cli("sample", "--out", str(home / "inbox"), "--files", "1", "--rows", "3000",
+                   "--seed", "2", "--label-noise", "0.5", env=env, cwd=tmp_path).returncode == 0
+        status = wait_for(lambda: _runs_finished(home, env, 2), 180, "the second run")
+        second = status["runs"][0]
+        assert second["decision"] == "rejected", (second, daemon.log())
+        assert "threshold" in second["reason"]
+        assert status["current_model"]["version"] == first["model_version"]
+        assert status["files"]["archived"] == 3
+
+        # Prefect recorded both flow runs, completed, each with its summary artifact.
+        api = status["daemon"]["prefect_api_url"]
+        flow_runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
+        ours = {r["id"]: r for r in flow_runs}
+        for run in status["runs"][:2]:
+            assert ours[run["flow_run_id"]]["state_type"] == "COMPLETED"
+        artifacts = httpx.post(f"{api}/artifacts/filter", json={}, timeout=30).json()
+        assert {a["flow_run_id"] for a in artifacts if a["key"] == "retrain-summary"} >= {
+            r["flow_run_id"] for r in status["runs"][:2]}
+
+        text = cli("status", env=env, cwd=tmp_path).stdout
+        assert "rejected" in text and "threshold" in text
+    finally:
+        code = daemon.stop(signal.SIGTERM)
+    assert code == 0, daemon.log()
+    counts = check_invariant(home)
+    assert counts["archived"] == 3
+
+
+def test_retrain_run_rejects_file_without_target(tmp_path: Path, prefect_api_url: str,
+                                                 dask_address: str) -> None:
+    home = tmp_path / "home"
+    env = daemon_env(home, prefect_api_url)
+    source = tmp_path / "no target.csv"
+    source.write_text("age,income,plan\n31,52000,basic\n45,71000,pro\n")
+    before = source.read_bytes()
+
+    result = cli("run", str(source), "--dask-address", dask_address, env=env, cwd=tmp_path)
+
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("retrain: error")]
+    assert errors and "no target.csv" in errors[0] and "churned" in errors[0], result.stderr
+    assert source.read_bytes() == before  # the original is untouched
+    quarantined = home / "quarantine" / "no target.csv"
+    assert quarantined.read_bytes() == before
+    error = json.loads((home / "quarantine" / "no target.csv.error.json").read_text())
+    assert "churned" in error["reason"]
+    check_invariant(home)
+
+
+def test_retrain_run_trains_and_predicts(tmp_path: Path, prefect_api_url: str,
+                                         dask_address: str) -> None:
+    home = tmp_path / "home"
+    env = daemon_env(home, prefect_api_url)
+    data = tmp_path / "data"
+    paths = cli("sample", "--out", str(data), "--files", "2", "--rows", "2000", "--seed", "5",
+                env=env, cwd=tmp_path).stdout.split()
+
+    result = cli("run", *paths, "--dask-address", dask_address, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "deployed" in result.stdout
+    assert all(Path(p).exists() for p in paths)  # originals stay where they were
+
+    out = tmp_path / "predictions.csv"
+    predicted = cli("predict", paths[0], "--output", str(out), env=env, cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0].endswith("prediction,probability_0,probability_1")
+    assert len(lines) == 2001
+    check_invariant(home)
