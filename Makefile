@@ -25,5 +25,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## make server: a Prefect server (UI at http://127.0.0.1:4200) with its state under var/
+server: $(STAMP)
+	PREFECT_HOME=$(CURDIR)/var/state/prefect-server $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+## make bench: the service against a plain pandas + scikit-learn script (results in benchmarks/results.md)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run.py --quick
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

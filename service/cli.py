@@ -97,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--task", choices=["classification", "regression"], default="classification")
     sample.set_defaults(func=cmd_sample)
 
+    serve = sub.add_parser("serve", parents=[common], help="HTTP predictions from the current model",
+                           description="POST /predict (JSON rows or CSV), GET /health. A newly "
+                                       "deployed version is picked up without a restart.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+    report = sub.add_parser("report", parents=[common], help="PNG chart of the metric of every version",
+                            description="The gate's metric of every trained version over time, "
+                                        "with the threshold; deployed and rejected versions told apart.")
+    report.add_argument("--out", default=None, metavar="PATH", help="default: HOME/report.png")
+    report.add_argument("--metric", help="another metric than the gate's")
+    report.set_defaults(func=cmd_report)
+
     requeue = sub.add_parser("requeue", parents=[common], help="put a fixed quarantined file back in the inbox")
     requeue.add_argument("name", help="its name in quarantine/")
     requeue.set_defaults(func=cmd_requeue)
@@ -121,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def load(args: argparse.Namespace, **overrides: Any):
     from service.config import load_settings
 
-    return load_settings(config_path=args.config, home=args.home or os.environ.get("RETRAIN_HOME"),
+    return load_settings(config_path=args.config, home=args.home,
                          overrides=overrides)
 
 
@@ -342,6 +356,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
                           label_noise=args.label_noise, task=args.task)
     for path in paths:
         print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.serve import make_server
+
+    settings, registry = _registry(args)
+    server = make_server(registry, settings.model.trusted_types, args.host, args.port)
+    host, port = server.server_address[:2]
+    import signal
+    import threading
+
+    # shutdown() waits for serve_forever to return, so it must not run on the serving thread.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    logging.getLogger("retrain.serve").info(
+        "serving predictions on http://%s:%d (POST /predict, GET /health); press Ctrl+C to quit",
+        host, port)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from service.report import write_report
+
+    settings, registry = _registry(args)
+    out = Path(args.out) if args.out else Path(settings.home) / "report.png"
+    threshold = settings.evaluation.threshold if not args.metric else None
+    write_report(registry.versions(), out, threshold, registry.current_version(), args.metric)
+    print(out)
     return 0
 
 

@@ -7,6 +7,7 @@ the program with one line naming the key, the value and what was expected.
 Environment variables name a key with ``__`` between section and field:
 ``RETRAIN_EVALUATION__THRESHOLD=0.8``, ``RETRAIN_DASK__ADDRESS=tcp://host:8786``;
 ``RETRAIN_HOME`` and ``RETRAIN_CONFIG`` set the home folder and the config file.
+Each value's origin is kept so that an error names the file or variable to fix.
 """
 
 from __future__ import annotations
@@ -143,14 +144,18 @@ def load_settings(
         data = _read_toml(DEFAULT_CONFIG)
         source = str(DEFAULT_CONFIG)
 
+    origins: dict[str, str] = {}  # dotted key -> where its value came from, for messages
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}HOME"):
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
         _set_dotted(data, key, _parse_env_value(raw), origin=name)
+        origins[key] = f"environment variable {name}"
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value, origin=f"--{key}")
+            origins[key] = "command line"
+    home = home if home is not None else environ.get(f"{ENV_PREFIX}HOME")
     if home is not None:
         data["home"] = str(home)
     data["source"] = source
@@ -158,7 +163,7 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, data, source)) from None
+        raise ConfigError(_describe_validation_error(exc, data, source, origins)) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -195,10 +200,12 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None
     node[parts[-1]] = value
 
 
-def _describe_validation_error(exc: ValidationError, data: dict[str, Any], source: str) -> str:
+def _describe_validation_error(exc: ValidationError, data: dict[str, Any], source: str,
+                               origins: dict[str, str]) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
     key = ".".join(loc) or "(top level)"
+    source = origins.get(key, source)
     value: Any = data
     for part in loc:
         value = value.get(part, "<missing>") if isinstance(value, dict) else "<missing>"

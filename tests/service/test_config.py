@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.errors import ConfigError
+from service.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_equals_built_in_defaults() -> None:
+    """config/retrain.toml documents the defaults: loading it changes nothing."""
+    from_file = load_settings(REPO / "config" / "retrain.toml", environ={})
+    defaults = Settings(schema={"drop": ["customer_id"]})
+    assert from_file.model_dump(exclude={"source"}) == defaults.model_dump(exclude={"source"})
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[evaluation]\nthreshold = 0.7\ntolerance = 0.01\n[dask]\nn_workers = 3\n')
+    settings = load_settings(
+        config, home=tmp_path / "h",
+        overrides={"dask.address": "tcp://127.0.0.1:8786"},
+        environ={"RETRAIN_EVALUATION__THRESHOLD": "0.9", "RETRAIN_WATCHER__OBSERVER": "polling",
+                 "RETRAIN_SCHEMA__DROP": '["id", "note"]'},
+    )
+    assert settings.evaluation.threshold == 0.9  # env beats file
+    assert settings.evaluation.tolerance == 0.01  # file beats default
+    assert settings.dask.n_workers == 3
+    assert settings.dask.address == "tcp://127.0.0.1:8786"  # flag
+    assert settings.watcher.observer == "polling"
+    assert settings.schema_.drop == ["id", "note"]
+    assert settings.home == tmp_path / "h"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('home = "elsewhere"\n')
+    assert load_settings(environ={"RETRAIN_CONFIG": str(config)}).home == Path("elsewhere")
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"RETRAIN_EVALUATION__THRESHOLD": "high"}, "'evaluation.threshold' = 'high'"),
+    ({"RETRAIN_MODEL__ESTIMATOR": "svm"}, "expected one of"),
+    ({"RETRAIN_EVALUATION__HOLDOUT_FRACTION": "1.5"}, "'evaluation.holdout_fraction' = 1.5"),
+    ({"RETRAIN_WATCHER__OBSERVER": "magic"}, "'watcher.observer' = 'magic'"),
+    ({"RETRAIN_THRESHOLD": "0.5"}, "'threshold'"),
+    ({"RETRAIN_EVALUATION__METRIC": "rmse"}, "not a classification metric"),
+    ({"RETRAIN_SCHEMA__TASK": "regression", "RETRAIN_MODEL__ESTIMATOR": "logistic_regression",
+      "RETRAIN_EVALUATION__METRIC": "r2"}, "has no regression variant"),
+    ({"RETRAIN_MODEL__FACTORY": "no_colon"}, "module:function"),
+])
+def test_invalid_values_fail_with_one_line(environ: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=environ)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[schema\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken, environ={})
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[schema]\ntargte = 'y'\n")
+    with pytest.raises(ConfigError, match="'schema.targte'.*not a known setting"):
+        load_settings(unknown, environ={})
+
+
+def test_regression_defaults_follow_the_task() -> None:
+    settings = load_settings(environ={"RETRAIN_SCHEMA__TASK": "regression",
+                                      "RETRAIN_SCHEMA__TARGET": "monthly_spend"})
+    assert settings.pipeline().evaluation.metric_for("regression") == "r2"
