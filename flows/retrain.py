@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from flows.deploy import deploy_model, post_deploy_check, rollback
 from flows.errors import InvalidDataError, TrainingError
 from flows.evaluate import evaluate_against_champion
+from flows.hooks import run_deploy_hooks
 from flows.preprocess import plan_partitions, preprocess_partition, read_sample
 from flows.records import (
     EvaluationResult,
@@ -91,6 +92,7 @@ def deploy_task(registry_dir: str, version: str, parquet_paths: list[str], schem
             registry, version, parquet_paths, schema, evaluation.metric,
             evaluation.check_value, evaluation.check_rows, pipeline.model.trusted_types,
         )
+        run_deploy_hooks(pipeline.deploy, version, registry.get(version).path)
     except Exception:
         rollback(registry, previous, version)
         raise

@@ -107,9 +107,20 @@ class RetrainDaemon:
         self.api_url = resources.enter_context(prefect_api())
         self.scheduler_address = resources.enter_context(dask_cluster(self.settings.dask))
         quiet_libraries()
+        self.report_interrupted_flow_runs()
         log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
                  home.inbox.resolve(), self.settings.watcher.settle_seconds,
                  self.settings.watcher.batch_window_seconds)
+
+    def report_interrupted_flow_runs(self) -> None:
+        from service.runtime import mark_flow_runs_crashed
+
+        assert self.ledger is not None
+        ids = [r.flow_run_id for r in self.ledger.runs(limit=20)
+               if r.state == "interrupted" and r.flow_run_id]
+        if ids and mark_flow_runs_crashed(ids, "the retrain daemon stopped during this run; "
+                                               "its files were queued again"):
+            log.info("marked flow runs of interrupted runs as crashed in Prefect")
 
     # -- main loop --------------------------------------------------------------------------
     def main_loop(self) -> None:
@@ -144,15 +155,19 @@ class RetrainDaemon:
                  len(request.new_files), len(request.window_files) + len(request.new_files))
         self.current_run = run
         self.run_future = Future()
-        thread = threading.Thread(target=self._run_in_thread, name=f"run-{run.id}",
-                                  args=(request, self.scheduler_address, self.run_future),
-                                  daemon=True)  # never keeps the process alive past shutdown
+        ledger, run_id = self.ledger, run.id
+        thread = threading.Thread(
+            target=self._run_in_thread, name=f"run-{run.id}",
+            args=(request, self.scheduler_address, self.run_future,
+                  lambda flow_run_id: ledger.set_flow_run_id(run_id, flow_run_id)),
+            daemon=True,  # never keeps the process alive past shutdown
+        )
         thread.start()
         self.write_heartbeat()
 
     @staticmethod
-    def _run_in_thread(request, address: str, future: Future[FlowResult]) -> None:
-        future.set_result(call_flow(request, address))
+    def _run_in_thread(request, address: str, future: Future[FlowResult], on_flow_run_id) -> None:
+        future.set_result(call_flow(request, address, on_flow_run_id))
 
     def finish_run_if_done(self) -> None:
         if self.run_future is None or not self.run_future.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
+from typing import Callable
 
 from flows.records import FileRef, RunOutcome
 from service.config import Settings
@@ -50,13 +51,19 @@ def _ref(record: FileRecord) -> FileRef:
                    sha256=record.sha256 or "", size=record.size or 0)
 
 
-def call_flow(request, scheduler_address: str) -> FlowResult:
-    """Run the flow on the given Dask scheduler; never raises."""
+def call_flow(request, scheduler_address: str,
+              on_flow_run_id: Callable[[str], None] | None = None) -> FlowResult:
+    """Run the flow on the given Dask scheduler; never raises. ``on_flow_run_id`` is told
+    the flow run's id as soon as it runs, so that a crash mid-run can still name it."""
     from prefect_dask import DaskTaskRunner
 
     from flows.retrain import retrain
 
-    flow = retrain.with_options(task_runner=DaskTaskRunner(address=scheduler_address))
+    hooks = []
+    if on_flow_run_id is not None:
+        hooks.append(lambda flow, flow_run, state: on_flow_run_id(str(flow_run.id)))
+    flow = retrain.with_options(task_runner=DaskTaskRunner(address=scheduler_address),
+                                on_running=hooks)
     try:
         state = flow(request, return_state=True)
     except Exception as exc:  # the engine itself failed (API gone, ...)

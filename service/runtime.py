@@ -125,3 +125,22 @@ def quiet_libraries() -> None:
     for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny",
                  "distributed.worker", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def mark_flow_runs_crashed(flow_run_ids: list[str], reason: str) -> int:
+    """Tell Prefect that flow runs a killed daemon left 'Running' have crashed, so the UI
+    does not show them running forever. Best effort: returns how many were updated."""
+    from prefect import get_client
+    from prefect.states import Crashed
+
+    updated = 0
+    with get_client(sync_client=True) as client:
+        for flow_run_id in flow_run_ids:
+            try:
+                run = client.read_flow_run(flow_run_id)
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(flow_run_id, Crashed(message=reason), force=True)
+                    updated += 1
+            except Exception as exc:  # an unknown id or an API hiccup must not stop the start
+                log.debug("could not mark flow run %s crashed: %s", flow_run_id, exc)
+    return updated
