@@ -3,11 +3,18 @@ validating/cleaning a frame against the resolved schema."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from flows.errors import InvalidDataError
 from flows.records import ResolvedSchema
 from flows.specs import SchemaSpec
+
+EXAMPLES = 3  # example bad values shown in an error
+
+
+def _parses_as_number(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").notna()
 
 
 def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> ResolvedSchema:
@@ -17,24 +24,125 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
     features = spec.features or every column except target and spec.drop;
     categorical = spec.categorical, or (when None) the features whose non-missing sample
     values do not all parse as numbers; numeric = the other features.
-    Raises InvalidDataError naming the file and column when the target or a configured
-    feature is missing.
     """
-    raise NotImplementedError
+    columns = list(sample.columns)
+    if spec.target not in columns:
+        raise InvalidDataError(
+            f"{file_name}: missing target column '{spec.target}' (columns: {', '.join(columns)}); "
+            "add the column or set schema.target",
+            {"missing_columns": [spec.target], "columns": columns},
+            hint=f"every file needs the target column '{spec.target}'",
+        )
+    if spec.features:
+        missing = [c for c in spec.features if c not in columns]
+        if missing:
+            raise InvalidDataError(
+                f"{file_name}: missing feature column(s) {', '.join(missing)}; add them or change "
+                "schema.features",
+                {"missing_columns": missing, "columns": columns},
+                hint="every file needs the configured feature columns",
+            )
+        features = list(spec.features)
+    else:
+        features = [c for c in columns if c != spec.target and c not in spec.drop]
+    if not features:
+        raise InvalidDataError(f"{file_name}: no feature columns besides the target; add feature columns",
+                               {"columns": columns})
+    if spec.categorical is None:
+        categorical = []
+        for column in features:
+            values = sample[column].dropna()
+            if len(values) and not _parses_as_number(values).all():
+                categorical.append(column)
+    else:
+        unknown = [c for c in spec.categorical if c not in features]
+        if unknown:
+            raise InvalidDataError(
+                f"{file_name}: categorical column(s) {', '.join(unknown)} are not features; "
+                "fix schema.categorical", {"unknown_columns": unknown})
+        categorical = [c for c in features if c in spec.categorical]
+    numeric = [c for c in features if c not in categorical]
+    return ResolvedSchema(target=spec.target, task=spec.task, numeric=numeric,
+                          categorical=categorical, max_bad_row_fraction=spec.max_bad_row_fraction)
 
 
 def validate_frame(frame: pd.DataFrame, schema: ResolvedSchema, file_name: str,
                    first_line: int = 2) -> tuple[pd.DataFrame, int]:
-    """Check and clean one partition read with every column as text (``dtype=str``).
+    """Check and clean one partition read with every column as text.
 
-    Returns (clean frame with exactly schema.features + target, numeric columns as float64,
-    categorical as pandas string/object with surrounding whitespace stripped and empty
-    strings as missing; number of rows dropped).
-    Rows are dropped when the target is missing or a numeric value does not parse; if the
-    dropped share exceeds schema.max_bad_row_fraction the whole partition is rejected with
-    InvalidDataError whose details name the columns, counts and a few example line numbers
-    and values (``first_line`` is the file line number of the frame's first row).
-    For classification the target is kept as text; for regression it must be numeric.
-    Missing columns raise InvalidDataError naming them.
+    Returns (clean frame with exactly the features + target: numeric columns as float64,
+    categorical as object strings stripped, empty -> NaN; number of rows dropped).
+    Rows are dropped when the target is missing or a numeric value does not parse; above
+    schema.max_bad_row_fraction the partition is rejected with InvalidDataError naming
+    the columns, counts and example lines.
     """
-    raise NotImplementedError
+    needed = [*schema.features, schema.target]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        what = "target column" if missing == [schema.target] else "column(s)"
+        raise InvalidDataError(
+            f"{file_name}: missing {what} {', '.join(repr(c) for c in missing)} "
+            f"(columns: {', '.join(frame.columns)}); add them or change the schema",
+            {"missing_columns": missing, "columns": list(frame.columns)},
+            hint="every file must have the same columns as the first file of the batch",
+        )
+    rows = len(frame)
+    out = pd.DataFrame(index=frame.index)
+    bad = pd.Series(False, index=frame.index)
+    problems: dict[str, dict] = {}
+
+    numeric_cols = list(schema.numeric)
+    if schema.task == "regression":
+        numeric_cols.append(schema.target)
+    for column in numeric_cols:
+        text = frame[column]
+        values = pd.to_numeric(text, errors="coerce").astype("float64")
+        unparsed = text.notna() & values.isna()
+        values[np.isinf(values)] = np.nan
+        if unparsed.any():
+            bad |= unparsed
+            positions = np.flatnonzero(unparsed.to_numpy())[:EXAMPLES]
+            problems[column] = {
+                "expected": "numbers",
+                "unparseable_values": int(unparsed.sum()),
+                "examples": [{"line": int(first_line + p), "value": str(text.iloc[p])} for p in positions],
+            }
+        out[column] = values
+    for column in schema.categorical:
+        out[column] = _clean_text(frame[column])
+    if schema.task == "classification":
+        out[schema.target] = _clean_text(frame[schema.target])
+    target_missing = out[schema.target].isna() & ~bad
+    if target_missing.any():
+        problems.setdefault(schema.target, {})["missing_values"] = int(target_missing.sum())
+        bad |= target_missing
+
+    dropped = int(bad.sum())
+    if rows and dropped / rows > schema.max_bad_row_fraction:
+        worst = max(problems, key=lambda c: problems[c].get("unparseable_values", 0)
+                    + problems[c].get("missing_values", 0))
+        detail = problems[worst]
+        if "unparseable_values" in detail:
+            examples = ", ".join(f"line {e['line']}: {e['value']!r}" for e in detail["examples"])
+            what = (f"column '{worst}' expects numbers but {detail['unparseable_values']} of {rows} "
+                    f"values are not ({examples})")
+        else:
+            what = f"target '{worst}' is missing in {detail['missing_values']} of {rows} rows"
+        raise InvalidDataError(
+            f"{file_name}: {what}; {dropped} of {rows} rows unusable, over the limit of "
+            f"{schema.max_bad_row_fraction:.0%}",
+            {"rows": rows, "unusable_rows": dropped, "columns": problems,
+             "max_bad_row_fraction": schema.max_bad_row_fraction},
+            hint="fix the values (or the column's type), or raise schema.max_bad_row_fraction",
+        )
+    clean = out.loc[~bad, [*schema.features, schema.target]].reset_index(drop=True)
+    return clean, dropped
+
+
+def _clean_text(values: pd.Series) -> pd.Series:
+    """Strings stripped; empty and missing as NaN; object dtype (what scikit-learn's
+    imputers and encoders expect)."""
+    text = values.astype(object)
+    stripped = text.where(text.isna(), text.astype(str).str.strip())
+    stripped = stripped.where(stripped != "", np.nan)
+    return stripped.astype(object)

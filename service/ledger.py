@@ -20,11 +20,18 @@ Run states: running, completed, failed, interrupted.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import quote
+
+from flows.errors import RetrainError
 
 
 class FileState(StrEnum):
@@ -74,96 +81,263 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)  # candidate/champion/rows...
 
 
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sha256 TEXT,
+    size INTEGER,
+    first_seen REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    run_id INTEGER,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    duplicate_of INTEGER,
+    archived_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS files_state ON files(state);
+CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    file_ids TEXT NOT NULL,
+    flow_run_id TEXT,
+    decision TEXT,
+    reason TEXT,
+    model_version TEXT,
+    metric TEXT,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+
 class Ledger:
     """Thread-safe (one connection guarded by a lock); every public method is one transaction."""
 
-    def __init__(self, path: str | Path):
-        raise NotImplementedError
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path = Path(path)
+        if readonly:
+            if not self.path.exists():
+                raise RetrainError(f"no ledger at {self.path}; is this a retrain home? (--home)")
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
+                                         isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed state change survives a power cut, not only a process
+            # crash; the ledger is written a few times per file, so the cost is small.
+            self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.RLock()
+        if not readonly:
+            with self._lock:
+                self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
-        raise NotImplementedError
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: it takes the write lock up front, so two writers never
+        deadlock on an upgrade from read to write."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
 
     # -- files ---------------------------------------------------------------------------
     def begin_claim(self, name: str, dest_path: str, first_seen: float) -> FileRecord:
-        """Insert a CLAIMING row whose ``path`` is the planned processing/ path.
-        ``dest_path`` may contain ``{id}``, replaced by the new row's id."""
-        raise NotImplementedError
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO files(name, path, state, first_seen, updated_at) VALUES (?,?,?,?,?)",
+                (name, dest_path, FileState.CLAIMING, first_seen, now))
+            file_id = cur.lastrowid
+            if "{id}" in dest_path:
+                c.execute("UPDATE files SET path=? WHERE id=?", (dest_path.replace("{id}", str(file_id)), file_id))
+        return self.get(file_id)
 
     def finish_claim(self, file_id: int, sha256: str | None, size: int) -> FileRecord:
-        """CLAIMING -> QUEUED with the file's hash and size."""
-        raise NotImplementedError
+        with self._tx() as c:
+            c.execute("UPDATE files SET state=?, sha256=?, size=?, updated_at=? WHERE id=?",
+                      (FileState.QUEUED, sha256, size, time.time(), file_id))
+        return self.get(file_id)
 
     def find_used(self, sha256: str, exclude_id: int | None = None) -> FileRecord | None:
-        """The earliest file in a USED_STATES state with this sha256."""
-        raise NotImplementedError
+        rows = self._read(
+            f"SELECT * FROM files WHERE sha256=? AND id!=? AND state IN ({','.join('?' * len(USED_STATES))})"
+            " ORDER BY id LIMIT 1", (sha256, exclude_id or -1, *USED_STATES))
+        return _file(rows[0]) if rows else None
 
     def move(self, file_id: int, state: FileState, path: str, *, error: dict | None = None,
              duplicate_of: int | None = None) -> FileRecord:
-        """Record a file's new state and the path it is being moved to."""
-        raise NotImplementedError
+        with self._tx() as c:
+            c.execute("UPDATE files SET state=?, path=?, error=COALESCE(?, error), "
+                      "duplicate_of=COALESCE(?, duplicate_of), updated_at=? WHERE id=?",
+                      (state, path, _json(error), duplicate_of, time.time(), file_id))
+        return self.get(file_id)
 
     def forget_claim(self, file_id: int) -> None:
-        """Mark a CLAIMING row VANISHED (the file was gone before it could be renamed)."""
-        raise NotImplementedError
+        with self._tx() as c:
+            c.execute("UPDATE files SET state=?, updated_at=? WHERE id=? AND state=?",
+                      (FileState.VANISHED, time.time(), file_id, FileState.CLAIMING))
 
     def get(self, file_id: int) -> FileRecord:
-        raise NotImplementedError
+        rows = self._read("SELECT * FROM files WHERE id=?", (file_id,))
+        if not rows:
+            raise KeyError(f"no file {file_id} in the ledger")
+        return _file(rows[0])
 
     def files(self, *states: FileState) -> list[FileRecord]:
-        """Files in any of the states (all when none given), oldest id first."""
-        raise NotImplementedError
+        if not states:
+            return [_file(r) for r in self._read("SELECT * FROM files ORDER BY id")]
+        rows = self._read(f"SELECT * FROM files WHERE state IN ({','.join('?' * len(states))}) ORDER BY id",
+                          tuple(states))
+        return [_file(r) for r in rows]
 
     def find_by_name(self, name: str, *states: FileState) -> list[FileRecord]:
-        raise NotImplementedError
+        return [f for f in self.files(*states) if f.name == name]
 
     def counts(self) -> dict[str, int]:
-        """Number of files per state (every state present, zero included)."""
-        raise NotImplementedError
+        counts = {s.value: 0 for s in FileState}
+        for row in self._read("SELECT state, COUNT(*) AS n FROM files GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        return counts
 
     def window(self, last_files: int) -> list[FileRecord]:
-        """ARCHIVED files in the order their runs completed (then by id); the newest
-        ``last_files`` of them when > 0."""
-        raise NotImplementedError
+        rows = self._read("SELECT * FROM files WHERE state=? ORDER BY archived_seq, id", (FileState.ARCHIVED,))
+        records = [_file(r) for r in rows]
+        return records[-last_files:] if last_files > 0 else records
 
     # -- runs ----------------------------------------------------------------------------
     def start_run(self, file_ids: list[int]) -> RunRecord:
-        """Insert a running run and move its files QUEUED -> RUNNING (run_id set)."""
-        raise NotImplementedError
+        with self._tx() as c:
+            cur = c.execute("INSERT INTO runs(state, started_at, file_ids) VALUES ('running', ?, ?)",
+                            (time.time(), json.dumps(file_ids)))
+            run_id = cur.lastrowid
+            for fid in file_ids:
+                c.execute("UPDATE files SET state=?, run_id=?, updated_at=? WHERE id=? AND state=?",
+                          (FileState.RUNNING, run_id, time.time(), fid, FileState.QUEUED))
+        return self.get_run(run_id)
 
     def set_flow_run_id(self, run_id: int, flow_run_id: str) -> None:
-        raise NotImplementedError
+        with self._tx() as c:
+            c.execute("UPDATE runs SET flow_run_id=? WHERE id=?", (flow_run_id, run_id))
 
     def complete_run(self, run_id: int, *, decision: str, reason: str, flow_run_id: str | None,
                      model_version: str | None, metric: str | None, metrics: dict[str, Any],
                      archived: dict[int, str], quarantined: dict[int, tuple[str, dict]]) -> RunRecord:
-        """One transaction: the run is completed, files in ``archived`` (id -> archive path)
-        become ARCHIVED, files in ``quarantined`` (id -> (path, error)) QUARANTINED."""
-        raise NotImplementedError
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE runs SET state='completed', finished_at=?, decision=?, reason=?, "
+                      "flow_run_id=COALESCE(?, flow_run_id), model_version=?, metric=?, metrics=? "
+                      "WHERE id=?", (now, decision, reason, flow_run_id, model_version, metric,
+                                     json.dumps(metrics, default=str), run_id))
+            seq = c.execute("SELECT COALESCE(MAX(archived_seq), 0) FROM files").fetchone()[0]
+            for fid, path in archived.items():
+                seq += 1
+                c.execute("UPDATE files SET state=?, path=?, run_id=?, archived_seq=?, updated_at=? "
+                          "WHERE id=?", (FileState.ARCHIVED, path, run_id, seq, now, fid))
+            for fid, (path, error) in quarantined.items():
+                c.execute("UPDATE files SET state=?, path=?, run_id=?, error=?, updated_at=? WHERE id=?",
+                          (FileState.QUARANTINED, path, run_id, _json(error), now, fid))
+        return self.get_run(run_id)
 
     def fail_run(self, run_id: int, reason: str, max_attempts: int,
-                 quarantine_path: dict[int, str], count_attempt: bool = True) -> RunRecord:
-        """The run failed (or was interrupted when count_attempt=False it is a hand-back):
-        its RUNNING files go back to QUEUED with attempts+1, or to QUARANTINED (path from
-        ``quarantine_path``, error = the run's reason) once attempts reach max_attempts."""
-        raise NotImplementedError
+                 quarantine_path: dict[int, str], count_attempt: bool = True,
+                 run_state: str = "failed") -> RunRecord:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE runs SET state=?, finished_at=?, reason=? WHERE id=?",
+                      (run_state, now, reason, run_id))
+            rows = c.execute("SELECT id, attempts FROM files WHERE run_id=? AND state=?",
+                             (run_id, FileState.RUNNING)).fetchall()
+            for row in rows:
+                attempts = row["attempts"] + (1 if count_attempt else 0)
+                if attempts >= max_attempts and row["id"] in quarantine_path:
+                    error = {"reason": f"{attempts} runs with this file failed; last: {reason}",
+                             "hint": "check the daemon's log for that run, fix the cause, then "
+                                     "`retrain requeue` the file", "details": {"run_id": run_id}}
+                    c.execute("UPDATE files SET state=?, path=?, attempts=?, error=?, updated_at=? WHERE id=?",
+                              (FileState.QUARANTINED, quarantine_path[row["id"]], attempts,
+                               _json(error), now, row["id"]))
+                else:
+                    c.execute("UPDATE files SET state=?, attempts=?, run_id=NULL, updated_at=? WHERE id=?",
+                              (FileState.QUEUED, attempts, now, row["id"]))
+        return self.get_run(run_id)
 
     def interrupted_runs(self) -> list[RunRecord]:
-        """Runs still 'running' (a daemon died during them)."""
-        raise NotImplementedError
+        return [_run(r) for r in self._read("SELECT * FROM runs WHERE state='running' ORDER BY id")]
 
     def mark_interrupted(self, run_id: int) -> None:
-        raise NotImplementedError
+        with self._tx() as c:
+            c.execute("UPDATE runs SET state='interrupted', finished_at=? WHERE id=?", (time.time(), run_id))
 
     def get_run(self, run_id: int) -> RunRecord:
-        raise NotImplementedError
+        rows = self._read("SELECT * FROM runs WHERE id=?", (run_id,))
+        if not rows:
+            raise KeyError(f"no run {run_id} in the ledger")
+        return _run(rows[0])
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
-        """Newest first."""
-        raise NotImplementedError
+        return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
 
     # -- events (deploys, rollbacks, requeues) -------------------------------------------
     def record_event(self, kind: str, detail: dict[str, Any]) -> None:
-        raise NotImplementedError
+        with self._tx() as c:
+            c.execute("INSERT INTO events(at, kind, detail) VALUES (?,?,?)",
+                      (time.time(), kind, json.dumps(detail, default=str)))
 
     def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        if kind is None:
+            rows = self._read("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read("SELECT * FROM events WHERE kind=? ORDER BY id DESC LIMIT ?", (kind, limit))
+        return [{"id": r["id"], "at": r["at"], "kind": r["kind"], **json.loads(r["detail"])} for r in rows]
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(
+        id=row["id"], name=row["name"], path=row["path"], state=FileState(row["state"]),
+        sha256=row["sha256"], size=row["size"], first_seen=row["first_seen"],
+        updated_at=row["updated_at"], run_id=row["run_id"],
+        error=json.loads(row["error"]) if row["error"] else None, attempts=row["attempts"],
+        duplicate_of=row["duplicate_of"],
+    )
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"], state=row["state"], started_at=row["started_at"], finished_at=row["finished_at"],
+        file_ids=json.loads(row["file_ids"]), flow_run_id=row["flow_run_id"], decision=row["decision"],
+        reason=row["reason"], model_version=row["model_version"], metric=row["metric"],
+        metrics=json.loads(row["metrics"] or "{}"),
+    )
