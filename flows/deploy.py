@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import math
+
+from flows.errors import DeployError, RetrainError
+from flows.evaluate import check_score
 from flows.records import ResolvedSchema
 from flows.registry import ModelRegistry
 
 
 def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list[str],
-                      schema: ResolvedSchema, metric: str, expected: float, rows: int,
+                      schema: ResolvedSchema, metric: str, expected: float | None, rows: int,
                       trusted_types: list[str]) -> None:
-    """Load ``current`` from disk (through the symlink, sha256 checked), make sure it is
-    ``version``, score the first ``rows`` holdout rows of the window (same order as
-    evaluation) and compare with ``expected`` (EvaluationResult.check_value) within 1e-9;
-    raise DeployError (one line) on any mismatch or failure."""
-    raise NotImplementedError
+    """Load ``current`` from disk (sha256 checked), make sure it is ``version``, score the
+    first ``rows`` holdout rows and compare with what evaluation measured on the same rows."""
+    from flows.train import training_frame
+
+    current = registry.current_version()
+    if current != version:
+        raise DeployError(f"post-deploy check: current is {current}, expected {version}")
+    try:
+        model = registry.load_model(current, trusted_types)
+    except RetrainError as exc:
+        raise DeployError(f"post-deploy check: {version} cannot be loaded: {exc}") from None
+    holdout = training_frame(parquet_paths, schema, holdout=True)
+    value = check_score(model, holdout, schema, metric, rows)
+    if expected is None or math.isnan(value) or abs(value - expected) > 1e-9:
+        raise DeployError(f"post-deploy check: deployed {version} scores {metric} {value:.6f} on "
+                          f"{min(rows, len(holdout))} holdout rows, evaluation measured {expected}")
 
 
 def deploy_model(registry: ModelRegistry, version: str) -> str | None:
     """Promote ``version``; returns the previous current version for rollback."""
-    raise NotImplementedError
+    return registry.promote(version)
 
 
 def rollback(registry: ModelRegistry, previous: str | None, failed: str) -> None:
     """Put ``current`` back to ``previous`` (or remove it when there was none) and mark
     ``failed`` as deploy_failed."""
-    raise NotImplementedError
+    if previous is None:
+        registry.unset_current()
+    else:
+        registry.promote(previous)
+    registry.update(failed, decision="deploy_failed")

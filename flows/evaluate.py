@@ -2,37 +2,150 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import math
 
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from flows.errors import RegistryIntegrityError, TrainingError
 from flows.records import EvaluationResult, ResolvedSchema
-from flows.specs import EvaluationSpec
+from flows.specs import METRICS, EvaluationSpec
 
 
 def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float]:
     """All metrics of the task on ``frame``. Classification: accuracy, balanced_accuracy,
     f1 (binary: of the positive class, the second of the sorted classes; multiclass:
-    macro), roc_auc (binary or one-vs-rest multiclass; omitted when only one class is
-    present or the model has no scores). Regression: r2, rmse, mae."""
-    raise NotImplementedError
+    macro), roc_auc (omitted when only one class is present or the model has no scores).
+    Regression: r2, rmse, mae."""
+    X, y = frame[schema.features], frame[schema.target]
+    predicted = model.predict(X)
+    if schema.task == "regression":
+        y = y.astype(float)
+        return {
+            "r2": float(skm.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
+            "rmse": float(math.sqrt(skm.mean_squared_error(y, predicted))),
+            "mae": float(skm.mean_absolute_error(y, predicted)),
+        }
+    y = y.astype(str)
+    predicted = np.asarray(predicted).astype(str)
+    classes = sorted(set(model.classes_.astype(str))) if hasattr(model, "classes_") else sorted(set(y))
+    binary = len(classes) == 2
+    result = {
+        "accuracy": float(skm.accuracy_score(y, predicted)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, predicted)),
+        "f1": float(skm.f1_score(y, predicted, pos_label=classes[-1], average="binary")
+                    if binary else skm.f1_score(y, predicted, average="macro")),
+    }
+    if y.nunique() >= 2:
+        auc = _roc_auc(model, X, y, classes)
+        if auc is not None:
+            result["roc_auc"] = auc
+    return result
+
+
+def _roc_auc(model, X: pd.DataFrame, y: pd.Series, classes: list[str]) -> float | None:
+    model_classes = [str(c) for c in getattr(model, "classes_", [])]
+    if hasattr(model, "predict_proba"):
+        scores = model.predict_proba(X)
+    elif hasattr(model, "decision_function"):
+        scores = model.decision_function(X)
+    else:
+        return None
+    if len(model_classes) == 2:
+        column = scores[:, 1] if scores.ndim == 2 else scores
+        return float(skm.roc_auc_score((y == model_classes[1]).astype(int), column))
+    if scores.ndim != 2 or set(y) - set(model_classes):
+        return None
+    present = [i for i, c in enumerate(model_classes) if c in set(y)]
+    if len(present) < 2:
+        return None
+    proba = scores[:, present]
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    return float(skm.roc_auc_score(y, proba, multi_class="ovr",
+                                   labels=[model_classes[i] for i in present]))
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None,
            spec: EvaluationSpec, task: str, holdout_rows: int,
            champion_version: str | None = None) -> EvaluationResult:
     """The gate: deploy when the candidate meets the threshold AND is not worse than the
-    champion by more than the tolerance (direction by metric: rmse/mae lower is better).
-    ``reason`` states the numbers, e.g. "roc_auc 0.91 >= threshold 0.60 and >= champion
-    v0003 0.89 - tolerance 0.00"."""
-    raise NotImplementedError
+    champion by more than the tolerance (lower is better for rmse and mae)."""
+    metric = spec.metric_for(task)
+    higher = METRICS[metric][1]
+    value = candidate.get(metric, float("nan"))
+    if math.isnan(value):
+        passed = False
+        why_threshold = f"{metric} could not be computed on the holdout"
+    else:
+        passed = value >= spec.threshold if higher else value <= spec.threshold
+        op = (">=" if passed else "<") if higher else ("<=" if passed else ">")
+        why_threshold = f"{metric} {value:.4f} {op} threshold {spec.threshold:.4f}"
+    champ_value = (champion or {}).get(metric)
+    if champ_value is None or math.isnan(champ_value):
+        not_worse = True
+        why_champion = "no champion to compare with" if champion_version is None else \
+            f"champion {champion_version} has no {metric}"
+    else:
+        bound = champ_value - spec.tolerance if higher else champ_value + spec.tolerance
+        not_worse = value >= bound - 1e-12 if higher else value <= bound + 1e-12
+        op = (">=" if not_worse else "<") if higher else ("<=" if not_worse else ">")
+        sign = "-" if higher else "+"
+        why_champion = (f"{metric} {value:.4f} {op} champion {champion_version} {champ_value:.4f} "
+                        f"{sign} tolerance {spec.tolerance:.4f}")
+    deploy = passed and not_worse
+    if deploy:
+        reason = f"deploy: {why_threshold} and {why_champion}"
+    elif not passed:
+        reason = f"not deployed: {why_threshold}"
+    else:
+        reason = f"not deployed: worse than the champion, {why_champion}"
+    return EvaluationResult(
+        metric=metric, greater_is_better=higher, threshold=spec.threshold, tolerance=spec.tolerance,
+        holdout_rows=holdout_rows, candidate=candidate, champion=champion,
+        champion_version=champion_version, passed_threshold=passed, not_worse_than_champion=not_worse,
+        deploy=deploy, reason=reason,
+    )
+
+
+def check_score(model, holdout: pd.DataFrame, schema: ResolvedSchema, metric: str,
+                rows: int) -> float:
+    """The metric on the first ``rows`` holdout rows: what the post-deploy check reproduces.
+    When the subset cannot carry the metric (one class for roc_auc) the whole holdout is used."""
+    subset = holdout.head(rows)
+    value = score(model, subset, schema).get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        value = score(model, holdout, schema).get(metric, float("nan"))
+    return float(value)
 
 
 def evaluate_against_champion(candidate_path: str, champion_path: str | None,
                               champion_version: str | None, parquet_paths: list[str],
                               schema: ResolvedSchema, spec: EvaluationSpec,
                               trusted_types: list[str], check_rows: int = 1000) -> EvaluationResult:
-    """Load both models (skops, trusted types only), score them on the holdout rows of the
-    window, decide. A champion that cannot score the window (other columns) is reported
-    in ``reason`` and treated as absent. Also records the candidate's metric on the first
-    ``check_rows`` holdout rows (check_rows/check_value) for the post-deploy check. Raises TrainingError when the holdout has fewer
-    than spec.min_holdout_rows rows."""
-    raise NotImplementedError
+    """Score candidate and champion on the holdout rows of the window, decide."""
+    from flows.registry import load_skops
+    from flows.train import training_frame
+
+    holdout = training_frame(parquet_paths, schema, holdout=True)
+    if len(holdout) < spec.min_holdout_rows:
+        raise TrainingError(f"only {len(holdout)} holdout rows in the window, fewer than "
+                            f"evaluation.min_holdout_rows={spec.min_holdout_rows}; add data")
+    candidate = load_skops(candidate_path, trusted_types)
+    candidate_scores = score(candidate, holdout, schema)
+    champion_scores = None
+    note = ""
+    if champion_path is not None:
+        try:
+            champion = load_skops(champion_path, trusted_types)
+            champion_scores = score(champion, holdout, schema)
+        except (KeyError, ValueError, RegistryIntegrityError) as exc:
+            note = f" (champion {champion_version} cannot score this window: {str(exc).splitlines()[0]})"
+            champion_version = None
+    result = decide(candidate_scores, champion_scores, spec, schema.task, len(holdout), champion_version)
+    metric = result.metric
+    return result.model_copy(update={
+        "reason": result.reason + note,
+        "check_rows": min(check_rows, len(holdout)),
+        "check_value": check_score(candidate, holdout, schema, metric, check_rows),
+    })

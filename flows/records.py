@@ -47,6 +47,8 @@ class ResolvedSchema(_Record):
     numeric: list[str]
     categorical: list[str]
     max_bad_row_fraction: float
+    # Columns left out by inference (identifiers: text with nearly all values distinct).
+    ignored: list[str] = []
 
     @property
     def features(self) -> list[str]:

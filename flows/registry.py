@@ -13,53 +13,210 @@ so readers never see a half-written version.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import skops.io as sio
+
+from flows.errors import ModelNotFoundError, RegistryIntegrityError
 from flows.records import ModelVersion
+
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+_VERSION = re.compile(r"^v(\d{4,})$")
+# Types from these packages are what our Pipelines are made of; anything else in a model
+# file must be trusted explicitly (model.trusted_types).
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_skops(path: str | Path, trusted_types: list[str] | None = None):
+    """Load a skops file trusting only known-safe types and ``trusted_types``; refuse
+    anything else without executing it."""
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise RegistryIntegrityError(f"{path} is not a readable skops model file ({type(exc).__name__}); "
+                                     "it may be damaged") from None
+    allowed = set(trusted_types or [])
+    refused = [t for t in untrusted if t not in allowed and not t.startswith(TRUSTED_PREFIXES)]
+    if refused:
+        raise RegistryIntegrityError(
+            f"{path} contains types that are not trusted ({', '.join(refused[:5])}); it was not "
+            "loaded. If you trust them, list them in model.trusted_types")
+    try:
+        return sio.load(path, trusted=untrusted)
+    except Exception as exc:
+        raise RegistryIntegrityError(f"{path} could not be loaded ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 class ModelRegistry:
     def __init__(self, root: str | Path):
-        raise NotImplementedError
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.staging = self.root / ".staging"
 
+    # -- writing --------------------------------------------------------------------------
     def staging_path(self, name: str) -> Path:
-        """A fresh path under .staging/ for a candidate model file being written."""
-        raise NotImplementedError
+        """A path under .staging/ for a candidate model file being written."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self.staging / name
 
     def register(self, model_file: str | Path, metadata: dict[str, Any]) -> ModelVersion:
-        """Copy/move the staged model into a new version directory (next number, zero-padded
-        "v0001"), with metadata.json holding ModelVersion fields (model_sha256 computed
-        here); fsync files and directories; rename into place. Decision starts "pending"."""
-        raise NotImplementedError
+        """Move the staged model into a new version directory with its metadata; the
+        directory becomes visible complete, by one rename."""
+        model_file = Path(model_file)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        while True:
+            version = self._next_version()
+            work = self.staging / f"{version}-{uuid.uuid4().hex[:8]}"
+            work.mkdir()
+            if model_file.parent == self.staging:
+                os.replace(model_file, work / MODEL_FILE)
+            else:
+                shutil.copyfile(model_file, work / MODEL_FILE)
+            _fsync_file(work / MODEL_FILE)
+            record = ModelVersion(
+                version=version, path=str(self.root / version),
+                created_at=metadata.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                model_sha256=_sha256(work / MODEL_FILE),
+                **{k: v for k, v in metadata.items() if k not in ("version", "path", "created_at", "model_sha256")},
+            )
+            self._write_metadata(work, record)
+            _fsync_dir(work)
+            try:
+                os.rename(work, self.root / version)  # fails if another writer took the number
+            except OSError:
+                model_file = work / MODEL_FILE
+                continue
+            _fsync_dir(self.root)
+            return record
+
+    def _next_version(self) -> str:
+        numbers = [int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name))]
+        return f"v{max(numbers, default=0) + 1:04d}"
+
+    def _write_metadata(self, folder: Path, record: ModelVersion) -> None:
+        tmp = folder / f".{METADATA_FILE}.tmp"
+        tmp.write_text(json.dumps(record.model_dump(), indent=2, default=str) + "\n")
+        _fsync_file(tmp)
+        os.replace(tmp, folder / METADATA_FILE)
 
     def update(self, version: str, **fields: Any) -> ModelVersion:
-        """Rewrite metadata.json of a version (decision, reason...) atomically."""
-        raise NotImplementedError
+        """Rewrite metadata.json of a version atomically."""
+        record = self.get(version).model_copy(update=fields)
+        self._write_metadata(self.root / version, record)
+        _fsync_dir(self.root / version)
+        return record
 
+    # -- reading --------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
         """Every complete version, oldest first."""
-        raise NotImplementedError
+        found = []
+        for path in self.root.iterdir():
+            if _VERSION.match(path.name) and (path / METADATA_FILE).is_file():
+                found.append(self._read(path.name))
+        return sorted(found, key=lambda v: int(v.version[1:]))
+
+    def _read(self, version: str) -> ModelVersion:
+        data = json.loads((self.root / version / METADATA_FILE).read_text())
+        data["path"] = str(self.root / version)  # the registry may have moved since
+        return ModelVersion.model_validate(data)
 
     def get(self, version: str) -> ModelVersion:
-        """Raises ModelNotFoundError with the known versions in the message."""
-        raise NotImplementedError
+        if not _VERSION.match(version) or not (self.root / version / METADATA_FILE).is_file():
+            known = ", ".join(v.version for v in self.versions()) or "none yet"
+            raise ModelNotFoundError(f"no model version {version!r}; known versions: {known}")
+        return self._read(version)
+
+    def current_version(self) -> str | None:
+        try:
+            return os.readlink(self.root / "current")
+        except (FileNotFoundError, OSError):
+            return None
 
     def current(self) -> ModelVersion | None:
-        raise NotImplementedError
+        version = self.current_version()  # read the link once: a switch cannot split this read
+        return self.get(version) if version else None
 
+    # -- switching --------------------------------------------------------------------------
     def promote(self, version: str) -> str | None:
-        """Point ``current`` at ``version`` atomically (temporary symlink + os.replace +
-        fsync of the directory). Returns the previous current version (or None)."""
-        raise NotImplementedError
+        """Point ``current`` at ``version`` atomically. Returns the previous current version."""
+        self.get(version)
+        previous = self.current_version()
+        tmp = self.root / f".current-{uuid.uuid4().hex[:8]}"
+        os.symlink(version, tmp)
+        os.replace(tmp, self.root / "current")
+        _fsync_dir(self.root)
+        return previous
+
+    def unset_current(self) -> None:
+        (self.root / "current").unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+    def rollback_to(self, version: str | None = None) -> tuple[str | None, str]:
+        """Back to ``version``, or to the newest deployed version older than current.
+        Returns (old current, new current)."""
+        old = self.current_version()
+        if version is None:
+            older = [v for v in self.versions() if v.decision == "deployed"
+                     and (old is None or int(v.version[1:]) < int(old[1:]))]
+            if not older:
+                raise ModelNotFoundError("there is no earlier deployed version to roll back to; "
+                                         "name one: retrain models rollback VERSION")
+            version = older[-1].version
+        self.promote(version)
+        return old, version
 
     def load_model(self, version: str, trusted_types: list[str] | None = None):
-        """Load a version's model: check its sha256 against the metadata, refuse types that
-        are not trusted (skops.io.get_untrusted_types; only scikit-learn/numpy/scipy types
-        and ``trusted_types`` are accepted), then skops.io.load(trusted=[...]).
-        Raises RegistryIntegrityError with a one-line reason."""
-        raise NotImplementedError
+        """Load a version's model after checking its sha256 against the metadata."""
+        record = self.get(version)
+        path = self.root / version / MODEL_FILE
+        if _sha256(path) != record.model_sha256:
+            raise RegistryIntegrityError(f"model {version} does not match its recorded sha256; "
+                                         "the file was changed after it was registered")
+        return load_skops(path, trusted_types)
 
     def clean_staging(self) -> list[str]:
-        """Remove half-written staging entries (crash leftovers); returns what was removed."""
-        raise NotImplementedError
+        """Remove half-written entries (crash leftovers); returns what was removed."""
+        removed = []
+        if self.staging.exists():
+            for entry in self.staging.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                removed.append(entry.name)
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".current-"):
+                entry.unlink()
+                removed.append(entry.name)
+            elif _VERSION.match(entry.name) and entry.is_dir() and not (entry / METADATA_FILE).exists():
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+        return removed

@@ -13,6 +13,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -37,7 +38,7 @@ from flows.records import (
     RunOutcome,
     TrainResult,
 )
-from flows.registry import ModelRegistry
+from flows.registry import MODEL_FILE, ModelRegistry
 from flows.schema import resolve_schema
 from flows.specs import METRICS, PipelineSpec
 from flows.train import train_candidate
@@ -137,6 +138,9 @@ def retrain(request: RetrainRequest) -> RunOutcome:
             _reject_or_skip(ref, exc, request, rejected, skipped_window)
     by_file = _group_by_file(summaries, rejected, skipped_window, request)
     cached = sum(s.cached for s in summaries)
+    if schema.ignored:
+        logger.warning("columns %s look like identifiers and are not used as features "
+                       "(set schema.drop or schema.features to decide)", ", ".join(schema.ignored))
     logger.info("preprocessed %d partitions (%d from cache) of %d files",
                 len(summaries), cached, len(by_file))
     for name in skipped_window:
@@ -158,7 +162,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     try:
         trained = train_candidate_task.submit(parquet_paths, schema, spec, str(staged)).result()
         evaluation = evaluate_task.submit(
-            str(staged), champion.path if champion else None,
+            str(staged), str(Path(champion.path) / MODEL_FILE) if champion else None,
             champion.version if champion else None, parquet_paths, schema, spec,
         ).result()
     except TrainingError as exc:

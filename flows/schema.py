@@ -23,7 +23,9 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
 
     features = spec.features or every column except target and spec.drop;
     categorical = spec.categorical, or (when None) the features whose non-missing sample
-    values do not all parse as numbers; numeric = the other features.
+    values do not all parse as numbers; numeric = the other features. When features are
+    inferred, text columns that look like identifiers (nearly every value distinct) are
+    left out and listed in ``ignored``.
     """
     columns = list(sample.columns)
     if spec.target not in columns:
@@ -48,12 +50,17 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
     if not features:
         raise InvalidDataError(f"{file_name}: no feature columns besides the target; add feature columns",
                                {"columns": columns})
+    ignored: list[str] = []
     if spec.categorical is None:
         categorical = []
         for column in features:
             values = sample[column].dropna()
             if len(values) and not _parses_as_number(values).all():
-                categorical.append(column)
+                if not spec.features and _looks_like_identifier(values):
+                    ignored.append(column)  # one-hot encoding an id would only memorise rows
+                else:
+                    categorical.append(column)
+        features = [c for c in features if c not in ignored]
     else:
         unknown = [c for c in spec.categorical if c not in features]
         if unknown:
@@ -63,7 +70,14 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
         categorical = [c for c in features if c in spec.categorical]
     numeric = [c for c in features if c not in categorical]
     return ResolvedSchema(target=spec.target, task=spec.task, numeric=numeric,
-                          categorical=categorical, max_bad_row_fraction=spec.max_bad_row_fraction)
+                          categorical=categorical, max_bad_row_fraction=spec.max_bad_row_fraction,
+                          ignored=ignored)
+
+
+def _looks_like_identifier(values: pd.Series) -> bool:
+    """Text whose values are nearly all distinct (ids, free text): not a usable category."""
+    distinct = values.nunique()
+    return distinct > 50 and distinct > 0.5 * len(values)
 
 
 def validate_frame(frame: pd.DataFrame, schema: ResolvedSchema, file_name: str,

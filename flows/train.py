@@ -2,37 +2,135 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import skops.io as sio
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from flows.errors import ConfigError, TrainingError
+from flows.preprocess import HOLDOUT_COLUMN, load_partitions
 from flows.records import ResolvedSchema, TrainResult
-from flows.specs import ModelSpec
+from flows.specs import ESTIMATORS, ModelSpec
+
+
+def _import(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_estimator(spec: ModelSpec, task: str):
     """The final estimator: the menu's class with spec.params (and random_state where it
-    has one), or the object returned by the user's ``module:function`` factory.
-    Raises ConfigError (one line) for an unknown parameter or a factory that cannot be
-    imported or does not return a scikit-learn estimator."""
-    raise NotImplementedError
+    has one), or the object returned by the user's ``module:function`` factory."""
+    if spec.factory:
+        try:
+            factory = _import(spec.factory)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"model.factory {spec.factory!r} cannot be imported ({exc}); "
+                              "check the module is on the path") from None
+        estimator = factory(**spec.params)
+        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
+            raise ConfigError(f"model.factory {spec.factory!r} returned {type(estimator).__name__}, "
+                              "not a scikit-learn estimator (it needs fit and predict)")
+        return estimator
+    cls = _import(ESTIMATORS[spec.estimator][task])
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in spec.params if k not in accepted]
+    if unknown:
+        raise ConfigError(f"model.params {', '.join(unknown)} not accepted by {cls.__name__}; "
+                          f"it takes {', '.join(p for p in accepted if p != 'self')}")
+    params = dict(spec.params)
+    if "random_state" in accepted and "random_state" not in params:
+        params["random_state"] = spec.random_state
+    return cls(**params)
 
 
 def build_pipeline(spec: ModelSpec, schema: ResolvedSchema) -> Pipeline:
-    """ColumnTransformer (numeric: median imputation + scaling; categorical: most-frequent
-    imputation + one-hot, unknown categories ignored) followed by the estimator."""
-    raise NotImplementedError
+    """Numeric: median imputation + scaling; categorical: most-frequent imputation +
+    one-hot (unknown categories ignored); then the estimator."""
+    transformers = []
+    if schema.numeric:
+        transformers.append(("numeric", Pipeline([
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+        ]), schema.numeric))
+    if schema.categorical:
+        transformers.append(("categorical", Pipeline([
+            ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
+            # Bounded width: rare categories share one column, unseen ones are ignored.
+            ("onehot", OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=64,
+                                     sparse_output=False)),
+        ]), schema.categorical))
+    return Pipeline([
+        ("prepare", ColumnTransformer(transformers, remainder="drop")),
+        ("model", build_estimator(spec, schema.task)),
+    ])
+
+
+def training_frame(parquet_paths: list[str], schema: ResolvedSchema, holdout: bool) -> pd.DataFrame:
+    """The rows of the window on one side of the holdout split, in partition order."""
+    frame = load_partitions(parquet_paths, [*schema.features, schema.target, HOLDOUT_COLUMN])
+    side = frame[frame[HOLDOUT_COLUMN] == holdout] if len(frame) else frame
+    return side.drop(columns=[HOLDOUT_COLUMN]).reset_index(drop=True)
 
 
 def train_candidate(parquet_paths: list[str], schema: ResolvedSchema, spec: ModelSpec,
                     out_path: str | Path) -> TrainResult:
-    """Fit the pipeline on the non-holdout rows of the given partitions and save it with
-    skops at ``out_path`` (temporary name + os.replace). Raises TrainingError when there
-    are no training rows or (classification) a single class."""
-    raise NotImplementedError
+    """Fit the pipeline on the non-holdout rows of the window and save it with skops at
+    ``out_path`` (temporary name + os.replace)."""
+    frame = training_frame(parquet_paths, schema, holdout=False)
+    if frame.empty:
+        raise TrainingError("no training rows in the window (every row fell in the holdout); add data")
+    y = frame[schema.target]
+    classes = None
+    if schema.task == "classification":
+        classes = sorted(y.unique().tolist())
+        if len(classes) < 2:
+            raise TrainingError(f"only one class ({classes[0]!r}) in the training window; "
+                                "add data with at least two classes")
+    pipeline = build_pipeline(spec, schema)
+    started = time.perf_counter()
+    pipeline.fit(frame[schema.features], y)
+    fit_seconds = time.perf_counter() - started
+
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    sio.dump(pipeline, tmp)
+    os.replace(tmp, out)
+    estimator = pipeline.named_steps["model"]
+    return TrainResult(
+        model_path=str(out), model_sha256=_sha256(out),
+        estimator=f"{type(estimator).__module__}:{type(estimator).__name__}",
+        params={k: _plain(v) for k, v in estimator.get_params(deep=False).items()},
+        train_rows=len(frame), fit_seconds=round(fit_seconds, 3),
+        features=schema.features, categorical=schema.categorical, classes=classes,
+    )
 
 
-def training_frame(parquet_paths: list[str], schema: ResolvedSchema, holdout: bool) -> pd.DataFrame:
-    """The rows of the window on one side of the holdout split."""
-    raise NotImplementedError
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """Parameters as JSON-friendly values (estimator objects by name)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)

@@ -74,6 +74,13 @@ def prefect_api() -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        # Send the last log lines while the API still answers.
+        from prefect.logging.handlers import APILogWorker
+
+        try:
+            APILogWorker.drain_all(timeout=5)
+        except Exception as exc:  # losing a few log lines must not fail the stop
+            log.debug("could not send the last log lines to Prefect: %s", exc)
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
