@@ -49,6 +49,10 @@ class RetrainDaemon:
         self.current_run: RunRecord | None = None
         self.run_future: Future[FlowResult] | None = None
         self._next_heartbeat = 0.0
+        # After a failed run, the next one waits (5 s, 10 s, ... up to a minute): a broken
+        # environment should not burn through every file's attempts in seconds.
+        self.consecutive_failures = 0
+        self.hold_until = 0.0
 
     # -- outline --------------------------------------------------------------------------
     def serve(self) -> int:
@@ -146,7 +150,8 @@ class RetrainDaemon:
 
     def start_run_if_ready(self) -> None:
         assert self.ledger is not None and self.scheduler_address is not None
-        if self.run_future is not None or not self.batcher.ready(time.monotonic()):
+        now = time.monotonic()
+        if self.run_future is not None or now < self.hold_until or not self.batcher.ready(now):
             return
         file_ids = self.batcher.take()
         run = self.ledger.start_run(file_ids)
@@ -173,8 +178,17 @@ class RetrainDaemon:
         if self.run_future is None or not self.run_future.done():
             return
         assert self.ledger is not None and self.current_run is not None
-        record_result(self.ledger, self.home, self.current_run, self.run_future.result(),
+        result = self.run_future.result()
+        record_result(self.ledger, self.home, self.current_run, result,
                       self.settings.daemon.max_attempts)
+        if result.outcome is None:
+            self.consecutive_failures += 1
+            delay = min(60.0, 5.0 * 2 ** (self.consecutive_failures - 1))
+            self.hold_until = time.monotonic() + delay
+            log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
+                        self.consecutive_failures)
+        else:
+            self.consecutive_failures = 0
         # Files that failed and went back to the queue wait for the next batch.
         requeued = [fid for fid in self.current_run.file_ids
                     if self.ledger.get(fid).state == FileState.QUEUED]

@@ -7,6 +7,7 @@ it in a worker thread and keep every state change in its own loop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from dataclasses import dataclass
@@ -61,7 +62,11 @@ def call_flow(request, scheduler_address: str,
 
     hooks = []
     if on_flow_run_id is not None:
-        hooks.append(lambda flow, flow_run, state: on_flow_run_id(str(flow_run.id)))
+        # The hook travels with the flow into task contexts that Dask pickles: it must not
+        # hold the caller's objects (a ledger connection cannot be pickled), only a key.
+        key = id(on_flow_run_id)
+        _flow_run_callbacks[key] = on_flow_run_id
+        hooks.append(functools.partial(_announce_flow_run, key))
     flow = retrain.with_options(task_runner=DaskTaskRunner(address=scheduler_address),
                                 on_running=hooks)
     try:
@@ -70,6 +75,9 @@ def call_flow(request, scheduler_address: str,
         log.error("flow did not run: %s", _one_line(exc))
         log.debug("%s", traceback.format_exc())
         return FlowResult(None, None, _one_line(exc))
+    finally:
+        if on_flow_run_id is not None:
+            _flow_run_callbacks.pop(id(on_flow_run_id), None)
     flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     if state.is_completed():
         return FlowResult(flow_run_id, state.result())
@@ -79,6 +87,15 @@ def call_flow(request, scheduler_address: str,
     except BaseException as exc:
         error = _one_line(exc)
     return FlowResult(flow_run_id, None, f"flow run {state.name.lower()}: {error}")
+
+
+_flow_run_callbacks: dict[int, Callable[[str], None]] = {}
+
+
+def _announce_flow_run(key: int, flow, flow_run, state) -> None:
+    callback = _flow_run_callbacks.get(key)
+    if callback is not None:
+        callback(str(flow_run.id))
 
 
 def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
@@ -113,6 +130,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     return ledger.get_run(run.id)
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

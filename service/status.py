@@ -15,6 +15,9 @@ from service.ledger import FileState, Ledger
 from service.lock import lock_holder
 
 
+MAIN_STATES = ("queued", "running", "archived", "quarantined", "duplicate")
+
+
 def daemon_status(home: Path) -> dict[str, Any]:
     """Alive when the home's lock is held by a live process and its heartbeat is fresh."""
     holder = lock_holder(home / "state" / "daemon.lock")
@@ -110,7 +113,7 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def _fmt_metric(values: dict[str, Any] | None, metric: str | None) -> str:
@@ -133,12 +136,9 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(f"[bold yellow]daemon not running[/] (home {status['home']})")
 
     files = status["files"]
-    table = Table(title=f"Files ({files['total']} in all)", title_justify="left")
-    for state in files:
-        if state != "total":
-            table.add_column(state, justify="right")
-    table.add_row(*[str(v) for k, v in files.items() if k != "total"])
-    console.print(table)
+    shown = {k: v for k, v in files.items() if k != "total" and (v or k in MAIN_STATES)}
+    console.print(f"files: {files['total']} in all — "
+                  + ", ".join(f"{state} {count}" for state, count in shown.items()))
 
     model = status["current_model"]
     gate = status["gate"]
@@ -150,14 +150,16 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}")
 
     runs = Table(title="Last runs", title_justify="left")
-    for col in ("run", "finished", "files", "rows", "decision", "version", "candidate", "champion", "why"):
-        runs.add_column(col, overflow="fold")
+    for col in ("run", "finished", "files", "rows", "decision", "version", "candidate", "champion"):
+        runs.add_column(col, no_wrap=True)
     for r in status["runs"]:
         runs.add_row(str(r["id"]), r["finished_at"] or r["state"], str(r["files"]),
                      str(r["rows"] or ""), r["decision"] or r["state"], r["model_version"] or "",
-                     _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]),
-                     r["reason"] or "")
+                     _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]))
     console.print(runs)
+    for r in status["runs"][:3]:  # why the last decisions were taken, in full
+        if r["reason"]:
+            console.print(f"  run {r['id']}: {r['reason']}", highlight=False)
 
     if status["quarantined"]:
         q = Table(title="Last quarantined files", title_justify="left")
