@@ -1,0 +1,59 @@
+"""The exactly-once invariant, checked from the outside: the ledger and the folders agree.
+
+Every file the ledger knows is in exactly the folder its state says, every file in those
+folders is known to the ledger exactly once, and nothing is in two places.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.ledger import FileState, Ledger
+
+FOLDER_OF_STATE = {
+    FileState.QUEUED: "processing",
+    FileState.RUNNING: "processing",
+    FileState.ARCHIVED: "archive",
+    FileState.QUARANTINED: "quarantine",
+    FileState.DUPLICATE: "duplicates",
+}
+
+
+def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]:
+    """Assert that folders and ledger agree; return the counts per state."""
+    home = Path(home)
+    ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
+    try:
+        records = ledger.files()
+        counts = ledger.counts()
+    finally:
+        ledger.close()
+
+    claimed_paths: dict[Path, int] = {}
+    for record in records:
+        if record.state == FileState.CLAIMING:
+            assert allow_in_flight, f"file {record.id} ({record.name}) is stuck in 'claiming'"
+            continue
+        folder = FOLDER_OF_STATE.get(record.state)
+        if folder is None:  # vanished, requeued: no file of theirs to find
+            continue
+        path = Path(record.path)
+        assert path.parent == home / folder, (
+            f"file {record.id} ({record.name}) is {record.state} but recorded at {path}")
+        assert path.exists() or path.is_symlink(), (
+            f"file {record.id} ({record.name}) is {record.state} but {path} does not exist")
+        assert path not in claimed_paths, (
+            f"{path} is claimed by files {claimed_paths[path]} and {record.id}")
+        claimed_paths[path] = record.id
+        if record.state == FileState.QUARANTINED:
+            note = path.with_name(path.name + ".error.json")
+            assert note.exists(), f"quarantined file {record.id} has no {note.name}"
+
+    for folder in ("processing", "archive", "quarantine", "duplicates"):
+        for entry in (home / folder).iterdir():
+            if entry.name.endswith(".error.json"):
+                continue
+            assert entry in claimed_paths, f"{entry} is in {folder}/ but no ledger row says so"
+    leftovers = [p.name for p in (home / "inbox").iterdir() if not p.name.startswith(".")]
+    assert allow_in_flight or not leftovers, f"files left in the inbox: {leftovers}"
+    return counts
