@@ -21,7 +21,7 @@ FOLDER_OF_STATE = {
 
 def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]:
     """Assert that folders and ledger agree; return the counts per state."""
-    home = Path(home)
+    home = Path(getattr(home, "root", home))  # a Home or its folder
     ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
     try:
         records = ledger.files()
