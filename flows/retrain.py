@@ -195,11 +195,19 @@ def retrain(request: RetrainRequest) -> RunOutcome:
 # -- helpers of the flow body ----------------------------------------------------------------
 
 def _resolve_run_schema(request: RetrainRequest, rejected: dict[int, Rejection]) -> ResolvedSchema | None:
-    """The schema of this run, resolved from the first new file that can be read.
+    """The schema of this run. Once a model was trained, its resolved schema is kept for
+    as long as the configured schema is unchanged, so every later file is held to the same
+    columns and types; only the first run (or a changed config) infers it from a file.
     Files that cannot even be sampled are rejected here."""
+    spec = request.pipeline.schema_
+    versions = ModelRegistry(request.registry_dir).versions()
+    if versions:
+        latest = versions[-1].metadata
+        if latest.get("config", {}).get("schema") == spec.model_dump(by_alias=True) and "schema" in latest:
+            return ResolvedSchema.model_validate(latest["schema"])
     for ref in request.new_files:
         try:
-            return resolve_schema(request.pipeline.schema_, read_sample(ref.path), ref.name)
+            return resolve_schema(spec, read_sample(ref.path, name=ref.name), ref.name)
         except InvalidDataError as exc:
             rejected[ref.file_id] = _rejection(exc)
     return None

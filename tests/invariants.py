@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.inbox import Home
 from service.ledger import FileState, Ledger
 
 FOLDER_OF_STATE = {
@@ -21,7 +22,7 @@ FOLDER_OF_STATE = {
 
 def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]:
     """Assert that folders and ledger agree; return the counts per state."""
-    home = Path(getattr(home, "root", home))  # a Home or its folder
+    home = home.root if isinstance(home, Home) else Path(home)
     ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
     try:
         records = ledger.files()
