@@ -1,6 +1,6 @@
 """The ``retrain`` flow: the pipeline diagram, with thin ``@task`` wrappers around the steps.
 
-preprocess (one task per partition, mapped) -> train -> evaluate -> register -> deploy
+preprocess (one task per partition or group of small ones, mapped) -> train -> evaluate -> register -> deploy
 
 Tasks exchange paths and small summaries; the cached parquet partitions stay on disk.
 The flow itself runs in the caller's process (the daemon, or ``retrain run``); its tasks
@@ -59,10 +59,10 @@ class RetrainRequest(BaseModel):
 
 # -- tasks: thin wrappers, no logic of their own ------------------------------------------
 
-@task(name="preprocess_partition", cache_policy=NO_CACHE, persist_result=False)
-def preprocess_partition_task(plan: PartitionPlan, schema: ResolvedSchema, cache_dir: str,
-                              holdout_fraction: float) -> PartitionSummary:
-    return preprocess_partition(plan, schema, cache_dir, holdout_fraction)
+@task(name="preprocess_partitions", cache_policy=NO_CACHE, persist_result=False)
+def preprocess_partitions_task(plans: list[PartitionPlan], schema: ResolvedSchema, cache_dir: str,
+                               holdout_fraction: float) -> list[PartitionSummary]:
+    return [preprocess_partition(plan, schema, cache_dir, holdout_fraction) for plan in plans]
 
 
 @task(name="train_candidate", cache_policy=NO_CACHE, persist_result=False)
@@ -125,11 +125,11 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         except InvalidDataError as exc:
             _reject_or_skip(ref, exc, request, rejected, skipped_window)
 
-    futures = preprocess_partition_task.map(
-        plans, unmapped(schema), unmapped(request.cache_dir),
+    futures = preprocess_partitions_task.map(
+        group_plans(plans), unmapped(schema), unmapped(request.cache_dir),
         unmapped(spec.evaluation.holdout_fraction),
     )
-    summaries: list[PartitionSummary] = [f.result() for f in futures]
+    summaries: list[PartitionSummary] = [s for f in futures for s in f.result()]
     for summary in summaries:
         if summary.rejection is not None:
             ref = _ref_by_id(request, summary.file_id)
@@ -193,6 +193,28 @@ def retrain(request: RetrainRequest) -> RunOutcome:
 
 
 # -- helpers of the flow body ----------------------------------------------------------------
+
+# A task costs tens of milliseconds of orchestration: small partitions (small files) are
+# grouped so that each task has at least this much to read.
+TASK_BYTES = 8 * 1024 * 1024
+
+
+def group_plans(plans: list[PartitionPlan], task_bytes: int = TASK_BYTES) -> list[list[PartitionPlan]]:
+    """Partitions in groups of about ``task_bytes`` (a large partition stays alone)."""
+    groups: list[list[PartitionPlan]] = []
+    current: list[PartitionPlan] = []
+    size = 0
+    for plan in plans:
+        plan_bytes = (plan.file.size if plan.end == -1 else plan.end) - plan.start
+        if current and size + plan_bytes > task_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(plan)
+        size += plan_bytes
+    if current:
+        groups.append(current)
+    return groups
+
 
 def _resolve_run_schema(request: RetrainRequest, rejected: dict[int, Rejection]) -> ResolvedSchema | None:
     """The schema of this run. Once a model was trained, its resolved schema is kept for

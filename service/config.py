@@ -177,16 +177,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _parse_env_value(raw: str) -> Any:
-    """Environment values are TOML/JSON literals when they parse as one (numbers, booleans,
-    lists), plain strings otherwise."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        pass
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+    """Lists and tables are JSON (``["id", "note"]``, ``{"max_iter": 200}``) and ``null``
+    means "not set"; anything else stays text and is converted to the setting's type by
+    validation, so ``RETRAIN_DEPLOY__HOOK_COMMAND=true`` is the command ``true``."""
+    text = raw.strip()
+    if text[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return raw
+    if text.lower() == "null":
+        return None
+    return raw
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None:

@@ -44,7 +44,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize("environ, expected", [
     ({"RETRAIN_EVALUATION__THRESHOLD": "high"}, "'evaluation.threshold' = 'high'"),
     ({"RETRAIN_MODEL__ESTIMATOR": "svm"}, "expected one of"),
-    ({"RETRAIN_EVALUATION__HOLDOUT_FRACTION": "1.5"}, "'evaluation.holdout_fraction' = 1.5"),
+    ({"RETRAIN_EVALUATION__HOLDOUT_FRACTION": "1.5"}, "'evaluation.holdout_fraction' = '1.5'"),
     ({"RETRAIN_WATCHER__OBSERVER": "magic"}, "'watcher.observer' = 'magic'"),
     ({"RETRAIN_THRESHOLD": "0.5"}, "'threshold'"),
     ({"RETRAIN_EVALUATION__METRIC": "rmse"}, "not a classification metric"),
@@ -77,3 +77,14 @@ def test_regression_defaults_follow_the_task() -> None:
     settings = load_settings(environ={"RETRAIN_SCHEMA__TASK": "regression",
                                       "RETRAIN_SCHEMA__TARGET": "monthly_spend"})
     assert settings.pipeline().evaluation.metric_for("regression") == "r2"
+
+
+def test_environment_values_take_the_setting_type() -> None:
+    settings = load_settings(environ={"RETRAIN_DEPLOY__HOOK_COMMAND": "true",
+                                      "RETRAIN_DEPLOY__RETRIES": "5",
+                                      "RETRAIN_MODEL__PARAMS": '{"max_iter": 50}',
+                                      "RETRAIN_DASK__DASHBOARD_ADDRESS": "null"})
+    assert settings.deploy.hook_command == "true"
+    assert settings.deploy.retries == 5
+    assert settings.model.params == {"max_iter": 50}
+    assert settings.dask.dashboard_address is None
