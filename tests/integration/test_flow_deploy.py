@@ -1,0 +1,155 @@
+"""The flow itself on the session's real Prefect API and Dask cluster: the gate,
+reproducibility, deploy retries and rollback, regression, serving during a switch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.records import FileRef
+from flows.registry import ModelRegistry
+from flows.retrain import RetrainRequest
+from flows.specs import PipelineSpec
+from service.inbox import sha256_file
+from service.runs import call_flow
+from service.sample import write_samples
+
+pytestmark = pytest.mark.integration
+
+
+def request_for(tmp_path: Path, paths: list[Path], window: list[Path] = (), **pipeline) -> RetrainRequest:
+    refs = [FileRef(file_id=i + 1, name=p.name, path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
+            for i, p in enumerate([*window, *paths])]
+    spec = PipelineSpec.model_validate({"schema": {"drop": ["customer_id"]}, **pipeline})
+    return RetrainRequest(new_files=refs[len(window):], window_files=refs[: len(window)], pipeline=spec,
+                          registry_dir=str(tmp_path / "registry"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_same_files_and_config_give_identical_metrics(tmp_path: Path, dask_address: str) -> None:
+    paths = write_samples(tmp_path / "data", files=2, rows=3000, seed=21)
+    first = call_flow(request_for(tmp_path / "a", paths), dask_address).outcome
+    second = call_flow(request_for(tmp_path / "b", paths), dask_address).outcome
+    assert first.decision == second.decision == "deployed"
+    assert first.candidate_metrics == second.candidate_metrics
+    assert first.holdout_rows == second.holdout_rows > 0
+
+
+def test_deploy_that_fails_twice_then_succeeds(tmp_path: Path, dask_address: str,
+                                               prefect_api_url: str) -> None:
+    counter = tmp_path / "attempts"
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(counter)!r})\n"
+        "n = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n))\n"
+        "sys.exit(0 if n >= 3 else 1)\n")
+    paths = write_samples(tmp_path / "data", files=1, rows=3000, seed=22)
+    request = request_for(tmp_path, paths, deploy={"retries": 3, "retry_delay_seconds": 0.1,
+                                                   "hook_command": f"{sys.executable} {hook}"})
+    result = call_flow(request, dask_address)
+    assert result.outcome.decision == "deployed", result
+    assert counter.read_text() == "3"
+    registry = ModelRegistry(tmp_path / "registry")
+    assert [v.version for v in registry.versions()] == ["v0001"]
+    assert registry.current_version() == "v0001" and registry.get("v0001").decision == "deployed"
+    # The retries are visible in Prefect: the deploy task run went through AwaitingRetry.
+    body = {"flow_runs": {"id": {"any_": [result.flow_run_id]}}, "task_runs": {"name": {"like_": "deploy_model"}}}
+    task_runs = httpx.post(f"{prefect_api_url}/task_runs/filter", json=body, timeout=30).json()
+    assert len(task_runs) == 1 and task_runs[0]["run_count"] == 3
+
+
+def test_deploy_that_keeps_failing_leaves_the_champion_current(tmp_path: Path, dask_address: str) -> None:
+    good = write_samples(tmp_path / "data", files=1, rows=3000, seed=23)
+    assert call_flow(request_for(tmp_path, good), dask_address).outcome.decision == "deployed"
+    more = write_samples(tmp_path / "data", files=1, rows=3000, seed=24)
+    request = request_for(tmp_path, more, window=good, evaluation={"tolerance": 1.0},
+                          deploy={"retries": 1, "retry_delay_seconds": 0.1, "hook_command": "false"})
+    outcome = call_flow(request, dask_address).outcome
+    assert outcome.decision == "deploy_failed", outcome
+    assert "rolled back" in outcome.reason
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.current_version() == "v0001"
+    assert registry.get("v0002").decision == "deploy_failed"
+
+
+def test_regression_end_to_end(tmp_path: Path, dask_address: str) -> None:
+    paths = write_samples(tmp_path / "data", files=2, rows=3000, seed=25, task="regression")
+    request = request_for(tmp_path, paths, schema={"target": "monthly_spend", "task": "regression",
+                                                   "drop": ["customer_id"]},
+                          evaluation={"threshold": 0.5}, model={"estimator": "ridge"})
+    outcome = call_flow(request, dask_address).outcome
+    assert outcome.decision == "deployed", outcome
+    assert outcome.metric == "r2" and outcome.candidate_metrics["r2"] > 0.5
+    assert {"rmse", "mae"} <= set(outcome.candidate_metrics)
+    # rmse is lower-is-better: a threshold of 1.0 cannot be met by an rmse of several units.
+    strict = request_for(tmp_path, write_samples(tmp_path / "d2", files=1, rows=3000, seed=26,
+                                                 task="regression"), window=paths,
+                         schema={"target": "monthly_spend", "task": "regression", "drop": ["customer_id"]},
+                         evaluation={"metric": "rmse", "threshold": 1.0}, model={"estimator": "ridge"})
+    refused = call_flow(strict, dask_address).outcome
+    assert refused.decision == "rejected", refused
+    assert "rmse" in refused.reason and "> threshold 1.0000" in refused.reason
+
+
+def test_serve_answers_during_switches_without_errors(tmp_path: Path, dask_address: str) -> None:
+    from service.serve import make_server
+
+    paths = write_samples(tmp_path / "data", files=1, rows=2000, seed=27)
+    assert call_flow(request_for(tmp_path, paths), dask_address).outcome.decision == "deployed"
+    more = write_samples(tmp_path / "data", files=1, rows=2000, seed=28)
+    assert call_flow(request_for(tmp_path, more, window=paths, evaluation={"tolerance": 1.0}),
+                     dask_address).outcome.decision == "deployed"
+    registry = ModelRegistry(tmp_path / "registry")
+    server = make_server(registry, [], "127.0.0.1", 0)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rows = [{"age": 40, "income": 50000, "tenure_months": 12, "usage_hours": 20, "support_calls": 3,
+             "plan": "basic", "region": "south"}]
+    errors, versions = [], set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=json.dumps(rows).encode(),
+                                             headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(req, timeout=10).read())
+                versions.add(answer["version"])
+                assert len(answer["predictions"]) == 1
+            except Exception as exc:  # any failure is a finding
+                errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(30):
+            registry.promote("v0001" if i % 2 else "v0002")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        server.shutdown()
+    assert errors == []
+    assert versions <= {"v0001", "v0002"} and versions
+
+    health = make_server(registry, [], "127.0.0.1", 0)
+    threading.Thread(target=health.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{health.server_address[1]}"
+        assert httpx.get(f"{base}/health").json()["status"] == "ok"
+        bad = httpx.post(f"{base}/predict", content=b"not json", headers={"Content-Type": "application/json"})
+        assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+        missing = httpx.post(f"{base}/predict", json=[{"age": 3}])
+        assert missing.status_code == 400 and "missing feature" in missing.json()["error"]
+        csv = httpx.post(f"{base}/predict", content=paths[0].read_bytes(), headers={"Content-Type": "text/csv"})
+        assert csv.status_code == 200 and len(csv.json()["predictions"]) == 2000
+    finally:
+        health.shutdown()
