@@ -18,6 +18,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
+from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +32,7 @@ from flows.records import (
     EvaluationResult,
     FileOutcome,
     FileRef,
+    ModelVersion,
     PartitionPlan,
     PartitionSummary,
     Rejection,
@@ -79,6 +81,18 @@ def evaluate_task(candidate_path: str, champion_path: str | None, champion_versi
         candidate_path, champion_path, champion_version, parquet_paths, schema,
         pipeline.evaluation, pipeline.model.trusted_types, check_rows=pipeline.deploy.check_rows,
     )
+
+
+@materialize("retrain://models/candidate", name="register_candidate", cache_policy=NO_CACHE,
+             persist_result=False)
+def register_candidate_task(registry_dir: str, staged: str, metadata: dict[str, Any]) -> ModelVersion:
+    """Every candidate becomes a registry version. As a Prefect asset materialization (the
+    assets are set per run), the UI draws the data files -> model lineage."""
+    version = ModelRegistry(registry_dir).register(staged, metadata)
+    for asset in materialized_assets():
+        add_asset_metadata(asset, {"version": version.version, "metrics": version.metrics,
+                                   "path": version.path, "sha256": version.model_sha256})
+    return version
 
 
 @task(name="deploy_model", cache_policy=NO_CACHE, persist_result=False)
@@ -169,7 +183,11 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         logger.warning("not trained: %s", exc)
         return _finish(request, rejected, by_file, decision="not_trained", reason=str(exc))
 
-    version = registry.register(staged, _metadata(request, schema, trained, evaluation, by_file))
+    metadata = _metadata(request, schema, trained, evaluation, by_file)
+    version = register_candidate_task.with_options(
+        assets=[model_asset(request.registry_dir)],
+        asset_deps=[data_asset(f) for f in metadata["metadata"]["files"]],
+    ).submit(request.registry_dir, str(staged), metadata).result()
     logger.info("candidate %s: %s", version.version, evaluation.reason)
 
     decision, reason = "rejected", evaluation.reason
@@ -190,6 +208,24 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     logger.info("decision: %s (%s) in %.1fs", decision, reason, time.perf_counter() - started)
     return _finish(request, rejected, by_file, decision=decision, reason=reason,
                    version=version.version, evaluation=evaluation, trained=trained)
+
+
+def model_asset(registry_dir: str) -> Asset:
+    return Asset(key=f"retrain://models{Path(registry_dir).resolve().as_posix()}",
+                 properties=AssetProperties(name="retrain model", description=f"registry at {registry_dir}"))
+
+
+def data_asset(file: dict[str, Any]) -> Asset:
+    """Data files are named by content: the same bytes are the same asset, whatever the name."""
+    return Asset(key=f"retrain://data/{file['sha256']}",
+                 properties=AssetProperties(name=file["name"], description=f"{file['rows']} rows"))
+
+
+def materialized_assets() -> list[Asset]:
+    from prefect.context import AssetContext
+
+    context = AssetContext.get()
+    return list(context.downstream_assets) if context else []
 
 
 # -- helpers of the flow body ----------------------------------------------------------------

@@ -3,6 +3,8 @@ validating/cleaning a frame against the resolved schema."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -11,10 +13,36 @@ from flows.records import ResolvedSchema
 from flows.specs import SchemaSpec
 
 EXAMPLES = 3  # example bad values shown in an error
+_EXAMPLE_CHARS = 40  # an example value is cut to this length, so the message stays short
+# Values that mean "missing", compared after stripping surrounding whitespace.
+MISSING_TOKENS = ["", "NA", "N/A", "null", "NULL", "NaN", "nan", "None"]
+
+
+def _normalise_text(values: pd.Series) -> pd.Series:
+    """Text stripped, missing tokens as NA (pandas "str" dtype, vectorised: no per-row
+    Python). The reader already maps exact tokens; this also catches " NA " and "  "."""
+    text = values.astype("str")
+    text = text.str.strip()
+    return text.mask(text.isin(MISSING_TOKENS))
 
 
 def _parses_as_number(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").notna()
+
+
+def _missing_column_error(file_name: str, target: str, missing: list[str],
+                          columns: list[str], fix: str) -> InvalidDataError:
+    """One message shape for every missing column, whichever step finds it."""
+    if missing == [target]:
+        what = f"target column '{target}'"
+        fix = "add the column or set schema.target"
+    else:
+        what = f"column(s) {', '.join(repr(c) for c in missing)}"
+    return InvalidDataError(
+        f"{file_name}: missing {what} (columns: {', '.join(columns)}); {fix}",
+        {"missing_columns": missing, "columns": columns},
+        hint=f"every file needs the columns {', '.join(missing)}",
+    )
 
 
 def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> ResolvedSchema:
@@ -25,48 +53,47 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
     categorical = spec.categorical, or (when None) the features whose non-missing sample
     values do not all parse as numbers; numeric = the other features. When features are
     inferred, text columns that look like identifiers (nearly every value distinct) are
-    left out and listed in ``ignored``.
+    left out and listed in ``ignored``. Column order is the file's (or spec.features').
     """
-    columns = list(sample.columns)
+    columns = [str(c) for c in sample.columns]
     if spec.target not in columns:
-        raise InvalidDataError(
-            f"{file_name}: missing target column '{spec.target}' (columns: {', '.join(columns)}); "
-            "add the column or set schema.target",
-            {"missing_columns": [spec.target], "columns": columns},
-            hint=f"every file needs the target column '{spec.target}'",
-        )
+        raise _missing_column_error(file_name, spec.target, [spec.target], columns,
+                                    "add the column or set schema.target")
     if spec.features:
         missing = [c for c in spec.features if c not in columns]
         if missing:
-            raise InvalidDataError(
-                f"{file_name}: missing feature column(s) {', '.join(missing)}; add them or change "
-                "schema.features",
-                {"missing_columns": missing, "columns": columns},
-                hint="every file needs the configured feature columns",
-            )
+            raise _missing_column_error(file_name, spec.target, missing, columns,
+                                        "add them or change schema.features")
         features = list(spec.features)
     else:
         features = [c for c in columns if c != spec.target and c not in spec.drop]
     if not features:
-        raise InvalidDataError(f"{file_name}: no feature columns besides the target; add feature columns",
-                               {"columns": columns})
+        raise InvalidDataError(f"{file_name}: no feature columns besides the target "
+                               f"'{spec.target}'; add feature columns or change schema.drop",
+                               {"columns": columns}, hint="a model needs at least one feature")
     ignored: list[str] = []
     if spec.categorical is None:
         categorical = []
         for column in features:
-            values = sample[column].dropna()
+            values = _normalise_text(sample[column]).dropna()
             if len(values) and not _parses_as_number(values).all():
                 if not spec.features and _looks_like_identifier(values):
                     ignored.append(column)  # one-hot encoding an id would only memorise rows
                 else:
                     categorical.append(column)
         features = [c for c in features if c not in ignored]
+        if not features:
+            raise InvalidDataError(
+                f"{file_name}: every feature column looks like an identifier "
+                f"({', '.join(ignored)}); list the features in schema.features",
+                {"ignored": ignored}, hint="set schema.features to the columns to learn from")
     else:
         unknown = [c for c in spec.categorical if c not in features]
         if unknown:
             raise InvalidDataError(
                 f"{file_name}: categorical column(s) {', '.join(unknown)} are not features; "
-                "fix schema.categorical", {"unknown_columns": unknown})
+                "fix schema.categorical", {"unknown_columns": unknown, "features": features},
+                hint="schema.categorical may only name feature columns")
         categorical = [c for c in features if c in spec.categorical]
     numeric = [c for c in features if c not in categorical]
     return ResolvedSchema(target=spec.target, task=spec.task, numeric=numeric,
@@ -89,74 +116,92 @@ def validate_frame(frame: pd.DataFrame, schema: ResolvedSchema, file_name: str,
     Rows are dropped when the target is missing or a numeric value does not parse; above
     schema.max_bad_row_fraction the partition is rejected with InvalidDataError naming
     the columns, counts and example lines.
+
+    ``first_line`` is the file line of the frame's first row when rows map one to one
+    onto lines (examples then carry ``line``); 0 when that is unknown (a later partition,
+    blank or skipped lines), and examples carry ``row_in_part`` (1-based) instead.
     """
     needed = [*schema.features, schema.target]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        what = "target column" if missing == [schema.target] else "column(s)"
-        raise InvalidDataError(
-            f"{file_name}: missing {what} {', '.join(repr(c) for c in missing)} "
-            f"(columns: {', '.join(frame.columns)}); add them or change the schema",
-            {"missing_columns": missing, "columns": list(frame.columns)},
-            hint="every file must have the same columns as the first file of the batch",
-        )
+        raise _missing_column_error(file_name, schema.target, missing,
+                                    [str(c) for c in frame.columns],
+                                    "add them or change the schema")
     rows = len(frame)
-    out = pd.DataFrame(index=frame.index)
-    bad = pd.Series(False, index=frame.index)
-    problems: dict[str, dict] = {}
+    out: dict[str, pd.Series] = {}
+    bad = np.zeros(rows, dtype=bool)
+    problems: dict[str, dict[str, Any]] = {}
 
     numeric_cols = list(schema.numeric)
     if schema.task == "regression":
         numeric_cols.append(schema.target)
     for column in numeric_cols:
-        text = frame[column]
-        values = pd.to_numeric(text, errors="coerce").astype("float64")
-        unparsed = text.notna() & values.isna()
-        values[np.isinf(values)] = np.nan
+        text = _normalise_text(frame[column])
+        values = pd.to_numeric(text, errors="coerce").astype("float64").to_numpy(copy=True)
+        unparsed = text.notna().to_numpy() & np.isnan(values)
+        values[np.isinf(values)] = np.nan  # "inf" parses, but no estimator can use it
         if unparsed.any():
             bad |= unparsed
-            positions = np.flatnonzero(unparsed.to_numpy())[:EXAMPLES]
+            positions = np.flatnonzero(unparsed)[:EXAMPLES]
             problems[column] = {
                 "expected": "numbers",
                 "unparseable_values": int(unparsed.sum()),
-                "examples": [{"line": int(first_line + p), "value": str(text.iloc[p])} for p in positions],
+                "examples": [_example(p, text.iloc[p], first_line) for p in positions],
             }
-        out[column] = values
+        out[column] = pd.Series(values, index=frame.index)
     for column in schema.categorical:
         out[column] = _clean_text(frame[column])
     if schema.task == "classification":
         out[schema.target] = _clean_text(frame[schema.target])
-    target_missing = out[schema.target].isna() & ~bad
+    target_missing = out[schema.target].isna().to_numpy() & ~bad
     if target_missing.any():
         problems.setdefault(schema.target, {})["missing_values"] = int(target_missing.sum())
         bad |= target_missing
 
     dropped = int(bad.sum())
     if rows and dropped / rows > schema.max_bad_row_fraction:
-        worst = max(problems, key=lambda c: problems[c].get("unparseable_values", 0)
-                    + problems[c].get("missing_values", 0))
-        detail = problems[worst]
-        if "unparseable_values" in detail:
-            examples = ", ".join(f"line {e['line']}: {e['value']!r}" for e in detail["examples"])
-            what = (f"column '{worst}' expects numbers but {detail['unparseable_values']} of {rows} "
-                    f"values are not ({examples})")
-        else:
-            what = f"target '{worst}' is missing in {detail['missing_values']} of {rows} rows"
-        raise InvalidDataError(
-            f"{file_name}: {what}; {dropped} of {rows} rows unusable, over the limit of "
-            f"{schema.max_bad_row_fraction:.0%}",
-            {"rows": rows, "unusable_rows": dropped, "columns": problems,
-             "max_bad_row_fraction": schema.max_bad_row_fraction},
-            hint="fix the values (or the column's type), or raise schema.max_bad_row_fraction",
-        )
-    clean = out.loc[~bad, [*schema.features, schema.target]].reset_index(drop=True)
+        raise _too_many_bad_rows(problems, rows, dropped, schema, file_name)
+    clean = pd.DataFrame({c: out[c] for c in needed}, index=frame.index)
+    clean = clean.loc[~bad].reset_index(drop=True)
     return clean, dropped
+
+
+def _example(position: int, value: Any, first_line: int) -> dict[str, Any]:
+    where = ({"line": int(first_line + position)} if first_line > 0
+             else {"row_in_part": int(position + 1)})
+    return {**where, "value": str(value)}
+
+
+def _too_many_bad_rows(problems: dict[str, dict[str, Any]], rows: int, dropped: int,
+                       schema: ResolvedSchema, file_name: str) -> InvalidDataError:
+    worst = max(problems, key=lambda c: problems[c].get("unparseable_values", 0)
+                + problems[c].get("missing_values", 0))
+    detail = problems[worst]
+    if "unparseable_values" in detail:
+        examples = ", ".join(
+            f"{'line ' + str(e['line']) if 'line' in e else 'row ' + str(e['row_in_part']) + ' of this part'}"
+            f": {_shorten(e['value'])!r}" for e in detail["examples"])
+        what = (f"column '{worst}' expects numbers but {detail['unparseable_values']} of {rows} "
+                f"values are not ({examples})")
+    else:
+        what = f"target '{worst}' is missing in {detail['missing_values']} of {rows} rows"
+    others = [c for c in problems if c != worst]
+    also = f" (also bad: {', '.join(others)})" if others else ""
+    return InvalidDataError(
+        f"{file_name}: {what}{also}; {dropped} of {rows} rows unusable, over the limit of "
+        f"{schema.max_bad_row_fraction:.0%}; fix the values or raise schema.max_bad_row_fraction",
+        {"rows": rows, "unusable_rows": dropped, "columns": problems,
+         "max_bad_row_fraction": schema.max_bad_row_fraction},
+        hint="fix the values (or the column's type), or raise schema.max_bad_row_fraction",
+    )
+
+
+def _shorten(value: str) -> str:
+    return value if len(value) <= _EXAMPLE_CHARS else value[: _EXAMPLE_CHARS - 1] + "…"
 
 
 def _clean_text(values: pd.Series) -> pd.Series:
     """Strings stripped; empty and missing as NaN; object dtype (what scikit-learn's
-    imputers and encoders expect)."""
-    text = values.astype(object)
-    stripped = text.where(text.isna(), text.astype(str).str.strip())
-    stripped = stripped.where(stripped != "", np.nan)
-    return stripped.astype(object)
+    imputers and encoders expect, and what survives a parquet round trip unchanged)."""
+    text = _normalise_text(values).astype(object)
+    return text.where(text.notna(), np.nan)

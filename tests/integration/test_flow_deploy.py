@@ -65,6 +65,24 @@ def test_deploy_that_fails_twice_then_succeeds(tmp_path: Path, dask_address: str
     assert len(task_runs) == 1 and task_runs[0]["run_count"] == 3
 
 
+def test_lineage_is_recorded_as_asset_materializations(tmp_path: Path, dask_address: str,
+                                                       prefect_api_url: str) -> None:
+    paths = write_samples(tmp_path / "data", files=2, rows=2000, seed=29)
+    result = call_flow(request_for(tmp_path, paths), dask_address)
+    assert result.outcome.decision == "deployed"
+    body = {"filter": {"event": {"prefix": ["prefect.asset.materialization"]},
+                       "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
+    wait = __import__("harness").wait_for
+    events = wait(lambda: [e for e in httpx.post(f"{prefect_api_url}/events/filter", json=body,
+                                                 timeout=30).json()["events"]
+                           if str(tmp_path.resolve()) in e["resource"]["prefect.resource.id"]],
+                  30, "the materialization event")
+    event = events[0]
+    assert event["event"] == "prefect.asset.materialization.succeeded"
+    upstream = {r["prefect.resource.id"] for r in event["related"] if r.get("prefect.resource.role") == "asset"}
+    assert {f"retrain://data/{sha256_file(p)}" for p in paths} <= upstream
+
+
 def test_deploy_that_keeps_failing_leaves_the_champion_current(tmp_path: Path, dask_address: str) -> None:
     good = write_samples(tmp_path / "data", files=1, rows=3000, seed=23)
     assert call_flow(request_for(tmp_path, good), dask_address).outcome.decision == "deployed"
