@@ -41,11 +41,11 @@ def test_kill_at_each_stage_loses_nothing(tmp_path: Path, prefect_api_url: str,
         # enough to be caught in the act.
         "preprocess__rows_per_partition": "20000",
         "deploy__hook_command": "sleep 4",
-        "model__params": '{"max_iter": 300}',
+        "model__params": '{"max_iter": 200}',
     }
     env = daemon_env(home, prefect_api_url, **settings)
     data = tmp_path / "data"
-    paths = cli("sample", "--out", str(data), "--files", "3", "--rows", "60000", "--seed", "11",
+    paths = cli("sample", "--out", str(data), "--files", "3", "--rows", "40000", "--seed", "11",
                 env=env, cwd=tmp_path).stdout.split()
 
     daemon = Daemon(home, env, cwd=tmp_path)
