@@ -31,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log lines as plain text (default) or one JSON object per line")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
+    # Where the flow's tasks run; each flag overrides its [dask] setting.
+    cluster = argparse.ArgumentParser(add_help=False)
+    group = cluster.add_argument_group("Dask cluster")
+    group.add_argument("--dask-address", metavar="URL",
+                       help="run tasks on this existing Dask scheduler (e.g. tcp://10.0.0.5:8786)")
+    group.add_argument("--workers", type=int, metavar="N", help="local cluster: worker processes")
+    group.add_argument("--threads-per-worker", type=int, metavar="N", help="local cluster: threads per worker")
+    group.add_argument("--memory-limit", metavar="SIZE",
+                       help="local cluster: memory per worker, e.g. 4GiB (default: auto, a share of RAM)")
+    group.add_argument("--adapt", metavar="MIN:MAX", type=_adapt_bounds,
+                       help="local cluster: scale adaptively between MIN and MAX workers")
+
     parser = argparse.ArgumentParser(
         prog="retrain", parents=[common],
         description="Keep a model fresh: drop CSV files into the inbox; each batch is "
@@ -39,18 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(config=None, home=None, log_format="plain", verbose=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    watch = sub.add_parser("watch", parents=[common], help="run the daemon (foreground, Ctrl+C to stop)",
+    watch = sub.add_parser("watch", parents=[common, cluster], help="run the daemon (foreground, Ctrl+C to stop)",
                            description="Watch the inbox and retrain on every batch of new files.")
-    watch.add_argument("--dask-address", metavar="URL", help="run tasks on this existing Dask scheduler")
     watch.set_defaults(func=cmd_watch)
 
-    run = sub.add_parser("run", parents=[common], help="run one batch of files through the flow, no daemon",
+    run = sub.add_parser("run", parents=[common, cluster], help="run one batch of files through the flow, no daemon",
                          description="Copy FILEs into the home and run them through the flow as one "
                                      "batch. The originals are never moved. Exit 0: the run completed "
                                      "(deployed or not) and every file was used; 3: it completed but a "
                                      "file was quarantined; 1: it failed.")
     run.add_argument("files", nargs="+", metavar="FILE", help="CSV files")
-    run.add_argument("--dask-address", metavar="URL", help="run tasks on this existing Dask scheduler")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", parents=[common], help="files per state, last runs, current model",
@@ -132,6 +142,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- settings and logging --------------------------------------------------------------------
 
+def _adapt_bounds(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    try:
+        bounds = int(low), int(high)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not 0 <= bounds[0] <= bounds[1] or bounds[1] < 1:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX with 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return bounds
+
+
+def cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    adapt = getattr(args, "adapt", None)
+    return {
+        "dask.address": args.dask_address,
+        "dask.n_workers": args.workers,
+        "dask.threads_per_worker": args.threads_per_worker,
+        "dask.memory_limit": args.memory_limit,
+        "dask.adaptive_minimum": adapt[0] if adapt else None,
+        "dask.adaptive_maximum": adapt[1] if adapt else None,
+    }
+
+
 def load(args: argparse.Namespace, **overrides: Any):
     from service.config import load_settings
 
@@ -170,7 +203,7 @@ def existing_home(settings) -> Path:
 # -- commands ----------------------------------------------------------------------------------
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    settings = load(args, **{"dask.address": args.dask_address})
+    settings = load(args, **cluster_overrides(args))
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))
@@ -180,7 +213,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = load(args, **{"dask.address": args.dask_address})
+    settings = load(args, **cluster_overrides(args))
     sources = [Path(f) for f in args.files]
     for source in sources:
         if not source.is_file():
@@ -188,41 +221,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))
-    from service.inbox import Home, claim_file
-    from service.ledger import FileState, Ledger
+    from service.inbox import Home
+    from service.ledger import Ledger
     from service.lock import HomeLock
     from service.runs import build_request, call_flow, record_result
-    from service.runtime import dask_cluster, prefect_api, quiet_libraries
+    from service.runtime import check_scheduler, dask_cluster, prefect_api, quiet_libraries
 
     log = logging.getLogger("retrain.run")
     home = Home(settings.home).ensure()
     with HomeLock(home.state / "daemon.lock", "retrain run"):
         ledger = Ledger(home.ledger_path)
         try:
-            claimed = []
-            for source in sources:
-                # Copy under a temporary name, then rename: the copy is complete when it
-                # appears under its real name, exactly like a well-behaved inbox writer.
-                tmp = home.inbox / f".{source.name}.{os.getpid()}.tmp"
-                shutil.copyfile(source, tmp)
-                target = home.inbox / source.name
-                os.replace(tmp, target)
-                record = claim_file(ledger, home, target, time.time(), settings.watcher.max_file_bytes)
-                if record is None:
-                    continue
-                if record.state == FileState.QUEUED:
-                    claimed.append(record.id)
-                elif record.state == FileState.DUPLICATE:
-                    print(f"retrain: {source.name}: same content as a file already used; not trained on again",
-                          file=sys.stderr)
-                else:
-                    print(f"retrain: {source.name}: {(record.error or {}).get('reason', record.state)}",
-                          file=sys.stderr)
-            if not claimed:
-                raise RetrainError("no file to run on; see the lines above")
+            # Reach the scheduler and the API before taking the files: when either does
+            # not answer, the files are left alone.
+            if settings.dask.address:
+                check_scheduler(settings.dask.address)
             quiet_libraries()
             with prefect_api(), dask_cluster(settings.dask) as address:
                 quiet_libraries()
+                claimed = claim_copies(sources, home, ledger, settings)
+                if not claimed:
+                    raise RetrainError("no file to run on; see the lines above")
                 run = ledger.start_run(claimed)
                 request = build_request(settings, home, ledger, run)
                 result = call_flow(request, address)
@@ -230,6 +249,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             return report_run(ledger, run, result, log)
         finally:
             ledger.close()
+
+
+def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
+    """Copy each source into the inbox and claim it like an inbox file; returns the ids of
+    the files queued for this run (duplicates and rejected files are reported)."""
+    from service.inbox import claim_file
+    from service.ledger import FileState
+
+    claimed = []
+    for source in sources:
+        # Copy under a temporary name, then rename: the copy is complete when it
+        # appears under its real name, exactly like a well-behaved inbox writer.
+        tmp = home.inbox / f".{source.name}.{os.getpid()}.tmp"
+        shutil.copyfile(source, tmp)
+        target = home.inbox / source.name
+        os.replace(tmp, target)
+        record = claim_file(ledger, home, target, time.time(), settings.watcher.max_file_bytes)
+        if record is None:
+            continue
+        if record.state == FileState.QUEUED:
+            claimed.append(record.id)
+        elif record.state == FileState.DUPLICATE:
+            print(f"retrain: {source.name}: same content as a file already used; not trained on again",
+                  file=sys.stderr)
+        else:
+            print(f"retrain: {source.name}: {(record.error or {}).get('reason', record.state)}",
+                  file=sys.stderr)
+    return claimed
 
 
 def report_run(ledger, run, result, log: logging.Logger) -> int:

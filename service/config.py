@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.errors import ConfigError
 from flows.specs import (
@@ -74,6 +74,25 @@ class DaskSpec(_Section):
     adaptive_minimum: int = Field(0, ge=0)
     adaptive_maximum: int = Field(0, ge=0)
     dashboard_address: str | None = ":0"
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if value != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(value)
+            except (ValueError, TypeError):
+                raise ValueError("expected 'auto' or a size such as '4GiB' or '500MB'") from None
+        return value
+
+    @model_validator(mode="after")
+    def _adaptive_bounds(self) -> "DaskSpec":
+        if self.adaptive_maximum and self.adaptive_minimum > self.adaptive_maximum:
+            raise ValueError(f"adaptive_minimum {self.adaptive_minimum} is above adaptive_maximum "
+                             f"{self.adaptive_maximum}")
+        return self
 
 
 class DaemonSpec(_Section):

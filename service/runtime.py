@@ -7,6 +7,7 @@ cluster, each started (or connected to) once and kept for the process's whole li
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from contextlib import contextmanager
@@ -85,6 +86,20 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
+def check_scheduler(address: str) -> int:
+    """Make sure an existing Dask scheduler answers; returns its number of workers."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout="10s") as client:
+            return len(client.scheduler_info().get("workers", {}))
+    except (OSError, TimeoutError) as exc:
+        raise RetrainError(
+            f"the Dask scheduler at {address} does not answer ({type(exc).__name__}); "
+            "start it (dask scheduler) or unset dask.address to use a local cluster"
+        ) from None
+
+
 @contextmanager
 def dask_cluster(spec: DaskSpec) -> Iterator[str]:
     """Yield the address of the scheduler the flow's tasks run on.
@@ -95,33 +110,34 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
     from distributed import Client, LocalCluster
 
     if spec.address:
-        try:
-            with Client(spec.address, timeout="10s") as client:
-                workers = len(client.scheduler_info().get("workers", {}))
-        except (OSError, TimeoutError) as exc:
-            raise RetrainError(
-                f"the Dask scheduler at {spec.address} does not answer ({type(exc).__name__}); "
-                "start it (dask scheduler) or unset dask.address to use a local cluster"
-            ) from None
+        workers = check_scheduler(spec.address)
         log.info("running tasks on the Dask scheduler at %s (%d workers)", spec.address, workers)
         yield spec.address
         return
 
+    # The dashboard needs bokeh; without it Dask would still print a link to nothing.
+    dashboard = (spec.dashboard_address or None) if importlib.util.find_spec("bokeh") else None
     cluster = LocalCluster(
-        n_workers=spec.n_workers,
+        n_workers=spec.adaptive_minimum if spec.adaptive_maximum else spec.n_workers,
         threads_per_worker=spec.threads_per_worker,
         memory_limit=spec.memory_limit,
         processes=True,
-        dashboard_address=spec.dashboard_address,
+        dashboard_address=dashboard,
         silence_logs=logging.ERROR,
     )
     try:
         if spec.adaptive_maximum:
             cluster.adapt(minimum=spec.adaptive_minimum, maximum=spec.adaptive_maximum)
-        link = getattr(cluster, "dashboard_link", None)
-        log.info("local Dask cluster: %d workers x %d threads at %s%s", spec.n_workers,
-                 spec.threads_per_worker, cluster.scheduler_address,
-                 f", dashboard {link}" if link else "")
+            size = f"adaptive {spec.adaptive_minimum}..{spec.adaptive_maximum} workers"
+        else:
+            size = f"{spec.n_workers} workers"
+        memory = spec.memory_limit if spec.memory_limit != "auto" else "auto memory limit"
+        log.info("local Dask cluster: %s x %d threads, %s, at %s", size, spec.threads_per_worker,
+                 memory, cluster.scheduler_address)
+        if dashboard is not None:
+            log.info("Dask dashboard: %s", cluster.dashboard_link)
+        elif spec.dashboard_address:
+            log.info("Dask dashboard unavailable: install bokeh>=3.1 to get it")
         yield cluster.scheduler_address
     finally:
         cluster.close()
