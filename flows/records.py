@@ -152,3 +152,6 @@ class RunOutcome(_Record):
     train_rows: int = 0
     holdout_rows: int = 0
     window_files: int = 0
+    # Wall time of each stage of the flow (schema, preprocess, train, evaluate, register,
+    # deploy), orchestration included: where a run's time went.
+    stage_seconds: dict[str, float] = Field(default_factory=dict)

@@ -121,11 +121,13 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     logger = get_run_logger()
     spec = request.pipeline
     started = time.perf_counter()
+    stages = Stopwatch()
     rejected: dict[int, Rejection] = {}
 
     schema = _resolve_run_schema(request, rejected)
+    stages.lap("schema")
     if schema is None:
-        return _finish(request, rejected, {}, decision="no_valid_data",
+        return _finish(request, rejected, {}, stages, decision="no_valid_data",
                        reason="no file of this batch could be read; see each file's reason")
 
     # Plan partitions for the new files and for the window (the window is cached).
@@ -151,6 +153,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
                                    summary.rejection.hint)
             _reject_or_skip(ref, exc, request, rejected, skipped_window)
     by_file = _group_by_file(summaries, rejected, skipped_window, request)
+    stages.lap("preprocess")
     cached = sum(s.cached for s in summaries)
     if schema.ignored:
         logger.warning("columns %s look like identifiers and are not used as features "
@@ -162,7 +165,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
 
     new_ids = {ref.file_id for ref in request.new_files}
     if not any(fid in by_file for fid in new_ids):
-        return _finish(request, rejected, by_file, decision="no_valid_data",
+        return _finish(request, rejected, by_file, stages, decision="no_valid_data",
                        reason="every file of this batch was rejected; see each file's reason")
 
     # The window in file order (oldest first), partitions in order within a file.
@@ -175,19 +178,22 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     champion = registry.current()
     try:
         trained = train_candidate_task.submit(parquet_paths, schema, spec, str(staged)).result()
+        stages.lap("train")
         evaluation = evaluate_task.submit(
             str(staged), str(Path(champion.path) / MODEL_FILE) if champion else None,
             champion.version if champion else None, parquet_paths, schema, spec,
         ).result()
+        stages.lap("evaluate")
     except TrainingError as exc:
         logger.warning("not trained: %s", exc)
-        return _finish(request, rejected, by_file, decision="not_trained", reason=str(exc))
+        return _finish(request, rejected, by_file, stages, decision="not_trained", reason=str(exc))
 
     metadata = _metadata(request, schema, trained, evaluation, by_file)
     version = register_candidate_task.with_options(
         assets=[model_asset(request.registry_dir)],
         asset_deps=[data_asset(f) for f in metadata["metadata"]["files"]],
     ).submit(request.registry_dir, str(staged), metadata).result()
+    stages.lap("register")
     logger.info("candidate %s: %s", version.version, evaluation.reason)
 
     decision, reason = "rejected", evaluation.reason
@@ -204,9 +210,10 @@ def retrain(request: RetrainRequest) -> RunOutcome:
             decision = "deploy_failed"
             reason = f"deploy of {version.version} failed after {spec.deploy.retries + 1} attempts and was rolled back: {exc}"
             logger.error(reason)
+        stages.lap("deploy")
     registry.update(version.version, decision=decision, reason=reason)
     logger.info("decision: %s (%s) in %.1fs", decision, reason, time.perf_counter() - started)
-    return _finish(request, rejected, by_file, decision=decision, reason=reason,
+    return _finish(request, rejected, by_file, stages, decision=decision, reason=reason,
                    version=version.version, evaluation=evaluation, trained=trained)
 
 
@@ -229,6 +236,19 @@ def materialized_assets() -> list[Asset]:
 
 
 # -- helpers of the flow body ----------------------------------------------------------------
+
+class Stopwatch:
+    """Wall time per stage: each ``lap`` records the time since the previous one."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
+
 
 # A task costs tens of milliseconds of orchestration: small partitions (small files) are
 # grouped so that each task has at least this much to read.
@@ -347,7 +367,7 @@ def _library_versions() -> dict[str, str]:
 
 
 def _finish(request: RetrainRequest, rejected: dict[int, Rejection],
-            by_file: dict[int, list[PartitionSummary]], *, decision: str, reason: str,
+            by_file: dict[int, list[PartitionSummary]], stages: "Stopwatch", *, decision: str, reason: str,
             version: str | None = None, evaluation: EvaluationResult | None = None,
             trained: TrainResult | None = None) -> RunOutcome:
     files = []
@@ -366,7 +386,7 @@ def _finish(request: RetrainRequest, rejected: dict[int, Rejection],
         champion_metrics=evaluation.champion if evaluation else None,
         train_rows=trained.train_rows if trained else 0,
         holdout_rows=evaluation.holdout_rows if evaluation else 0,
-        window_files=len(by_file),
+        window_files=len(by_file), stage_seconds=stages.seconds,
     )
     create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(outcome, evaluation),
                              description=f"retrain: {decision}")
@@ -397,5 +417,8 @@ def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None) -
             lines.append(f"| {name} | {value:.4f} | {'' if other is None else f'{other:.4f}'} |")
         if evaluation.champion_version:
             lines += ["", f"Champion: `{evaluation.champion_version}`."]
+    if outcome.stage_seconds:
+        lines += ["", "Time per stage: " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds
+                                                    in outcome.stage_seconds.items()) + "."]
     return "\n".join(lines) + "\n"
 

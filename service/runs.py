@@ -121,6 +121,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
         "window_files": outcome.window_files,
         "rows": sum(f.rows for f in outcome.files),
         "rejected_rows": sum(f.rejected_rows for f in outcome.files),
+        "stage_seconds": outcome.stage_seconds,
     }
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,

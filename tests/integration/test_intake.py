@@ -80,12 +80,12 @@ def test_slow_writer_is_never_read_early(tmp_path: Path, prefect_api_url: str, d
     check_invariant(home)
 
 
-def test_sigterm_during_a_run_exits_zero_and_loses_nothing(tmp_path: Path, prefect_api_url: str,
-                                                           dask_address: str) -> None:
+def test_sigterm_during_a_run_exits_zero_and_loses_nothing(tmp_path: Path, prefect_api_url: str) -> None:
     home = tmp_path / "home"
-    # A deploy hook that outlasts the grace period: the run cannot finish in time.
-    env = daemon_env(home, prefect_api_url, dask__address=dask_address,
-                     daemon__grace_seconds="1", deploy__hook_command="sleep 30")
+    # A deploy hook that outlasts the grace period: the run cannot finish in time. The
+    # daemon runs its own local cluster, as by default, so its workers (and the task
+    # still running on one) stop with it instead of living on in a shared cluster.
+    env = daemon_env(home, prefect_api_url, daemon__grace_seconds="1", deploy__hook_command="sleep 30")
     daemon = Daemon(home, env, cwd=tmp_path)
     daemon.wait_ready()
     sample_frame(3000, 4).to_csv(home / "inbox" / ".a.tmp", index=False)
