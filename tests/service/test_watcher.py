@@ -73,6 +73,24 @@ def test_rename_into_place_is_ready_at_once(watcher: InboxWatcher) -> None:
         assert ready[0].via == "moved"
 
 
+def test_file_moved_in_from_another_folder_is_ready_at_once(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "exports"
+    outside.mkdir()
+    watcher = InboxWatcher(inbox, settle_seconds=30.0, closed_settle_seconds=30.0, rescan_seconds=60)
+    watcher.start()
+    try:
+        watcher.poll()
+        (outside / "c.csv").write_text("a,b\n1,2\n")
+        os.rename(outside / "c.csv", inbox / "c.csv")  # what `mv` does on one filesystem
+        ready = poll_until(watcher, lambda s: s, timeout=5)
+        assert [(r.path.name, r.via) for r in ready] == [("c.csv", "moved")]
+        # A move out of the inbox is nothing to act on.
+        os.rename(inbox / "c.csv", outside / "c.csv")
+        assert poll_until(watcher, lambda s: s, timeout=0.5) == []
+    finally:
+        watcher.stop()
+
+
 def test_slow_writer_is_never_taken_early(watcher: InboxWatcher) -> None:
     path = watcher.inbox / "slow.csv"
     done = threading.Event()
