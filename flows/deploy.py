@@ -12,10 +12,10 @@ from flows.registry import ModelRegistry
 
 def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list[str],
                       schema: ResolvedSchema, metric: str, expected: float | None, rows: int,
-                      trusted_types: list[str]) -> None:
+                      trusted_types: list[str], threads: int = 0) -> None:
     """Load ``current`` from disk (sha256 checked), make sure it is ``version``, score the
     first ``rows`` holdout rows and compare with what evaluation measured on the same rows."""
-    from flows.train import training_frame
+    from flows.train import model_threads, training_frame
 
     current = registry.current_version()
     if current != version:
@@ -25,7 +25,8 @@ def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list
     except RetrainError as exc:
         raise DeployError(f"post-deploy check: {version} cannot be loaded: {exc}") from None
     holdout = training_frame(parquet_paths, schema, holdout=True)
-    value = check_score(model, holdout, schema, metric, rows)
+    with model_threads(threads):  # as in evaluation, so the numbers can match exactly
+        value = check_score(model, holdout, schema, metric, rows)
     if expected is None or math.isnan(value) or abs(value - expected) > 1e-9:
         raise DeployError(f"post-deploy check: deployed {version} scores {metric} {value:.6f} on "
                           f"{min(rows, len(holdout))} holdout rows, evaluation measured {expected}")

@@ -122,8 +122,19 @@ def check_score(model, holdout: pd.DataFrame, schema: ResolvedSchema, metric: st
 def evaluate_against_champion(candidate_path: str, champion_path: str | None,
                               champion_version: str | None, parquet_paths: list[str],
                               schema: ResolvedSchema, spec: EvaluationSpec,
-                              trusted_types: list[str], check_rows: int = 1000) -> EvaluationResult:
+                              trusted_types: list[str], check_rows: int = 1000,
+                              threads: int = 0) -> EvaluationResult:
     """Score candidate and champion on the holdout rows of the window, decide."""
+    from flows.train import model_threads
+
+    with model_threads(threads):
+        return _evaluate(candidate_path, champion_path, champion_version, parquet_paths, schema,
+                         spec, trusted_types, check_rows)
+
+
+def _evaluate(candidate_path: str, champion_path: str | None, champion_version: str | None,
+              parquet_paths: list[str], schema: ResolvedSchema, spec: EvaluationSpec,
+              trusted_types: list[str], check_rows: int) -> EvaluationResult:
     from flows.registry import load_skops
     from flows.train import training_frame
 

@@ -80,6 +80,7 @@ def evaluate_task(candidate_path: str, champion_path: str | None, champion_versi
     return evaluate_against_champion(
         candidate_path, champion_path, champion_version, parquet_paths, schema,
         pipeline.evaluation, pipeline.model.trusted_types, check_rows=pipeline.deploy.check_rows,
+        threads=pipeline.model.threads,
     )
 
 
@@ -106,6 +107,7 @@ def deploy_task(registry_dir: str, version: str, parquet_paths: list[str], schem
         post_deploy_check(
             registry, version, parquet_paths, schema, evaluation.metric,
             evaluation.check_value, evaluation.check_rows, pipeline.model.trusted_types,
+            pipeline.model.threads,
         )
         run_deploy_hooks(pipeline.deploy, version, registry.get(version).path)
     except Exception:

@@ -77,6 +77,9 @@ class ModelSpec(_Section):
     # Extra types (fully qualified names) trusted when loading a factory's model with skops.
     trusted_types: list[str] = Field(default_factory=list)
     random_state: int = 0
+    # Threads for fitting and scoring; 0: every core of the machine the task runs on. Dask
+    # workers give numeric libraries one thread each, but nothing else runs beside training.
+    threads: int = Field(0, ge=0)
 
     @field_validator("estimator")
     @classmethod

@@ -7,8 +7,9 @@ import importlib
 import inspect
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import skops.io as sio
@@ -83,6 +84,15 @@ def training_frame(parquet_paths: list[str], schema: ResolvedSchema, holdout: bo
     return side.drop(columns=[HOLDOUT_COLUMN]).reset_index(drop=True)
 
 
+@contextmanager
+def model_threads(threads: int) -> Iterator[None]:
+    """Let the numeric libraries (OpenMP, BLAS) use ``threads`` threads, 0 for every core."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads or os.cpu_count() or 1):
+        yield
+
+
 def train_candidate(parquet_paths: list[str], schema: ResolvedSchema, spec: ModelSpec,
                     out_path: str | Path) -> TrainResult:
     """Fit the pipeline on the non-holdout rows of the window and save it with skops at
@@ -99,7 +109,8 @@ def train_candidate(parquet_paths: list[str], schema: ResolvedSchema, spec: Mode
                                 "add data with at least two classes")
     pipeline = build_pipeline(spec, schema)
     started = time.perf_counter()
-    pipeline.fit(frame[schema.features], y)
+    with model_threads(spec.threads):
+        pipeline.fit(frame[schema.features], y)
     fit_seconds = time.perf_counter() - started
 
     out = Path(out_path)

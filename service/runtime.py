@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -112,6 +113,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
     if spec.address:
         workers = check_scheduler(spec.address)
         log.info("running tasks on the Dask scheduler at %s (%d workers)", spec.address, workers)
+        warm_up_workers(spec.address)
         yield spec.address
         return
 
@@ -138,9 +140,22 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
             log.info("Dask dashboard: %s", cluster.dashboard_link)
         elif spec.dashboard_address:
             log.info("Dask dashboard unavailable: install bokeh>=3.1 to get it")
+        warm_up_workers(cluster.scheduler_address)
         yield cluster.scheduler_address
     finally:
         cluster.close()
+
+
+def warm_up_workers(address: str) -> None:
+    """Import the flow's code on every worker now (and on workers that join later)."""
+    from distributed import Client
+
+    from service.warmup import WarmUp
+
+    started = time.perf_counter()
+    with Client(address, timeout="30s") as client:
+        client.register_plugin(WarmUp())
+    log.debug("workers warmed up in %.1fs", time.perf_counter() - started)
 
 
 def quiet_libraries() -> None:
