@@ -9,6 +9,7 @@ run on whatever Dask cluster the caller's ``DaskTaskRunner`` points at.
 
 from __future__ import annotations
 
+import base64
 import platform
 import time
 from datetime import datetime, timezone
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
+from flows import progress
 from flows.deploy import deploy_model, post_deploy_check, rollback
 from flows.errors import InvalidDataError, TrainingError
 from flows.evaluate import evaluate_against_champion
@@ -143,11 +146,12 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         except InvalidDataError as exc:
             _reject_or_skip(ref, exc, request, rejected, skipped_window)
 
+    groups = group_plans(plans)
     futures = preprocess_partitions_task.map(
-        group_plans(plans), unmapped(schema), unmapped(request.cache_dir),
+        groups, unmapped(schema), unmapped(request.cache_dir),
         unmapped(spec.evaluation.holdout_fraction),
     )
-    summaries: list[PartitionSummary] = [s for f in futures for s in f.result()]
+    summaries = _gather_with_progress(futures, groups)
     for summary in summaries:
         if summary.rejection is not None:
             ref = _ref_by_id(request, summary.file_id)
@@ -179,13 +183,16 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     staged = registry.staging_path(f"candidate-{run_id}.skops")
     champion = registry.current()
     try:
+        progress.report("train", 0, 1)
         trained = train_candidate_task.submit(parquet_paths, schema, spec, str(staged)).result()
         stages.lap("train")
+        progress.report("train", 1, 1)
         evaluation = evaluate_task.submit(
             str(staged), str(Path(champion.path) / MODEL_FILE) if champion else None,
             champion.version if champion else None, parquet_paths, schema, spec,
         ).result()
         stages.lap("evaluate")
+        progress.report("evaluate", 1, 1)
     except TrainingError as exc:
         logger.warning("not trained: %s", exc)
         return _finish(request, rejected, by_file, stages, decision="not_trained", reason=str(exc))
@@ -196,6 +203,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         asset_deps=[data_asset(f) for f in metadata["metadata"]["files"]],
     ).submit(request.registry_dir, str(staged), metadata).result()
     stages.lap("register")
+    progress.report("register", 1, 1)
     logger.info("candidate %s: %s", version.version, evaluation.reason)
 
     decision, reason = "rejected", evaluation.reason
@@ -213,10 +221,32 @@ def retrain(request: RetrainRequest) -> RunOutcome:
             reason = f"deploy of {version.version} failed after {spec.deploy.retries + 1} attempts and was rolled back: {exc}"
             logger.error(reason)
         stages.lap("deploy")
+        progress.report("deploy", 1, 1)
     registry.update(version.version, decision=decision, reason=reason)
     logger.info("decision: %s (%s) in %.1fs", decision, reason, time.perf_counter() - started)
+    publish_history(registry, spec.evaluation.threshold)
     return _finish(request, rejected, by_file, stages, decision=decision, reason=reason,
                    version=version.version, evaluation=evaluation, trained=trained)
+
+
+def publish_history(registry: ModelRegistry, threshold: float) -> None:
+    """Attach the history of every version to this run: the chart of the gate's metric
+    (a PNG inside a markdown artifact) and the metrics table. A chart that cannot be drawn
+    is logged, never a reason to fail a run whose model is already decided."""
+    from flows.report import metrics_table, render_png
+
+    versions = registry.versions()
+    try:
+        png = render_png(versions, threshold, registry.current_version(), dpi=80)
+        create_markdown_artifact(
+            key="retrain-history",
+            markdown=f"# Every trained version\n\n![metric of every version](data:image/png;base64,"
+                     f"{base64.b64encode(png).decode()})\n",
+            description="the gate's metric of every trained version over time")
+        create_table_artifact(key="retrain-versions", table=metrics_table(versions),
+                              description="metrics and decision of every trained version")
+    except Exception as exc:
+        get_run_logger().warning("history artifacts not created: %s", exc)
 
 
 def model_asset(registry_dir: str) -> Asset:
@@ -238,6 +268,21 @@ def materialized_assets() -> list[Asset]:
 
 
 # -- helpers of the flow body ----------------------------------------------------------------
+
+def _gather_with_progress(futures, groups: list[list[PartitionPlan]]) -> list[PartitionSummary]:
+    """The summaries of every group, in plan order, reporting each group as it finishes."""
+    total = sum(len(g) for g in groups)
+    progress.report("preprocess", 0, total)
+    position = {id(f): i for i, f in enumerate(futures)}
+    results: list[list[PartitionSummary]] = [[] for _ in futures]
+    done = 0
+    for future in as_completed(futures):
+        i = position[id(future)]
+        results[i] = future.result()
+        done += len(groups[i])
+        progress.report("preprocess", done, total)
+    return [s for group in results for s in group]
+
 
 class Stopwatch:
     """Wall time per stage: each ``lap`` records the time since the previous one."""

@@ -13,8 +13,9 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from flows.errors import RetrainError
 
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="files per state, last runs, current model",
                             description="What the service is doing and has done.")
     status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until Ctrl+C")
     status.add_argument("--runs", type=int, default=10, metavar="N", help="how many runs to show")
     status.set_defaults(func=cmd_status)
 
@@ -244,11 +247,46 @@ def cmd_run(args: argparse.Namespace) -> int:
                     raise RetrainError("no file to run on; see the lines above")
                 run = ledger.start_run(claimed)
                 request = build_request(settings, home, ledger, run)
-                result = call_flow(request, address)
+                with show_progress(log):
+                    result = call_flow(request, address)
                 run = record_result(ledger, home, run, result, settings.daemon.max_attempts)
             return report_run(ledger, run, result, log)
         finally:
             ledger.close()
+
+
+@contextmanager
+def show_progress(log: logging.Logger) -> Iterator[None]:
+    """Progress of the run per stage: bars on a terminal, plain log lines otherwise."""
+    from flows import progress
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bars = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True))
+        tasks: dict[str, Any] = {}
+
+        def listener(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+    else:
+        bars = nullcontext()
+
+        def listener(stage: str, done: int, total: int) -> None:
+            if stage == "preprocess":
+                log.info("preprocess: %d/%d partitions", done, total)
+            elif done == total:
+                log.info("%s: done", stage)
+
+    with bars:
+        progress.add_listener(listener)
+        try:
+            yield
+        finally:
+            progress.remove_listener(listener)
 
 
 def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
@@ -302,10 +340,17 @@ def report_run(ledger, run, result, log: logging.Logger) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from service.status import collect_status, print_status
+    from service.status import collect_status, print_status, watch_status
 
     settings = load(args)
-    status = collect_status(existing_home(settings), settings, runs=args.runs)
+    home = existing_home(settings)
+    if args.watch is not None:
+        if args.json or args.watch <= 0:
+            raise RetrainError("--watch takes a positive number of seconds and does not combine "
+                               "with --json; poll `retrain status --json` instead")
+        watch_status(lambda: collect_status(home, settings, runs=args.runs), args.watch)
+        return 0
+    status = collect_status(home, settings, runs=args.runs)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     else:
@@ -430,7 +475,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from service.report import write_report
+    from flows.report import write_report
 
     settings, registry = _registry(args)
     out = Path(args.out) if args.out else Path(settings.home) / "report.png"

@@ -122,32 +122,34 @@ def _fmt_metric(values: dict[str, Any] | None, metric: str | None) -> str:
     return f"{values[metric]:.4f}"
 
 
-def print_status(status: dict[str, Any]) -> None:
-    from rich.console import Console
+def render_status(status: dict[str, Any]):
+    """The status as one rich renderable (printed once, or refreshed by ``--watch``)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
+    parts: list[Any] = []
     d = status["daemon"]
     if d["alive"]:
-        console.print(f"[bold green]daemon running[/] pid {d['pid']}, up {d['uptime_seconds']:.0f}s, "
-                      f"{d['state']}" + (f" (run {d['current_run']})" if d["current_run"] else "")
-                      + f"; {d['batched_files']} file(s) batched, {d['settling_files']} settling")
+        parts.append(f"[bold green]daemon running[/] pid {d['pid']}, up {d['uptime_seconds']:.0f}s, "
+                     f"{d['state']}" + (f" (run {d['current_run']})" if d["current_run"] else "")
+                     + f"; {d['batched_files']} file(s) batched, {d['settling_files']} settling")
     else:
-        console.print(f"[bold yellow]daemon not running[/] (home {status['home']})")
+        parts.append(f"[bold yellow]daemon not running[/] (home {status['home']})")
 
     files = status["files"]
     shown = {k: v for k, v in files.items() if k != "total" and (v or k in MAIN_STATES)}
-    console.print(f"files: {files['total']} in all — "
-                  + ", ".join(f"{state} {count}" for state, count in shown.items()))
+    parts.append(f"files: {files['total']} in all — "
+                 + ", ".join(f"{state} {count}" for state, count in shown.items()))
 
     model = status["current_model"]
     gate = status["gate"]
     if model:
-        console.print(f"current model [bold]{model['version']}[/] ({model['created_at']}): "
-                      f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
-                      f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}")
+        parts.append(f"current model [bold]{model['version']}[/] ({model['created_at']}): "
+                     f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
+                     f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}")
     else:
-        console.print(f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}")
+        parts.append(f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}")
 
     runs = Table(title="Last runs", title_justify="left")
     for col in ("run", "finished", "files", "rows", "decision", "version", "candidate", "champion"):
@@ -156,10 +158,10 @@ def print_status(status: dict[str, Any]) -> None:
         runs.add_row(str(r["id"]), r["finished_at"] or r["state"], str(r["files"]),
                      str(r["rows"] or ""), r["decision"] or r["state"], r["model_version"] or "",
                      _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]))
-    console.print(runs)
+    parts.append(runs)
     for r in status["runs"][:3]:  # why the last decisions were taken, in full
         if r["reason"]:
-            console.print(f"  run {r['id']}: {r['reason']}", highlight=False)
+            parts.append(Text(f"  run {r['id']}: {r['reason']}"))
 
     if status["quarantined"]:
         q = Table(title="Last quarantined files", title_justify="left")
@@ -167,7 +169,27 @@ def print_status(status: dict[str, Any]) -> None:
         q.add_column("reason", overflow="fold")
         for f in status["quarantined"]:
             q.add_row(f["name"], f["reason"] or "")
-        console.print(q)
+        parts.append(q)
+    return Group(*parts)
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    Console().print(render_status(status))
+
+
+def watch_status(collect, interval: float) -> None:
+    """Redraw the status every ``interval`` seconds until Ctrl+C."""
+    from rich.live import Live
+
+    with Live(render_status(collect()), auto_refresh=False, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(render_status(collect()), refresh=True)
+        except KeyboardInterrupt:
+            pass
 
 
 def print_models(versions: list[ModelVersion], current: str | None) -> None:

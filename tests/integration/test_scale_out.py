@@ -75,6 +75,9 @@ def test_batch_runs_on_an_existing_scheduler_and_its_workers(tmp_path: Path, pre
     assert result.returncode == 0, result.stderr
     assert f"running tasks on the Dask scheduler at {external_cluster} (2 workers)" in result.stderr
     assert "local Dask cluster" not in result.stderr
+    # Not on a terminal: progress as plain lines, per partition and per stage.
+    assert "preprocess: 0/2 partitions" in result.stderr and "preprocess: 2/2 partitions" in result.stderr
+    assert "train: done" in result.stderr and "deploy: done" in result.stderr
 
     after, names = _executed(external_cluster)
     ran = {w: after[w] - before.get(w, 0) for w in after}

@@ -1,4 +1,5 @@
-"""``retrain report``: the gate's metric of every trained version over time, as a PNG."""
+"""The gate's metric of every trained version over time, as a PNG chart and as a table:
+written by ``retrain report`` and attached to each flow run as Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -31,15 +32,37 @@ def metric_history(versions: list[ModelVersion], metric: str | None = None) -> t
     return metric, points
 
 
+def metrics_table(versions: list[ModelVersion]) -> list[dict]:
+    """One row per version, newest first: what the chart shows, as numbers."""
+    rows = []
+    for v in reversed(versions):
+        row = {"version": v.version, "created_at": v.created_at, "decision": v.decision}
+        row.update({name: round(value, 4) for name, value in v.metrics.items()})
+        row["train_rows"] = v.metadata.get("training", {}).get("train_rows")
+        rows.append(row)
+    return rows
+
+
 def write_report(versions: list[ModelVersion], out: Path, threshold: float | None,
                  current: str | None, metric: str | None = None) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(render_png(versions, threshold, current, metric))
+    tmp.replace(out)
+    return out
+
+
+def render_png(versions: list[ModelVersion], threshold: float | None, current: str | None,
+               metric: str | None = None, dpi: int = 110) -> bytes:
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render straight to a file
     import matplotlib.pyplot as plt
 
     metric, points = metric_history(versions, metric)
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=dpi)
     ax.plot([p["time"] for p in points], [p["value"] for p in points], color="lightgray",
             linewidth=1, zorder=1)
     for decision, (color, marker, label) in DECISION_STYLE.items():
@@ -61,9 +84,7 @@ def write_report(versions: list[ModelVersion], out: Path, threshold: float | Non
     ax.legend(loc="best", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(out)
-    return out
+    return buffer.getvalue()
