@@ -114,3 +114,16 @@ def test_retrain_run_trains_and_predicts(tmp_path: Path, prefect_api_url: str,
     assert lines[0].endswith("prediction,probability_0,probability_1")
     assert len(lines) == 2001
     check_invariant(home)
+
+    # The history chart, and the one-line answers of operator commands given wrong input.
+    chart = tmp_path / "report.png"
+    reported = cli("report", "--out", str(chart), env=env, cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for args, message in [(("models", "show", "v0042"), "no model version 'v0042'; known versions: v0001"),
+                          (("models", "rollback"), "no earlier deployed version"),
+                          (("status", "--home", str(tmp_path / "nowhere")), "no retrain home at"),
+                          (("status", "--bogus"), "unrecognized arguments: --bogus")]:
+        answer = cli(*args, env=env, cwd=tmp_path)
+        lines = answer.stderr.strip().splitlines()
+        assert answer.returncode != 0 and message in lines[-1] and "Traceback" not in answer.stderr, answer.stderr
