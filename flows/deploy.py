@@ -24,12 +24,14 @@ def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list
         model = registry.load_model(current, trusted_types)
     except RetrainError as exc:
         raise DeployError(f"post-deploy check: {version} cannot be loaded: {exc}") from None
-    holdout = training_frame(parquet_paths, schema, holdout=True)
+    # Only the partitions that hold the first ``rows`` holdout rows are read.
+    first_rows = training_frame(parquet_paths, schema, holdout=True, limit=rows)
     with model_threads(threads):  # as in evaluation, so the numbers can match exactly
-        value = check_score(model, holdout, schema, metric, rows)
+        value = check_score(model, first_rows, schema, metric,
+                            lambda: training_frame(parquet_paths, schema, holdout=True))
     if expected is None or math.isnan(value) or abs(value - expected) > 1e-9:
         raise DeployError(f"post-deploy check: deployed {version} scores {metric} {value:.6f} on "
-                          f"{min(rows, len(holdout))} holdout rows, evaluation measured {expected}")
+                          f"{len(first_rows)} holdout rows, evaluation measured {expected}")
 
 
 def deploy_model(registry: ModelRegistry, version: str) -> str | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+from sklearn.pipeline import Pipeline
 
 from flows.errors import RegistryIntegrityError, TrainingError
 from flows.records import EvaluationResult, ResolvedSchema
@@ -19,14 +21,16 @@ def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float
     macro), roc_auc (omitted when only one class is present or the model has no scores).
     Regression: r2, rmse, mae."""
     X, y = frame[schema.features], frame[schema.target]
-    predicted = model.predict(X)
+    estimator, X = _prepared(model, X)
     if schema.task == "regression":
+        predicted = estimator.predict(X)
         y = y.astype(float)
         return {
             "r2": float(skm.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
             "rmse": float(math.sqrt(skm.mean_squared_error(y, predicted))),
             "mae": float(skm.mean_absolute_error(y, predicted)),
         }
+    scores, predicted = _scores_and_predictions(estimator, X)
     y = y.astype(str)
     predicted = np.asarray(predicted).astype(str)
     classes = sorted(set(model.classes_.astype(str))) if hasattr(model, "classes_") else sorted(set(y))
@@ -37,21 +41,42 @@ def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float
         "f1": float(skm.f1_score(y, predicted, pos_label=classes[-1], average="binary")
                     if binary else skm.f1_score(y, predicted, average="macro")),
     }
-    if y.nunique() >= 2:
-        auc = _roc_auc(model, X, y, classes)
+    if y.nunique() >= 2 and scores is not None:
+        auc = _roc_auc(scores, [str(c) for c in getattr(estimator, "classes_", [])], y)
         if auc is not None:
             result["roc_auc"] = auc
     return result
 
 
-def _roc_auc(model, X: pd.DataFrame, y: pd.Series, classes: list[str]) -> float | None:
-    model_classes = [str(c) for c in getattr(model, "classes_", [])]
-    if hasattr(model, "predict_proba"):
-        scores = model.predict_proba(X)
-    elif hasattr(model, "decision_function"):
-        scores = model.decision_function(X)
+def _prepared(model, X: pd.DataFrame):
+    """(final estimator, X transformed by the pipeline's other steps): the preparation runs
+    once for every metric instead of once per predict call."""
+    if isinstance(model, Pipeline) and len(model.steps) > 1:
+        return model.steps[-1][1], model[:-1].transform(X)
+    return model, X
+
+
+# scikit-learn classifiers whose predict() is, in its source, the class of highest
+# predict_proba: for them the (costly) probabilities are computed once and reused.
+_PREDICT_IS_ARGMAX = {"HistGradientBoostingClassifier", "RandomForestClassifier",
+                      "ExtraTreesClassifier", "DecisionTreeClassifier"}
+
+
+def _scores_and_predictions(estimator, X):
+    """Class scores (probabilities, or the decision function) and predicted labels."""
+    if hasattr(estimator, "predict_proba"):
+        scores = estimator.predict_proba(X)
+    elif hasattr(estimator, "decision_function"):
+        scores = estimator.decision_function(X)
     else:
-        return None
+        return None, estimator.predict(X)
+    cls = type(estimator)
+    if cls.__module__.startswith("sklearn.") and cls.__name__ in _PREDICT_IS_ARGMAX:
+        return scores, estimator.classes_[np.argmax(scores, axis=1)]
+    return scores, estimator.predict(X)
+
+
+def _roc_auc(scores: np.ndarray, model_classes: list[str], y: pd.Series) -> float | None:
     if len(model_classes) == 2:
         column = scores[:, 1] if scores.ndim == 2 else scores
         return float(skm.roc_auc_score((y == model_classes[1]).astype(int), column))
@@ -108,14 +133,13 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
     )
 
 
-def check_score(model, holdout: pd.DataFrame, schema: ResolvedSchema, metric: str,
-                rows: int) -> float:
-    """The metric on the first ``rows`` holdout rows: what the post-deploy check reproduces.
-    When the subset cannot carry the metric (one class for roc_auc) the whole holdout is used."""
-    subset = holdout.head(rows)
-    value = score(model, subset, schema).get(metric)
+def check_score(model, first_rows: pd.DataFrame, schema: ResolvedSchema, metric: str,
+                whole_holdout: Callable[[], pd.DataFrame]) -> float:
+    """The metric on the first holdout rows: what the post-deploy check reproduces. When
+    they cannot carry the metric (one class for roc_auc) the whole holdout is used."""
+    value = score(model, first_rows, schema).get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        value = score(model, holdout, schema).get(metric, float("nan"))
+        value = score(model, whole_holdout(), schema).get(metric, float("nan"))
     return float(value)
 
 
@@ -158,5 +182,5 @@ def _evaluate(candidate_path: str, champion_path: str | None, champion_version: 
     return result.model_copy(update={
         "reason": result.reason + note,
         "check_rows": min(check_rows, len(holdout)),
-        "check_value": check_score(candidate, holdout, schema, metric, check_rows),
+        "check_value": check_score(candidate, holdout.head(check_rows), schema, metric, lambda: holdout),
     })

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flows.errors import InvalidDataError
@@ -399,16 +400,33 @@ def _write_atomically(table: pa.Table, path: Path) -> None:
         raise
 
 
-def load_partitions(paths: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+def load_partitions(paths: list[str], columns: list[str] | None = None,
+                    holdout: bool | None = None, limit: int | None = None) -> pd.DataFrame:
     """Concatenate cached parquet partitions (with the HOLDOUT_COLUMN), in the order given.
-    Text columns come back as object dtype with NaN for missing, as scikit-learn's imputers
-    and encoders expect."""
+    ``holdout`` keeps one side of the split (filtered in Arrow, before any conversion);
+    ``limit`` stops reading once that many rows are in hand. Text columns come back as
+    object dtype with NaN for missing, as scikit-learn's imputers and encoders expect."""
     if not paths:
         return pd.DataFrame(columns=columns or [])
-    tables = [pq.read_table(p, columns=columns) for p in paths]
+    read = None if columns is None or holdout is None or HOLDOUT_COLUMN in columns \
+        else [*columns, HOLDOUT_COLUMN]
+    tables, rows = [], 0
+    for path in paths:
+        table = pq.read_table(path, columns=read or columns)
+        if holdout is not None:
+            keep = table[HOLDOUT_COLUMN] if holdout else pc.invert(table[HOLDOUT_COLUMN])
+            table = table.filter(keep)
+            if read is not None:
+                table = table.drop_columns([HOLDOUT_COLUMN])
+        tables.append(table)
+        rows += table.num_rows
+        if limit is not None and rows >= limit:
+            break
     # "default" promotion: a text column that is all missing in one partition is stored
     # with arrow's null type, and must still concatenate with the string partitions.
     frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    if limit is not None:
+        frame = frame.head(limit)
     for column in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column]):
             values = frame[column].astype(object)

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from flows.errors import ConfigError, TrainingError
-from flows.preprocess import HOLDOUT_COLUMN, load_partitions
+from flows.preprocess import load_partitions
 from flows.records import ResolvedSchema, TrainResult
 from flows.specs import ESTIMATORS, ModelSpec
 
@@ -77,11 +77,11 @@ def build_pipeline(spec: ModelSpec, schema: ResolvedSchema) -> Pipeline:
     ])
 
 
-def training_frame(parquet_paths: list[str], schema: ResolvedSchema, holdout: bool) -> pd.DataFrame:
-    """The rows of the window on one side of the holdout split, in partition order."""
-    frame = load_partitions(parquet_paths, [*schema.features, schema.target, HOLDOUT_COLUMN])
-    side = frame[frame[HOLDOUT_COLUMN] == holdout] if len(frame) else frame
-    return side.drop(columns=[HOLDOUT_COLUMN]).reset_index(drop=True)
+def training_frame(parquet_paths: list[str], schema: ResolvedSchema, holdout: bool,
+                   limit: int | None = None) -> pd.DataFrame:
+    """The rows of the window on one side of the holdout split, in partition order (the
+    first ``limit`` of them when given)."""
+    return load_partitions(parquet_paths, [*schema.features, schema.target], holdout=holdout, limit=limit)
 
 
 @contextmanager

@@ -137,3 +137,17 @@ def test_read_header_strips_bom_and_spaces(tmp_path: Path) -> None:
     path = write(tmp_path / "h.csv", "\ufeff a , b ,c\n1,2,3\n")
     assert read_header(path) == ["a", "b", "c"]
     assert HOLDOUT_COLUMN == "__holdout"
+
+
+def test_load_partitions_one_side_and_first_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "many.csv", sample_frame(5000, 7).to_csv(index=False))
+    plans = plan_partitions(ref(path), 1000)
+    paths = [preprocess_partition(p, SCHEMA, tmp_path / "c", 0.2).parquet_path for p in plans]
+    everything = load_partitions(paths)
+    holdout = load_partitions(paths, ["age", "plan", "churned"], holdout=True)
+    expected = everything[everything[HOLDOUT_COLUMN]][["age", "plan", "churned"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(holdout, expected)
+    first = load_partitions(paths, ["age", "plan", "churned"], holdout=True, limit=150)
+    pd.testing.assert_frame_equal(first, expected.head(150))
+    training = load_partitions(paths, ["age"], holdout=False)
+    assert len(training) + len(holdout) == len(everything) == 5000
