@@ -252,6 +252,9 @@ def measure_end_to_end(work: Path, big: list[Path]) -> dict:
     finally:
         daemon.stop()
     idle["daemon + workers"] = idle["daemon"] + idle["workers"]
+    profile = json.loads(subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_memory.py"),
+                                         str(daemon.home)], capture_output=True, text=True,
+                                        check=True).stdout.strip().splitlines()[-1])
     return {
         "rows_ten": script_ten["rows"], "runs_for_ten": len(runs), "decisions": decisions,
         "service_ten": ten_seconds, "service_ten_stages": ten_stages,
@@ -260,7 +263,7 @@ def measure_end_to_end(work: Path, big: list[Path]) -> dict:
         "service_eleven": eleven_seconds, "service_eleven_stages": eleven_stages,
         "script_eleven": script_eleven["wall_seconds"], "script_eleven_stages": script_eleven["seconds"],
         "frame_bytes": script_ten["train_frame_bytes"], "script_peak": script_ten["peak_rss_bytes"],
-        "idle": idle, "peak_ten": ten_peak, "peak_all": dict(memory.peak),
+        "idle": idle, "peak_ten": ten_peak, "peak_all": dict(memory.peak), "profile": profile,
     }
 
 
@@ -379,6 +382,17 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
             f"workers {mib(e2e['peak_all']['workers'])}, Prefect API {mib(e2e['peak_all']['prefect api'])}; "
             f"the plain script's peak {mib(e2e['script_peak'])} ({e2e['script_peak'] / frame:.1f}x the frame).",
             f"- Decisions of the service's runs: {', '.join(e2e['decisions'])}.", ""]
+    profile = e2e["profile"]
+    out += ["## Memory profile of the training step", "",
+            f"`benchmarks/profile_memory.py` re-runs the service's training code alone on the "
+            f"{profile['rows']:,} training rows of the 11-file window: frame {mib(profile['frame_bytes'])}, "
+            f"prepared matrix {profile['matrix_shape'][0]:,} x {profile['matrix_shape'][1]} float64 = "
+            f"{mib(profile['matrix_bytes'])}; the process peaks at {mib(profile['peak_rss'])} "
+            f"({profile['peak_rss'] / profile['frame_bytes']:.1f}x the frame).", "",
+            "| step | peak allocated during the step | Arrow memory kept | resident after |", "|---|---:|---:|---:|"]
+    out += [f"| {s['step']} | {mib(s['peak_allocated'])} | {mib(s['arrow_allocated_after'])} | {mib(s['rss_after'])} |"
+            for s in profile["steps"]]
+    out.append("")
     return "\n".join(out)
 
 

@@ -43,8 +43,8 @@ from flows.schema import MISSING_TOKENS, validate_frame
 # Bump when the cleaning/encoding below changes: it is part of every cache key.
 PREPROCESS_VERSION = "2"
 HOLDOUT_COLUMN = "__holdout"
-__all__ = ["HOLDOUT_COLUMN", "MISSING_TOKENS", "PREPROCESS_VERSION", "cache_key", "is_holdout",
-           "load_partitions", "plan_partitions", "preprocess_partition", "read_header",
+__all__ = ["HOLDOUT_COLUMN", "MISSING_TOKENS", "PREPROCESS_VERSION", "cache_key", "cached_summary",
+           "is_holdout", "load_partitions", "plan_partitions", "preprocess_partition", "read_header",
            "read_partition", "read_sample"]
 _SAMPLE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
@@ -315,6 +315,25 @@ def _cached_counts(path: Path) -> dict[str, int] | None:
         return None  # unreadable (e.g. cut short by a crash without fsync): rebuild it
 
 
+def _summary_base(plan: PartitionPlan) -> dict:
+    return {"file_id": plan.file.file_id, "file_name": plan.file.name,
+            "sha256": plan.file.sha256, "index": plan.index}
+
+
+def cached_summary(plan: PartitionPlan, schema: ResolvedSchema, cache_dir: str | Path,
+                   holdout_fraction: float) -> PartitionSummary | None:
+    """The summary of an already preprocessed partition (read from its parquet footer,
+    no data), or None when it has to be preprocessed. Cheap enough to call from the flow
+    before any task is submitted, so that cached partitions cost no task at all."""
+    started = time.perf_counter()
+    path = _cache_path(cache_dir, cache_key(plan, schema, holdout_fraction))
+    counts = _cached_counts(path)
+    if counts is None:
+        return None
+    return PartitionSummary(**_summary_base(plan), parquet_path=str(path), cached=True,
+                            seconds=time.perf_counter() - started, **counts)
+
+
 def preprocess_partition(plan: PartitionPlan, schema: ResolvedSchema, cache_dir: str | Path,
                          holdout_fraction: float) -> PartitionSummary:
     """Read, validate and clean one partition and write it as parquet under ``cache_dir``
@@ -325,14 +344,11 @@ def preprocess_partition(plan: PartitionPlan, schema: ResolvedSchema, cache_dir:
     parquet_path=None and a Rejection (reason, hint, details). Other errors raise.
     """
     started = time.perf_counter()
-    base = {"file_id": plan.file.file_id, "file_name": plan.file.name,
-            "sha256": plan.file.sha256, "index": plan.index}
-    key = cache_key(plan, schema, holdout_fraction)
-    path = _cache_path(cache_dir, key)
-    counts = _cached_counts(path)
-    if counts is not None:
-        return PartitionSummary(**base, parquet_path=str(path), cached=True,
-                                seconds=time.perf_counter() - started, **counts)
+    cached = cached_summary(plan, schema, cache_dir, holdout_fraction)
+    if cached is not None:
+        return cached
+    base = _summary_base(plan)
+    path = _cache_path(cache_dir, cache_key(plan, schema, holdout_fraction))
     try:
         clean, unusable = _clean_partition(plan, schema)
     except InvalidDataError as exc:

@@ -30,7 +30,7 @@ from flows.deploy import deploy_model, post_deploy_check, rollback
 from flows.errors import InvalidDataError, TrainingError
 from flows.evaluate import evaluate_against_champion
 from flows.hooks import run_deploy_hooks
-from flows.preprocess import plan_partitions, preprocess_partition, read_sample
+from flows.preprocess import cached_summary, plan_partitions, preprocess_partition, read_sample
 from flows.records import (
     EvaluationResult,
     FileOutcome,
@@ -146,12 +146,19 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         except InvalidDataError as exc:
             _reject_or_skip(ref, exc, request, rejected, skipped_window)
 
-    groups = group_plans(plans)
+    # Partitions already in the cache are known from their parquet footers here; only the
+    # new ones become tasks (a task costs tens of milliseconds even when it has no work).
+    holdout_fraction = spec.evaluation.holdout_fraction
+    summaries: list[PartitionSummary] = []
+    to_preprocess: list[PartitionPlan] = []
+    for plan in plans:
+        hit = cached_summary(plan, schema, request.cache_dir, holdout_fraction)
+        summaries.append(hit) if hit is not None else to_preprocess.append(plan)
+    groups = group_plans(to_preprocess)
     futures = preprocess_partitions_task.map(
-        groups, unmapped(schema), unmapped(request.cache_dir),
-        unmapped(spec.evaluation.holdout_fraction),
+        groups, unmapped(schema), unmapped(request.cache_dir), unmapped(holdout_fraction),
     )
-    summaries = _gather_with_progress(futures, groups)
+    summaries += _gather_with_progress(futures, groups, done=len(summaries), total=len(plans))
     for summary in summaries:
         if summary.rejection is not None:
             ref = _ref_by_id(request, summary.file_id)
@@ -269,13 +276,13 @@ def materialized_assets() -> list[Asset]:
 
 # -- helpers of the flow body ----------------------------------------------------------------
 
-def _gather_with_progress(futures, groups: list[list[PartitionPlan]]) -> list[PartitionSummary]:
-    """The summaries of every group, in plan order, reporting each group as it finishes."""
-    total = sum(len(g) for g in groups)
-    progress.report("preprocess", 0, total)
+def _gather_with_progress(futures, groups: list[list[PartitionPlan]], done: int,
+                          total: int) -> list[PartitionSummary]:
+    """The summaries of every group, in plan order, reporting each group as it finishes
+    (``done`` of ``total`` partitions were already known from the cache)."""
+    progress.report("preprocess", done, total)
     position = {id(f): i for i, f in enumerate(futures)}
     results: list[list[PartitionSummary]] = [[] for _ in futures]
-    done = 0
     for future in as_completed(futures):
         i = position[id(future)]
         results[i] = future.result()

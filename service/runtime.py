@@ -33,8 +33,10 @@ def prepare_environment(home: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str((home / "state" / "prefect").resolve()))
     # The embedded server migrates its database on first start; slow disks need more time.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    # Prefect's own console logs stay, but the "task finished" line per task is noise here.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The flow's log lines go to the Prefect API (the UI shows them with each run), but only
+    # warnings reach this process's console: its own log is one line per event, and
+    # Prefect's "task finished" line per task would drown it.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 @contextmanager

@@ -171,3 +171,25 @@ def test_serve_answers_during_switches_without_errors(tmp_path: Path, dask_addre
         assert csv.status_code == 200 and len(csv.json()["predictions"]) == 2000
     finally:
         health.shutdown()
+
+
+def test_a_run_preprocesses_only_what_is_new(tmp_path: Path, dask_address: str, prefect_api_url: str) -> None:
+    def preprocess_line(flow_run_id: str) -> str:
+        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}}
+        lines = __import__("harness").wait_for(
+            lambda: [log["message"] for log in httpx.post(f"{prefect_api_url}/logs/filter", json=body,
+                                                             timeout=30).json()
+                     if log["message"].startswith("preprocessed")], 30, "the flow's log line")
+        return lines[0]
+
+    first = write_samples(tmp_path / "data", files=2, rows=2000, seed=30)
+    assert call_flow(request_for(tmp_path, first), dask_address).outcome.decision == "deployed"
+    new = write_samples(tmp_path / "data", files=1, rows=2000, seed=31)
+    result = call_flow(request_for(tmp_path, new, window=first, evaluation={"tolerance": 1.0}), dask_address)
+    assert result.outcome.window_files == 3 and result.outcome.decision == "deployed"
+    assert preprocess_line(result.flow_run_id) == "preprocessed 3 partitions (2 from cache) of 3 files"
+    # The same files under another schema are preprocessed again.
+    changed = call_flow(request_for(tmp_path, new, window=first, evaluation={"tolerance": 1.0},
+                                    schema={"drop": ["customer_id", "region"]}), dask_address)
+    assert changed.outcome.decision == "deployed"
+    assert preprocess_line(changed.flow_run_id) == "preprocessed 3 partitions (0 from cache) of 3 files"
