@@ -421,7 +421,7 @@ def load_partitions(paths: list[str], columns: list[str] | None = None,
     """Concatenate cached parquet partitions (with the HOLDOUT_COLUMN), in the order given.
     ``holdout`` keeps one side of the split (filtered in Arrow, before any conversion);
     ``limit`` stops reading once that many rows are in hand. Text columns come back as
-    object dtype with NaN for missing, as scikit-learn's imputers and encoders expect."""
+    categoricals, missing values as NaN, which scikit-learn's imputers and encoders take."""
     if not paths:
         return pd.DataFrame(columns=columns or [])
     read = None if columns is None or holdout is None or HOLDOUT_COLUMN in columns \
@@ -440,11 +440,17 @@ def load_partitions(paths: list[str], columns: list[str] | None = None,
             break
     # "default" promotion: a text column that is all missing in one partition is stored
     # with arrow's null type, and must still concatenate with the string partitions.
-    frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    table = pa.concat_tables(tables, promote_options="default")
     if limit is not None:
-        frame = frame.head(limit)
+        table = table.slice(0, limit)
+    # Text as pandas categoricals: a few bytes per value instead of a Python string object
+    # (a third of the memory of the training frame on the sample data).
+    frame = table.to_pandas(strings_to_categorical=True)
+    pa.default_memory_pool().release_unused()  # Arrow's buffers are no longer needed
     for column in frame.columns:
-        if not pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column]):
-            values = frame[column].astype(object)
-            frame[column] = values.where(values.notna(), np.nan)
+        if frame[column].dtype == object:  # an all-missing text column (Arrow's null type)
+            frame[column] = frame[column].astype("category")
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            # Sorted categories: the same frame whatever order the partitions came in.
+            frame[column] = frame[column].cat.reorder_categories(sorted(frame[column].cat.categories))
     return frame
