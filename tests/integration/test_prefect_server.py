@@ -61,11 +61,12 @@ def prefect_server(tmp_path: Path) -> Iterator[str]:
 def test_daemon_reports_runs_tasks_and_artifacts_to_a_prefect_server(tmp_path: Path,
                                                                     prefect_server: str) -> None:
     home = tmp_path / "home"
-    env = daemon_env(home, prefect_server)
+    env = daemon_env(home, prefect_server, dask__dashboard_address=":0")
     daemon = Daemon(home, env, cwd=tmp_path)
     try:
         daemon.wait_ready()
         assert f"reporting to the Prefect API at {prefect_server}" in daemon.log()
+        assert "Dask dashboard: http://" in daemon.log()
         cli("sample", "--out", str(home / "inbox"), "--rows", "3000", "--seed", "51", env=env, cwd=tmp_path)
         status = wait_for(lambda: (s := status_json(home, env))["runs"] and s["runs"][0]["state"] != "running"
                           and s, 180, "the run")

@@ -51,6 +51,9 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
     ({"RETRAIN_SCHEMA__TASK": "regression", "RETRAIN_MODEL__ESTIMATOR": "logistic_regression",
       "RETRAIN_EVALUATION__METRIC": "r2"}, "has no regression variant"),
     ({"RETRAIN_MODEL__FACTORY": "no_colon"}, "module:function"),
+    ({"RETRAIN_DASK__MEMORY_LIMIT": "lots"}, "'dask.memory_limit' = 'lots'"),
+    ({"RETRAIN_DASK__ADAPTIVE_MINIMUM": "3", "RETRAIN_DASK__ADAPTIVE_MAXIMUM": "2"},
+     "adaptive_minimum 3 is above adaptive_maximum 2"),
 ])
 def test_invalid_values_fail_with_one_line(environ: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -88,3 +91,25 @@ def test_environment_values_take_the_setting_type() -> None:
     assert settings.deploy.retries == 5
     assert settings.model.params == {"max_iter": 50}
     assert settings.dask.dashboard_address is None
+
+
+def test_cluster_flags_override_the_dask_section(tmp_path: Path) -> None:
+    from service.cli import build_parser, cluster_overrides
+
+    args = build_parser().parse_args(["watch", "--workers", "3", "--threads-per-worker", "2",
+                                      "--memory-limit", "2GiB", "--adapt", "1:4"])
+    settings = load_settings(home=tmp_path, overrides=cluster_overrides(args), environ={})
+    dask = settings.dask
+    assert (dask.n_workers, dask.threads_per_worker, dask.memory_limit) == (3, 2, "2GiB")
+    assert (dask.adaptive_minimum, dask.adaptive_maximum) == (1, 4)
+    assert dask.address is None
+
+
+@pytest.mark.parametrize("bounds", ["4:1", "x:2", "3", "0:0"])
+def test_bad_adapt_bounds_are_a_usage_error(bounds: str, capsys) -> None:
+    from service.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["run", "f.csv", "--adapt", bounds])
+    assert info.value.code == 2
+    assert "expected MIN:MAX" in capsys.readouterr().err
