@@ -276,7 +276,7 @@ def measure_preprocessing(work: Path, big: list[Path]) -> dict:
     from flows.records import FileRef
     from flows.schema import resolve_schema
     from flows.specs import PreprocessSpec, SchemaSpec
-    from service.inbox import sha256_file
+    from flows.files import sha256_file
 
     files = big[:10]
     schema = resolve_schema(SchemaSpec(drop=["customer_id"]), read_sample(files[0]), files[0].name)

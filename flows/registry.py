@@ -13,7 +13,6 @@ so readers never see a half-written version.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 import skops.io as sio
 
 from flows.errors import ModelNotFoundError, RegistryIntegrityError
+from flows.files import fsync_dir, fsync_file, sha256_file
 from flows.records import ModelVersion
 
 MODEL_FILE = "model.skops"
@@ -34,27 +34,6 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 # Types from these packages are what our Pipelines are made of; anything else in a model
 # file must be trusted explicitly (model.trusted_types).
 TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_skops(path: str | Path, trusted_types: list[str] | None = None):
@@ -103,21 +82,21 @@ class ModelRegistry:
                 os.replace(model_file, work / MODEL_FILE)
             else:
                 shutil.copyfile(model_file, work / MODEL_FILE)
-            _fsync_file(work / MODEL_FILE)
+            fsync_file(work / MODEL_FILE)
             record = ModelVersion(
                 version=version, path=str(self.root / version),
                 created_at=metadata.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                model_sha256=_sha256(work / MODEL_FILE),
+                model_sha256=sha256_file(work / MODEL_FILE),
                 **{k: v for k, v in metadata.items() if k not in ("version", "path", "created_at", "model_sha256")},
             )
             self._write_metadata(work, record)
-            _fsync_dir(work)
+            fsync_dir(work)
             try:
                 os.rename(work, self.root / version)  # fails if another writer took the number
             except OSError:
                 model_file = work / MODEL_FILE
                 continue
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return record
 
     def _next_version(self) -> str:
@@ -127,14 +106,14 @@ class ModelRegistry:
     def _write_metadata(self, folder: Path, record: ModelVersion) -> None:
         tmp = folder / f".{METADATA_FILE}.tmp"
         tmp.write_text(json.dumps(record.model_dump(), indent=2, default=str) + "\n")
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, folder / METADATA_FILE)
 
     def update(self, version: str, **fields: Any) -> ModelVersion:
         """Rewrite metadata.json of a version atomically."""
         record = self.get(version).model_copy(update=fields)
         self._write_metadata(self.root / version, record)
-        _fsync_dir(self.root / version)
+        fsync_dir(self.root / version)
         return record
 
     # -- reading --------------------------------------------------------------------------
@@ -175,12 +154,12 @@ class ModelRegistry:
         tmp = self.root / f".current-{uuid.uuid4().hex[:8]}"
         os.symlink(version, tmp)
         os.replace(tmp, self.root / "current")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return previous
 
     def unset_current(self) -> None:
         (self.root / "current").unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def rollback_to(self, version: str | None = None) -> tuple[str | None, str]:
         """Back to ``version``, or to the newest deployed version older than current.
@@ -200,7 +179,7 @@ class ModelRegistry:
         """Load a version's model after checking its sha256 against the metadata."""
         record = self.get(version)
         path = self.root / version / MODEL_FILE
-        if _sha256(path) != record.model_sha256:
+        if sha256_file(path) != record.model_sha256:
             raise RegistryIntegrityError(f"model {version} does not match its recorded sha256; "
                                          "the file was changed after it was registered")
         return load_skops(path, trusted_types)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import os
@@ -19,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from flows.errors import ConfigError, TrainingError
+from flows.files import sha256_file
 from flows.preprocess import load_partitions
 from flows.records import ResolvedSchema, TrainResult
 from flows.specs import ESTIMATORS, ModelSpec
@@ -120,20 +120,12 @@ def train_candidate(parquet_paths: list[str], schema: ResolvedSchema, spec: Mode
     os.replace(tmp, out)
     estimator = pipeline.named_steps["model"]
     return TrainResult(
-        model_path=str(out), model_sha256=_sha256(out),
+        model_path=str(out), model_sha256=sha256_file(out),
         estimator=f"{type(estimator).__module__}:{type(estimator).__name__}",
         params={k: _plain(v) for k, v in estimator.get_params(deep=False).items()},
         train_rows=len(frame), fit_seconds=round(fit_seconds, 3),
         features=schema.features, categorical=schema.categorical, classes=classes,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _plain(value: Any) -> Any:

@@ -7,7 +7,6 @@ whatever a crash interrupted, using the ledger as the record of intent.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.errors import RetrainError
+from flows.files import fsync_dir, sha256_file
 from service.ledger import FileRecord, FileState, Ledger
 
 log = logging.getLogger("retrain.inbox")
@@ -55,23 +55,6 @@ class Home:
                        self.duplicates, self.registry, self.cache, self.state):
             folder.mkdir(parents=True, exist_ok=True)
         return self
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (the directory entry itself)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def destination(folder: Path, name: str, file_id: int) -> Path:

@@ -12,7 +12,7 @@ from flows.preprocess import (HOLDOUT_COLUMN, cache_key, is_holdout, load_partit
 from flows.records import FileRef, ResolvedSchema
 from flows.schema import resolve_schema, validate_frame
 from flows.specs import SchemaSpec
-from service.inbox import sha256_file
+from flows.files import sha256_file
 from service.sample import sample_frame
 
 SCHEMA = ResolvedSchema(target="churned", task="classification",

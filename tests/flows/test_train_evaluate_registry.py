@@ -18,7 +18,7 @@ from flows.records import FileRef, ResolvedSchema
 from flows.registry import MODEL_FILE, ModelRegistry, load_skops
 from flows.specs import EvaluationSpec, ModelSpec
 from flows.train import build_estimator, train_candidate
-from service.inbox import sha256_file
+from flows.files import sha256_file
 from service.sample import sample_frame
 
 NUMERIC = ["age", "income", "tenure_months", "usage_hours", "support_calls"]

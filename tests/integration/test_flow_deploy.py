@@ -16,7 +16,7 @@ from flows.records import FileRef
 from flows.registry import ModelRegistry
 from flows.retrain import RetrainRequest
 from flows.specs import PipelineSpec
-from service.inbox import sha256_file
+from flows.files import sha256_file
 from service.runs import call_flow
 from service.sample import write_samples
 
