@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import uuid
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,20 +24,35 @@ def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float
     f1 (binary: of the positive class, the second of the sorted classes; multiclass:
     macro), roc_auc (omitted when only one class is present or the model has no scores).
     Regression: r2, rmse, mae."""
-    X, y = frame[schema.features], frame[schema.target]
-    estimator, X = _prepared(model, X)
+    return metrics(model_outputs(model, frame, schema), frame[schema.target], schema, _classes(model))
+
+
+def model_outputs(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, np.ndarray]:
+    """What a model says about the rows of ``frame``, row by row: its predictions, and its
+    class scores when it has them. Everything the metrics need, and small enough to keep."""
+    estimator, X = _prepared(model, frame[schema.features])
     if schema.task == "regression":
-        predicted = estimator.predict(X)
+        return {"predicted": np.asarray(estimator.predict(X), dtype=float)}
+    scores, predicted = _scores_and_predictions(estimator, X)
+    outputs = {"predicted": np.asarray(predicted).astype(str)}
+    if scores is not None:
+        outputs["scores"] = np.asarray(scores, dtype=float)
+    return outputs
+
+
+def metrics(outputs: dict[str, np.ndarray], y: pd.Series, schema: ResolvedSchema,
+            model_classes: list[str]) -> dict[str, float]:
+    """The task's metrics from a model's outputs and the true values (see ``score``)."""
+    predicted = outputs["predicted"]
+    if schema.task == "regression":
         y = y.astype(float)
         return {
             "r2": float(skm.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
             "rmse": float(math.sqrt(skm.mean_squared_error(y, predicted))),
             "mae": float(skm.mean_absolute_error(y, predicted)),
         }
-    scores, predicted = _scores_and_predictions(estimator, X)
     y = y.astype(str)
-    predicted = np.asarray(predicted).astype(str)
-    classes = sorted(set(model.classes_.astype(str))) if hasattr(model, "classes_") else sorted(set(y))
+    classes = sorted(set(model_classes)) if model_classes else sorted(set(y))
     binary = len(classes) == 2
     result = {
         "accuracy": float(skm.accuracy_score(y, predicted)),
@@ -41,11 +60,60 @@ def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float
         "f1": float(skm.f1_score(y, predicted, pos_label=classes[-1], average="binary")
                     if binary else skm.f1_score(y, predicted, average="macro")),
     }
-    if y.nunique() >= 2 and scores is not None:
-        auc = _roc_auc(scores, [str(c) for c in getattr(estimator, "classes_", [])], y)
+    if y.nunique() >= 2 and "scores" in outputs:
+        auc = _roc_auc(outputs["scores"], model_classes, y)
         if auc is not None:
             result["roc_auc"] = auc
     return result
+
+
+def _classes(model) -> list[str]:
+    return [str(c) for c in getattr(model, "classes_", [])]
+
+
+def score_window(model, model_key: str, parts: list[tuple[str, pd.DataFrame]], schema: ResolvedSchema,
+                 outputs_dir: str | Path | None) -> dict[str, float]:
+    """The metrics of ``model`` over the holdout rows of every partition of the window,
+    equal to ``score`` on their concatenation. A model's outputs on a partition never
+    change (both are immutable), so with ``outputs_dir`` they are kept per (model,
+    partition): the champion, scored on most of this window by the run that made it the
+    candidate, only scores the partitions that are new since."""
+    collected = []
+    for parquet_path, part in parts:
+        kept = Path(outputs_dir) / model_key / f"{Path(parquet_path).stem}.npz" if outputs_dir else None
+        outputs = _load_outputs(kept) if kept else None
+        if outputs is None:
+            outputs = model_outputs(model, part, schema)
+            if kept:
+                _save_outputs(kept, outputs)
+        collected.append(outputs)
+    joined = {key: np.concatenate([o[key] for o in collected]) for key in collected[0]}
+    y = pd.concat([part[schema.target].astype(object) for _, part in parts], ignore_index=True)
+    return metrics(joined, y, schema, _classes(model))
+
+
+def _load_outputs(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, KeyError):
+        return None  # missing or unreadable: compute again
+
+
+def _save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
+    np.savez(tmp, **outputs)
+    os.replace(tmp, path)
+
+
+def prune_outputs(outputs_dir: str | Path, keep: set[str]) -> None:
+    """Drop the kept outputs of models other than ``keep`` (they will not be scored again)."""
+    root = Path(outputs_dir)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.is_dir() and entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _prepared(model, X: pd.DataFrame):
@@ -147,40 +215,53 @@ def evaluate_against_champion(candidate_path: str, champion_path: str | None,
                               champion_version: str | None, parquet_paths: list[str],
                               schema: ResolvedSchema, spec: EvaluationSpec,
                               trusted_types: list[str], check_rows: int = 1000,
-                              threads: int = 0) -> EvaluationResult:
-    """Score candidate and champion on the holdout rows of the window, decide."""
+                              threads: int = 0, outputs_dir: str | None = None) -> EvaluationResult:
+    """Score candidate and champion on the holdout rows of the window, decide. With
+    ``outputs_dir``, models' outputs per partition are kept there (see ``score_window``)."""
     from flows.train import model_threads
 
     with model_threads(threads):
         return _evaluate(candidate_path, champion_path, champion_version, parquet_paths, schema,
-                         spec, trusted_types, check_rows)
+                         spec, trusted_types, check_rows, outputs_dir)
 
 
 def _evaluate(candidate_path: str, champion_path: str | None, champion_version: str | None,
               parquet_paths: list[str], schema: ResolvedSchema, spec: EvaluationSpec,
-              trusted_types: list[str], check_rows: int) -> EvaluationResult:
+              trusted_types: list[str], check_rows: int, outputs_dir: str | None) -> EvaluationResult:
+    from flows.files import sha256_file
     from flows.registry import load_skops
     from flows.train import training_frame
 
-    holdout = training_frame(parquet_paths, schema, holdout=True)
-    if len(holdout) < spec.min_holdout_rows:
-        raise TrainingError(f"only {len(holdout)} holdout rows in the window, fewer than "
+    parts = [(path, training_frame([path], schema, holdout=True)) for path in parquet_paths]
+    parts = [(path, part) for path, part in parts if len(part)]
+    holdout_rows = sum(len(part) for _, part in parts)
+    if holdout_rows < spec.min_holdout_rows:
+        raise TrainingError(f"only {holdout_rows} holdout rows in the window, fewer than "
                             f"evaluation.min_holdout_rows={spec.min_holdout_rows}; add data")
     candidate = load_skops(candidate_path, trusted_types)
-    candidate_scores = score(candidate, holdout, schema)
-    champion_scores = None
+    # Models are told apart by content: the candidate's outputs serve again when it is
+    # the champion of the next run.
+    candidate_key = sha256_file(candidate_path)[:32]
+    candidate_scores = score_window(candidate, candidate_key, parts, schema, outputs_dir)
+    champion_scores, champion_key = None, None
     note = ""
     if champion_path is not None:
         try:
             champion = load_skops(champion_path, trusted_types)
-            champion_scores = score(champion, holdout, schema)
+            champion_key = sha256_file(champion_path)[:32]
+            champion_scores = score_window(champion, champion_key, parts, schema, outputs_dir)
         except (KeyError, ValueError, RegistryIntegrityError) as exc:
             note = f" (champion {champion_version} cannot score this window: {str(exc).splitlines()[0]})"
             champion_version = None
-    result = decide(candidate_scores, champion_scores, spec, schema.task, len(holdout), champion_version)
+    if outputs_dir:
+        prune_outputs(outputs_dir, {candidate_key, champion_key} - {None})
+    result = decide(candidate_scores, champion_scores, spec, schema.task, holdout_rows, champion_version)
     metric = result.metric
+    # What the post-deploy check will reproduce from the deployed file: the same call.
+    first_rows = training_frame(parquet_paths, schema, holdout=True, limit=check_rows)
     return result.model_copy(update={
         "reason": result.reason + note,
-        "check_rows": min(check_rows, len(holdout)),
-        "check_value": check_score(candidate, holdout.head(check_rows), schema, metric, lambda: holdout),
+        "check_rows": len(first_rows),
+        "check_value": check_score(candidate, first_rows, schema, metric,
+                                   lambda: training_frame(parquet_paths, schema, holdout=True)),
     })

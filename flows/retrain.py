@@ -78,12 +78,12 @@ def train_candidate_task(parquet_paths: list[str], schema: ResolvedSchema, pipel
 
 @task(name="evaluate_against_champion", cache_policy=NO_CACHE, persist_result=False)
 def evaluate_task(candidate_path: str, champion_path: str | None, champion_version: str | None,
-                  parquet_paths: list[str], schema: ResolvedSchema,
-                  pipeline: PipelineSpec) -> EvaluationResult:
+                  parquet_paths: list[str], schema: ResolvedSchema, pipeline: PipelineSpec,
+                  cache_dir: str) -> EvaluationResult:
     return evaluate_against_champion(
         candidate_path, champion_path, champion_version, parquet_paths, schema,
         pipeline.evaluation, pipeline.model.trusted_types, check_rows=pipeline.deploy.check_rows,
-        threads=pipeline.model.threads,
+        threads=pipeline.model.threads, outputs_dir=str(Path(cache_dir) / "outputs"),
     )
 
 
@@ -196,7 +196,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         progress.report("train", 1, 1)
         evaluation = evaluate_task.submit(
             str(staged), str(Path(champion.path) / MODEL_FILE) if champion else None,
-            champion.version if champion else None, parquet_paths, schema, spec,
+            champion.version if champion else None, parquet_paths, schema, spec, request.cache_dir,
         ).result()
         stages.lap("evaluate")
         progress.report("evaluate", 1, 1)

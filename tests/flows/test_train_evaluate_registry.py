@@ -277,3 +277,21 @@ def test_rollback_restores_the_previous_current(tmp_path: Path, trained) -> None
     fresh.promote("v0001")
     rollback(fresh, None, "v0001")
     assert fresh.current_version() is None
+
+
+def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: Path) -> None:
+    from flows.evaluate import score_window
+    from flows.train import training_frame
+
+    paths = partitions(tmp_path / "a", CLASSIFY, rows=3000, seed=8) + partitions(tmp_path / "b", CLASSIFY, rows=3000, seed=9)
+    model = load_skops(train_candidate(paths, CLASSIFY, FAST, tmp_path / "m.skops").model_path)
+    whole = score(model, training_frame(paths, CLASSIFY, holdout=True), CLASSIFY)
+    parts = [(p, training_frame([p], CLASSIFY, holdout=True)) for p in paths]
+    kept = tmp_path / "outputs"
+    assert score_window(model, "m", parts, CLASSIFY, None) == whole
+    assert score_window(model, "m", parts, CLASSIFY, kept) == whole
+    assert len(list((kept / "m").glob("*.npz"))) == len(paths)
+    # Kept outputs are used as they are: a model that would score differently is not asked.
+    other = load_skops(train_candidate(paths[:1], CLASSIFY, FAST, tmp_path / "o.skops").model_path)
+    assert score_window(other, "m", parts, CLASSIFY, kept) == whole
+    assert score_window(other, "o", parts, CLASSIFY, kept) != whole
