@@ -54,11 +54,16 @@ def metrics(outputs: dict[str, np.ndarray], y: pd.Series, schema: ResolvedSchema
     y = y.astype(str)
     classes = sorted(set(model_classes)) if model_classes else sorted(set(y))
     binary = len(classes) == 2
+    # The label metrics on integer codes: the same numbers, without scikit-learn sorting
+    # the label strings again for every metric.
+    labels = sorted(set(classes) | set(y.unique()) | set(np.unique(predicted)))
+    y_codes = pd.Categorical(y, categories=labels).codes
+    predicted_codes = pd.Categorical(predicted, categories=labels).codes
     result = {
-        "accuracy": float(skm.accuracy_score(y, predicted)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, predicted)),
-        "f1": float(skm.f1_score(y, predicted, pos_label=classes[-1], average="binary")
-                    if binary else skm.f1_score(y, predicted, average="macro")),
+        "accuracy": float(skm.accuracy_score(y_codes, predicted_codes)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_codes, predicted_codes)),
+        "f1": float(skm.f1_score(y_codes, predicted_codes, pos_label=labels.index(classes[-1]), average="binary")
+                    if binary else skm.f1_score(y_codes, predicted_codes, average="macro")),
     }
     if y.nunique() >= 2 and "scores" in outputs:
         auc = _roc_auc(outputs["scores"], model_classes, y)
