@@ -30,6 +30,10 @@ def prefect_api_url() -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        # Send the last queued log lines while the API still answers.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
