@@ -142,6 +142,14 @@ class ModelRegistry:
         except (FileNotFoundError, OSError):
             return None
 
+    def switched_at(self) -> float | None:
+        """When ``current`` last changed (a deploy or a rollback): the link is replaced,
+        never modified, so its own mtime is the time of the switch."""
+        try:
+            return os.lstat(self.root / "current").st_mtime
+        except FileNotFoundError:
+            return None
+
     def current(self) -> ModelVersion | None:
         version = self.current_version()  # read the link once: a switch cannot split this read
         return self.get(version) if version else None

@@ -96,7 +96,7 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
         ],
         "current_model": None if current is None else {
             "version": current.version, "created_at": current.created_at,
-            "deployed_at": current.metadata.get("deployed_at"),
+            "deployed_at": _iso(registry.switched_at()),
             "metric": current.metadata.get("metric"), "metrics": current.metrics,
             "flow_run_id": current.flow_run_id,
         },
@@ -145,7 +145,8 @@ def render_status(status: dict[str, Any]):
     model = status["current_model"]
     gate = status["gate"]
     if model:
-        parts.append(f"current model [bold]{model['version']}[/] ({model['created_at']}): "
+        parts.append(f"current model [bold]{model['version']}[/] (trained {model['created_at']}, "
+                     f"current since {model['deployed_at']}): "
                      f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
                      f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}")
     else:

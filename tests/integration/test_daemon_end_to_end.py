@@ -38,6 +38,7 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         assert first["files"] == 2
         assert status["files"]["archived"] == 2
         assert status["current_model"]["version"] == first["model_version"]
+        assert status["current_model"]["deployed_at"] is not None
         assert status["daemon"]["alive"] and status["daemon"]["pid"] == daemon.proc.pid
 
         models = json.loads(cli("models", "--json", env=env, cwd=tmp_path).stdout)
