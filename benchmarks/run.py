@@ -403,7 +403,10 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
                 f"({stages.get('train', 0):.2f} s, the script {script['train']:.2f} s) and the candidate scored "
                 f"on every holdout row ({stages.get('evaluate', 0):.2f} s with loading both models, the "
                 f"script {script['evaluate']:.2f} s). Training is {stages.get('train', 0) / e2e['service_eleven']:.0%} "
-                "of the service's time, and the same work as the script's.",
+                "of the service's time, and the same work as the script's; the rest, "
+                f"{e2e['service_eleven'] - sum(stages.values()):.2f} s, is detection, the batch window "
+                "and orchestration (flow run, task submission, recording the run), a fixed cost that "
+                "only matters for small files.",
                 "- What would close it: an estimator that can continue from the champion "
                 "(`warm_start` with more trees, or partial_fit) would train on the new rows only; "
                 "that is a modelling choice the operator makes in `[model]`, not one the service "
