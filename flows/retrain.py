@@ -153,7 +153,10 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     to_preprocess: list[PartitionPlan] = []
     for plan in plans:
         hit = cached_summary(plan, schema, request.cache_dir, holdout_fraction)
-        summaries.append(hit) if hit is not None else to_preprocess.append(plan)
+        if hit is not None:
+            summaries.append(hit)
+        else:
+            to_preprocess.append(plan)
     groups = group_plans(to_preprocess)
     futures = preprocess_partitions_task.map(
         groups, unmapped(schema), unmapped(request.cache_dir), unmapped(holdout_fraction),
