@@ -34,8 +34,14 @@ def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list
                           f"{len(first_rows)} holdout rows, evaluation measured {expected}")
 
 
-def deploy_model(registry: ModelRegistry, version: str) -> str | None:
-    """Promote ``version``; returns the previous current version for rollback."""
+def deploy_model(registry: ModelRegistry, version: str, holder: str) -> str | None:
+    """Promote ``version`` if the run ``holder`` still holds the registry's deploy lease;
+    returns the previous current version for rollback."""
+    current_holder = registry.lease_holder()
+    if current_holder != holder:
+        raise DeployError(f"not deploying {version}: its run {holder} no longer holds the registry "
+                          f"(lease: {current_holder or 'released'}); the daemon that started it stopped "
+                          "or another run took over")
     return registry.promote(version)
 
 

@@ -30,6 +30,7 @@ from flows.records import ModelVersion
 
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
+LEASE_FILE = ".lease"
 _VERSION = re.compile(r"^v(\d{4,})$")
 # Types from these packages are what our Pipelines are made of; anything else in a model
 # file must be trusted explicitly (model.trusted_types).
@@ -183,6 +184,25 @@ class ModelRegistry:
         self.promote(version)
         return old, version
 
+    # -- the deploy lease ---------------------------------------------------------------
+    # One run at a time may switch ``current``: the run that holds the lease. A run takes it
+    # when it starts; a daemon that stops (or restarts after a crash) releases it. A deploy
+    # task that outlived its run on a shared Dask cluster then finds the lease gone and
+    # does not switch anything.
+    def take_lease(self, holder: str) -> None:
+        tmp = self.root / f".lease-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(holder)
+        os.replace(tmp, self.root / LEASE_FILE)
+
+    def release_lease(self) -> None:
+        (self.root / LEASE_FILE).unlink(missing_ok=True)
+
+    def lease_holder(self) -> str | None:
+        try:
+            return (self.root / LEASE_FILE).read_text() or None
+        except FileNotFoundError:
+            return None
+
     def load_model(self, version: str, trusted_types: list[str] | None = None):
         """Load a version's model after checking its sha256 against the metadata."""
         record = self.get(version)
@@ -200,7 +220,7 @@ class ModelRegistry:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 removed.append(entry.name)
         for entry in self.root.iterdir():
-            if entry.name.startswith(".current-"):
+            if entry.name.startswith((".current-", ".lease-")):
                 entry.unlink()
                 removed.append(entry.name)
             elif _VERSION.match(entry.name) and entry.is_dir() and not (entry / METADATA_FILE).exists():

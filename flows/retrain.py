@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import platform
 import time
+import uuid
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -101,11 +102,12 @@ def register_candidate_task(registry_dir: str, staged: str, metadata: dict[str, 
 
 @task(name="deploy_model", cache_policy=NO_CACHE, persist_result=False)
 def deploy_task(registry_dir: str, version: str, parquet_paths: list[str], schema: ResolvedSchema,
-                evaluation: EvaluationResult, pipeline: PipelineSpec) -> str | None:
-    """Switch ``current`` and check what is now on disk; undo the switch when the check
-    fails, so that a retry (or the end of the retries) starts from the old champion."""
+                evaluation: EvaluationResult, pipeline: PipelineSpec, lease: str) -> str | None:
+    """Switch ``current`` (only while this run holds the registry's lease) and check what
+    is now on disk; undo the switch when the check fails, so that a retry (or the end of
+    the retries) starts from the old champion."""
     registry = ModelRegistry(registry_dir)
-    previous = deploy_model(registry, version)
+    previous = deploy_model(registry, version, lease)
     try:
         post_deploy_check(
             registry, version, parquet_paths, schema, evaluation.metric,
@@ -128,6 +130,10 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     started = time.perf_counter()
     stages = Stopwatch()
     rejected: dict[int, Rejection] = {}
+    # This run may switch `current` until the service releases the lease or a later run
+    # takes it (see ModelRegistry.take_lease).
+    lease = str(flow_run.id or uuid.uuid4())
+    ModelRegistry(request.registry_dir).take_lease(lease)
 
     schema = _resolve_run_schema(request, rejected)
     stages.lap("schema")
@@ -224,7 +230,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         )
         try:
             deploy.submit(request.registry_dir, version.version, parquet_paths, schema,
-                          evaluation, spec).result()
+                          evaluation, spec, lease).result()
             decision = "deployed"
         except Exception as exc:  # the deploy was rolled back inside the task
             decision = "deploy_failed"

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
+from flows.registry import ModelRegistry
 from service.batcher import Batcher
 from service.config import Settings
 from service.inbox import Home, claim_file, fail_run_files, reconcile
@@ -83,9 +84,12 @@ class RetrainDaemon:
         resources.callback(self.ledger.close)
         resources.callback(self._remove_heartbeat)
 
-        from flows.registry import ModelRegistry
-
-        leftovers = ModelRegistry(home.registry).clean_staging()
+        registry = ModelRegistry(home.registry)
+        # A deploy still running for a run of a killed daemon (on a shared cluster) must not
+        # switch `current` any more: no run holds the registry until the next one starts.
+        registry.release_lease()
+        resources.callback(registry.release_lease)
+        leftovers = registry.clean_staging()
         repaired = reconcile(self.ledger, home, self.settings.daemon.max_attempts)
         if leftovers or any(repaired.values()):
             log.info("recovered after an unclean stop: %s%s",
@@ -216,6 +220,8 @@ class RetrainDaemon:
                 fail_run_files(self.ledger, self.home, self.current_run.id,
                                "the daemon stopped during the run; its files go to the next run",
                                self.settings.daemon.max_attempts, count_attempt=False)
+                # Whatever of the run still runs somewhere may no longer switch `current`.
+                ModelRegistry(self.home.registry).release_lease()
                 log.warning("run %d did not finish in time; its files are handed back to the queue",
                             self.current_run.id)
                 self.current_run, self.run_future = None, None

@@ -295,3 +295,21 @@ def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: P
     other = load_skops(train_candidate(paths[:1], CLASSIFY, FAST, tmp_path / "o.skops").model_path)
     assert score_window(other, "m", parts, CLASSIFY, kept) == whole
     assert score_window(other, "o", parts, CLASSIFY, kept) != whole
+
+
+def test_only_the_lease_holder_switches_current(tmp_path: Path, trained) -> None:
+    from flows.deploy import deploy_model
+
+    model, _ = trained
+    registry = ModelRegistry(tmp_path / "registry")
+    register(registry, str(model))
+    register(registry, str(model))
+    registry.take_lease("run-a")
+    assert deploy_model(registry, "v0001", "run-a") is None
+    registry.take_lease("run-b")  # a later run took over
+    with pytest.raises(DeployError, match="run-a no longer holds the registry"):
+        deploy_model(registry, "v0002", "run-a")
+    registry.release_lease()  # the daemon stopped
+    with pytest.raises(DeployError, match=r"\(lease: released\)"):
+        deploy_model(registry, "v0002", "run-b")
+    assert registry.current_version() == "v0001"
