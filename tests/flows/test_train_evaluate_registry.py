@@ -43,6 +43,14 @@ def register(registry: ModelRegistry, model_file: str, decision: str = "deployed
     return registry.register(model_file, {"metrics": metrics, "decision": decision})
 
 
+def registry_of(folder: Path, model: Path, versions: int) -> ModelRegistry:
+    """A registry holding ``versions`` versions of ``model``, none current."""
+    registry = ModelRegistry(folder)
+    for _ in range(versions):
+        register(registry, str(model))
+    return registry
+
+
 # -- training ---------------------------------------------------------------------------------
 
 def test_training_is_deterministic_and_scores_well(tmp_path: Path) -> None:
@@ -162,8 +170,7 @@ def test_versions_are_numbered_and_current_switches(tmp_path: Path, trained) -> 
 
 def test_half_written_versions_are_never_visible_and_get_cleaned(tmp_path: Path, trained) -> None:
     model, _ = trained
-    registry = ModelRegistry(tmp_path / "registry")
-    register(registry, str(model))
+    registry = registry_of(tmp_path / "registry", model, 1)
     registry.promote("v0001")
     # What a killed writer leaves behind: a staged directory, a dangling temporary link,
     # a version directory without metadata.
@@ -180,9 +187,7 @@ def test_half_written_versions_are_never_visible_and_get_cleaned(tmp_path: Path,
 
 def test_readers_never_see_a_missing_or_partial_current(tmp_path: Path, trained) -> None:
     model, _ = trained
-    registry = ModelRegistry(tmp_path / "registry")
-    for _ in range(2):
-        register(registry, str(model))
+    registry = registry_of(tmp_path / "registry", model, 2)
     registry.promote("v0001")
     stop, seen, errors = threading.Event(), set(), []
 
@@ -251,8 +256,7 @@ def test_pickle_payload_in_a_model_file_is_refused_without_running(tmp_path: Pat
 
 def test_post_deploy_check_passes_then_catches_a_different_model(tmp_path: Path, trained) -> None:
     model, paths = trained
-    registry = ModelRegistry(tmp_path / "registry")
-    register(registry, str(model))
+    registry = registry_of(tmp_path / "registry", model, 1)
     result = evaluate_against_champion(str(model), None, None, paths, CLASSIFY, EvaluationSpec(), [])
     registry.promote("v0001")
     post_deploy_check(registry, "v0001", paths, CLASSIFY, result.metric, result.check_value, 1000, [])
@@ -265,15 +269,12 @@ def test_post_deploy_check_passes_then_catches_a_different_model(tmp_path: Path,
 
 def test_rollback_restores_the_previous_current(tmp_path: Path, trained) -> None:
     model, _ = trained
-    registry = ModelRegistry(tmp_path / "registry")
-    register(registry, str(model))
-    register(registry, str(model))
+    registry = registry_of(tmp_path / "registry", model, 2)
     registry.promote("v0001")
     previous = registry.promote("v0002")
     rollback(registry, previous, "v0002")
     assert registry.current_version() == "v0001" and registry.get("v0002").decision == "deploy_failed"
-    fresh = ModelRegistry(tmp_path / "fresh")
-    register(fresh, str(model))
+    fresh = registry_of(tmp_path / "fresh", model, 1)
     fresh.promote("v0001")
     rollback(fresh, None, "v0001")
     assert fresh.current_version() is None
@@ -301,9 +302,7 @@ def test_only_the_lease_holder_switches_current(tmp_path: Path, trained) -> None
     from flows.deploy import deploy_model
 
     model, _ = trained
-    registry = ModelRegistry(tmp_path / "registry")
-    register(registry, str(model))
-    register(registry, str(model))
+    registry = registry_of(tmp_path / "registry", model, 2)
     registry.take_lease("run-a")
     assert deploy_model(registry, "v0001", "run-a") is None
     registry.take_lease("run-b")  # a later run took over
