@@ -424,16 +424,17 @@ def load_partitions(paths: list[str], columns: list[str] | None = None,
     categoricals, missing values as NaN, which scikit-learn's imputers and encoders take."""
     if not paths:
         return pd.DataFrame(columns=columns or [])
-    read = None if columns is None or holdout is None or HOLDOUT_COLUMN in columns \
-        else [*columns, HOLDOUT_COLUMN]
+    # The holdout column is read to filter on, and dropped again unless it was asked for.
+    add_holdout = holdout is not None and columns is not None and HOLDOUT_COLUMN not in columns
+    read = [*columns, HOLDOUT_COLUMN] if add_holdout else columns
     tables, rows = [], 0
     for path in paths:
-        table = pq.read_table(path, columns=read or columns)
+        table = pq.read_table(path, columns=read)
         if holdout is not None:
             keep = table[HOLDOUT_COLUMN] if holdout else pc.invert(table[HOLDOUT_COLUMN])
             table = table.filter(keep)
-            if read is not None:
-                table = table.drop_columns([HOLDOUT_COLUMN])
+        if add_holdout:
+            table = table.drop_columns([HOLDOUT_COLUMN])
         tables.append(table)
         rows += table.num_rows
         if limit is not None and rows >= limit:
