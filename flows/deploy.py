@@ -1,22 +1,39 @@
-"""Deployment: switch ``current`` to a new version, check it, roll back if the check fails."""
+"""Deployment: switch ``current`` to a new version, check it, roll back if anything fails."""
 
 from __future__ import annotations
 
 import math
 
+from flows.data import Window, model_threads
 from flows.errors import DeployError, RetrainError
 from flows.evaluate import check_score
-from flows.records import ResolvedSchema
+from flows.hooks import run_deploy_hooks
+from flows.records import EvaluationResult
 from flows.registry import ModelRegistry
+from flows.specs import PipelineSpec
 
 
-def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list[str],
-                      schema: ResolvedSchema, metric: str, expected: float | None, rows: int,
-                      trusted_types: list[str], threads: int = 0) -> None:
+def deploy_version(registry: ModelRegistry, version: str, window: Window, evaluation: EvaluationResult,
+                   pipeline: PipelineSpec, lease: str) -> str | None:
+    """Switch ``current`` to ``version`` (only while the run ``lease`` holds the registry),
+    check what is now on disk, run the deploy hooks; on any failure switch back, so that a
+    retry (or the end of the retries) starts from the old champion. Returns the previous
+    current version."""
+    previous = switch_current(registry, version, lease)
+    try:
+        post_deploy_check(registry, version, window, evaluation, pipeline.model.trusted_types,
+                          pipeline.model.threads)
+        run_deploy_hooks(pipeline.deploy, version, registry.get(version).path)
+    except Exception:
+        rollback(registry, previous, version)
+        raise
+    return previous
+
+
+def post_deploy_check(registry: ModelRegistry, version: str, window: Window,
+                      evaluation: EvaluationResult, trusted_types: list[str], threads: int = 0) -> None:
     """Load ``current`` from disk (sha256 checked), make sure it is ``version``, score the
-    first ``rows`` holdout rows and compare with what evaluation measured on the same rows."""
-    from flows.train import model_threads, training_frame
-
+    first holdout rows and compare with what evaluation measured on the same rows."""
     current = registry.current_version()
     if current != version:
         raise DeployError(f"post-deploy check: current is {current}, expected {version}")
@@ -24,17 +41,17 @@ def post_deploy_check(registry: ModelRegistry, version: str, parquet_paths: list
         model = registry.load_model(current, trusted_types)
     except RetrainError as exc:
         raise DeployError(f"post-deploy check: {version} cannot be loaded: {exc}") from None
-    # Only the partitions that hold the first ``rows`` holdout rows are read.
-    first_rows = training_frame(parquet_paths, schema, holdout=True, limit=rows)
+    # Only the partitions that hold the first rows of the holdout are read.
+    first_rows = window.holdout_rows(limit=evaluation.check_rows)
+    metric, expected = evaluation.metric, evaluation.check_value
     with model_threads(threads):  # as in evaluation, so the numbers can match exactly
-        value = check_score(model, first_rows, schema, metric,
-                            lambda: training_frame(parquet_paths, schema, holdout=True))
+        value = check_score(model, first_rows, window.schema, metric, window.holdout_rows)
     if expected is None or math.isnan(value) or abs(value - expected) > 1e-9:
         raise DeployError(f"post-deploy check: deployed {version} scores {metric} {value:.6f} on "
                           f"{len(first_rows)} holdout rows, evaluation measured {expected}")
 
 
-def deploy_model(registry: ModelRegistry, version: str, holder: str) -> str | None:
+def switch_current(registry: ModelRegistry, version: str, holder: str) -> str | None:
     """Promote ``version`` if the run ``holder`` still holds the registry's deploy lease;
     returns the previous current version for rollback."""
     current_holder = registry.lease_holder()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -14,8 +12,11 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
+from flows.data import Window, model_threads
 from flows.errors import RegistryIntegrityError, TrainingError
-from flows.records import EvaluationResult, ResolvedSchema
+from flows.files import write_atomically
+from flows.records import EvaluationResult, ModelVersion, ResolvedSchema, TrainResult
+from flows.registry import ModelRegistry, load_model_file
 from flows.specs import METRICS, EvaluationSpec
 
 
@@ -106,10 +107,8 @@ def _load_outputs(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npz")
-    np.savez(tmp, **outputs)
-    os.replace(tmp, path)
+    # Not fsynced: a kept output lost in a power cut is computed again.
+    write_atomically(path, lambda fh: np.savez(fh, **outputs), durable=False)
 
 
 def prune_outputs(outputs_dir: str | Path, keep: set[str]) -> None:
@@ -216,57 +215,51 @@ def check_score(model, first_rows: pd.DataFrame, schema: ResolvedSchema, metric:
     return float(value)
 
 
-def evaluate_against_champion(candidate_path: str, champion_path: str | None,
-                              champion_version: str | None, parquet_paths: list[str],
-                              schema: ResolvedSchema, spec: EvaluationSpec,
-                              trusted_types: list[str], check_rows: int = 1000,
-                              threads: int = 0, outputs_dir: str | None = None) -> EvaluationResult:
-    """Score candidate and champion on the holdout rows of the window, decide. With
-    ``outputs_dir``, models' outputs per partition are kept there (see ``score_window``)."""
-    from flows.train import model_threads
-
-    with model_threads(threads):
-        return _evaluate(candidate_path, champion_path, champion_version, parquet_paths, schema,
-                         spec, trusted_types, check_rows, outputs_dir)
-
-
-def _evaluate(candidate_path: str, champion_path: str | None, champion_version: str | None,
-              parquet_paths: list[str], schema: ResolvedSchema, spec: EvaluationSpec,
-              trusted_types: list[str], check_rows: int, outputs_dir: str | None) -> EvaluationResult:
-    from flows.files import sha256_file
-    from flows.registry import load_skops
-    from flows.train import training_frame
-
-    parts = [(path, training_frame([path], schema, holdout=True)) for path in parquet_paths]
-    parts = [(path, part) for path, part in parts if len(part)]
+def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | None, window: Window,
+                              spec: EvaluationSpec, registry: ModelRegistry, trusted_types: list[str],
+                              check_rows: int = 1000, threads: int = 0,
+                              outputs_dir: str | None = None) -> EvaluationResult:
+    """Score candidate and champion on the holdout rows of the window (read once), decide.
+    Both models are loaded hash-checked; with ``outputs_dir``, their outputs per partition
+    are kept there, under their sha256 (see ``score_window``)."""
+    schema = window.schema
+    parts = window.holdout_parts()
     holdout_rows = sum(len(part) for _, part in parts)
     if holdout_rows < spec.min_holdout_rows:
         raise TrainingError(f"only {holdout_rows} holdout rows in the window, fewer than "
                             f"evaluation.min_holdout_rows={spec.min_holdout_rows}; add data")
-    candidate = load_skops(candidate_path, trusted_types)
-    # Models are told apart by content: the candidate's outputs serve again when it is
-    # the champion of the next run.
-    candidate_key = sha256_file(candidate_path)[:32]
-    candidate_scores = score_window(candidate, candidate_key, parts, schema, outputs_dir)
-    champion_scores, champion_key = None, None
-    note = ""
-    if champion_path is not None:
-        try:
-            champion = load_skops(champion_path, trusted_types)
-            champion_key = sha256_file(champion_path)[:32]
-            champion_scores = score_window(champion, champion_key, parts, schema, outputs_dir)
-        except (KeyError, ValueError, RegistryIntegrityError) as exc:
-            note = f" (champion {champion_version} cannot score this window: {str(exc).splitlines()[0]})"
-            champion_version = None
-    if outputs_dir:
-        prune_outputs(outputs_dir, {candidate_key, champion_key} - {None})
-    result = decide(candidate_scores, champion_scores, spec, schema.task, holdout_rows, champion_version)
-    metric = result.metric
-    # What the post-deploy check will reproduce from the deployed file: the same call.
-    first_rows = training_frame(parquet_paths, schema, holdout=True, limit=check_rows)
-    return result.model_copy(update={
-        "reason": result.reason + note,
-        "check_rows": len(first_rows),
-        "check_value": check_score(candidate, first_rows, schema, metric,
-                                   lambda: training_frame(parquet_paths, schema, holdout=True)),
-    })
+    with model_threads(threads):
+        model = load_model_file(candidate.model_path, candidate.model_sha256, trusted_types,
+                                what="the candidate")
+        # Models are told apart by content: the candidate's outputs serve again when it is
+        # the champion of the next run.
+        candidate_key = candidate.model_sha256[:32]
+        candidate_scores = score_window(model, candidate_key, parts, schema, outputs_dir)
+        champion_scores, champion_key, note = _score_champion(champion, registry, trusted_types,
+                                                              parts, schema, outputs_dir)
+        if outputs_dir:
+            prune_outputs(outputs_dir, {candidate_key, champion_key} - {None})
+        champion_version = champion.version if champion_scores is not None else None
+        result = decide(candidate_scores, champion_scores, spec, schema.task, holdout_rows,
+                        champion_version)
+        # What the post-deploy check will reproduce from the deployed file: the same call
+        # on the same first rows of the holdout.
+        holdout = pd.concat([part for _, part in parts], ignore_index=True)
+        first_rows = holdout.iloc[:check_rows]
+        check_value = check_score(model, first_rows, schema, result.metric, lambda: holdout)
+    return result.model_copy(update={"reason": result.reason + note, "check_rows": len(first_rows),
+                                     "check_value": check_value})
+
+
+def _score_champion(champion: ModelVersion | None, registry: ModelRegistry, trusted_types: list[str],
+                    parts: list[tuple[str, pd.DataFrame]], schema: ResolvedSchema,
+                    outputs_dir: str | None) -> tuple[dict[str, float] | None, str | None, str]:
+    """(the champion's metrics, its outputs key, a note when it cannot score this window)."""
+    if champion is None:
+        return None, None, ""
+    try:
+        model = registry.load_model(champion.version, trusted_types)
+        key = champion.model_sha256[:32]
+        return score_window(model, key, parts, schema, outputs_dir), key, ""
+    except (KeyError, ValueError, RegistryIntegrityError) as exc:
+        return None, None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"

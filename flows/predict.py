@@ -1,23 +1,26 @@
-"""Predictions of a registered model on a CSV of new rows (no target column needed)."""
+"""Predictions of a registered model on new rows (no target column needed).
+
+Rows are prepared by ``flows.features``, exactly as training rows were: the same row
+gives the same features, and so the same prediction, through ``retrain predict`` and
+``retrain serve``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from flows.errors import InvalidDataError
+from flows.features import PreparedRows, prepare_features
 from flows.records import ResolvedSchema
-
-MISSING_TOKENS = ["", "NA", "N/A", "null", "NULL", "NaN", "nan", "None"]
 
 
 def read_rows(path: str | Path) -> pd.DataFrame:
-    """Every column as text, as the model's preprocessing expects to coerce it."""
+    """Every column as text, untouched: missing-value tokens and whitespace are the
+    preparation's business (``flows.features``), not the reader's."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING_TOKENS,
-                           encoding="utf-8", skipinitialspace=True)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
     except FileNotFoundError:
         raise InvalidDataError(f"{path}: no such file; give the path of a CSV file") from None
     except UnicodeDecodeError as exc:
@@ -26,23 +29,11 @@ def read_rows(path: str | Path) -> pd.DataFrame:
         raise InvalidDataError(f"{path}: not a readable CSV ({str(exc).strip()}); check the file") from None
 
 
-def prepare_features(frame: pd.DataFrame, schema: ResolvedSchema, name: str) -> pd.DataFrame:
-    """The model's feature columns, typed as in training. Unparseable numbers become
-    missing (the model's imputer handles them) rather than failing the whole request."""
-    missing = [c for c in schema.features if c not in frame.columns]
-    if missing:
-        raise InvalidDataError(
-            f"{name}: missing feature column(s) {', '.join(missing)}; the model needs "
-            f"{', '.join(schema.features)}",
-            {"missing_columns": missing},
-        )
-    out = pd.DataFrame(index=frame.index)
-    for column in schema.numeric:
-        out[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    for column in schema.categorical:
-        values = frame[column].astype(object).where(frame[column].notna(), np.nan)
-        out[column] = values.map(lambda v: v.strip() if isinstance(v, str) else v).replace("", np.nan)
-    return out[schema.features]
+def predict_rows(model, frame: pd.DataFrame, schema: ResolvedSchema, name: str) -> tuple[pd.DataFrame, PreparedRows]:
+    """Predictions for the raw rows of ``frame`` and the prepared rows they were made from
+    (whose ``unparsed`` lists numeric values that were not numbers and counted as missing)."""
+    prepared = prepare_features(frame, schema, name)
+    return predict_frame(model, prepared.features, schema.task), prepared
 
 
 def predict_frame(model, features: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flows.errors import InvalidDataError
+from flows.features import MISSING_TOKENS
+from flows.files import write_atomically
 from flows.records import FileRef, PartitionPlan, PartitionSummary, Rejection, ResolvedSchema
-from flows.schema import MISSING_TOKENS, validate_frame
+from flows.schema import validate_frame
 
 # Bump when the cleaning/encoding below changes: it is part of every cache key.
 PREPROCESS_VERSION = "2"
 HOLDOUT_COLUMN = "__holdout"
-__all__ = ["HOLDOUT_COLUMN", "MISSING_TOKENS", "PREPROCESS_VERSION", "cache_key", "cached_summary",
-           "is_holdout", "load_partitions", "plan_partitions", "preprocess_partition", "read_header",
-           "read_partition", "read_sample"]
+__all__ = ["HOLDOUT_COLUMN", "PREPROCESS_VERSION", "cache_key", "cached_summary", "is_holdout",
+           "plan_partitions", "preprocess_partition", "read_header", "read_partition", "read_sample"]
 _SAMPLE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 _EXAMPLES = 3
@@ -361,7 +360,7 @@ def preprocess_partition(plan: PartitionPlan, schema: ResolvedSchema, cache_dir:
     table = pa.Table.from_pandas(clean, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"retrain": json.dumps(counts).encode()})
-    _write_atomically(table, path)
+    write_atomically(path, lambda fh: pq.write_table(table, fh))
     return PartitionSummary(**base, parquet_path=str(path), seconds=time.perf_counter() - started,
                             **counts)
 
@@ -398,60 +397,3 @@ def _clean_partition(plan: PartitionPlan, schema: ResolvedSchema) -> tuple[pd.Da
             hint="every row needs as many fields as the header; fix the rows, or raise "
                  "schema.max_bad_row_fraction")
     return clean, unusable
-
-
-def _write_atomically(table: pa.Table, path: Path) -> None:
-    """Readers see no file or a complete one: write a unique temporary name in the same
-    folder (two workers may build the same partition), then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_partitions(paths: list[str], columns: list[str] | None = None,
-                    holdout: bool | None = None, limit: int | None = None) -> pd.DataFrame:
-    """Concatenate cached parquet partitions (with the HOLDOUT_COLUMN), in the order given.
-    ``holdout`` keeps one side of the split (filtered in Arrow, before any conversion);
-    ``limit`` stops reading once that many rows are in hand. Text columns come back as
-    categoricals, missing values as NaN, which scikit-learn's imputers and encoders take."""
-    if not paths:
-        return pd.DataFrame(columns=columns or [])
-    # The holdout column is read to filter on, and dropped again unless it was asked for.
-    add_holdout = holdout is not None and columns is not None and HOLDOUT_COLUMN not in columns
-    read = [*columns, HOLDOUT_COLUMN] if add_holdout else columns
-    tables, rows = [], 0
-    for path in paths:
-        table = pq.read_table(path, columns=read)
-        if holdout is not None:
-            keep = table[HOLDOUT_COLUMN] if holdout else pc.invert(table[HOLDOUT_COLUMN])
-            table = table.filter(keep)
-        if add_holdout:
-            table = table.drop_columns([HOLDOUT_COLUMN])
-        tables.append(table)
-        rows += table.num_rows
-        if limit is not None and rows >= limit:
-            break
-    # "default" promotion: a text column that is all missing in one partition is stored
-    # with arrow's null type, and must still concatenate with the string partitions.
-    table = pa.concat_tables(tables, promote_options="default")
-    if limit is not None:
-        table = table.slice(0, limit)
-    # Text as pandas categoricals: a few bytes per value instead of a Python string object
-    # (a third of the memory of the training frame on the sample data).
-    frame = table.to_pandas(strings_to_categorical=True)
-    pa.default_memory_pool().release_unused()  # Arrow's buffers are no longer needed
-    for column in frame.columns:
-        if frame[column].dtype == object:  # an all-missing text column (Arrow's null type)
-            frame[column] = frame[column].astype("category")
-        if isinstance(frame[column].dtype, pd.CategoricalDtype):
-            # Sorted categories: the same frame whatever order the partitions came in.
-            frame[column] = frame[column].cat.reorder_categories(sorted(frame[column].cat.categories))
-    return frame

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.specs import TaskType
+from flows.specs import PipelineSpec, TaskType
 
 
 class _Record(BaseModel):
@@ -24,6 +24,17 @@ class FileRef(_Record):
     path: str  # where it is now (processing/ for new files, archive/ for the window)
     sha256: str
     size: int
+
+
+class RetrainRequest(_Record):
+    """The flow's one parameter: which files, which settings, where to write."""
+
+    new_files: list[FileRef]
+    # Files accepted by earlier runs that are still in the training window, oldest first.
+    window_files: list[FileRef] = []
+    pipeline: PipelineSpec
+    registry_dir: str
+    cache_dir: str
 
 
 class PartitionPlan(_Record):

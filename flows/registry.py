@@ -25,7 +25,7 @@ from typing import Any
 import skops.io as sio
 
 from flows.errors import ModelNotFoundError, RegistryIntegrityError
-from flows.files import fsync_dir, fsync_file, sha256_file
+from flows.files import fsync_dir, fsync_file, sha256_bytes, sha256_file, switch_link, write_atomically
 from flows.records import ModelVersion
 
 MODEL_FILE = "model.skops"
@@ -37,24 +37,38 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 
 
-def load_skops(path: str | Path, trusted_types: list[str] | None = None):
-    """Load a skops file trusting only known-safe types and ``trusted_types``; refuse
-    anything else without executing it."""
+def load_model_file(path: str | Path, sha256: str, trusted_types: list[str] | None = None,
+                    what: str | None = None):
+    """Load a model file only if its bytes hash to ``sha256`` (read once: the bytes checked
+    are the bytes loaded), trusting only known-safe types and ``trusted_types``; anything
+    else is refused without being executed."""
+    what = what or str(path)
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RegistryIntegrityError(f"model file of {what} is missing ({path})") from None
+    if sha256_bytes(data) != sha256:
+        raise RegistryIntegrityError(f"model {what} does not match its recorded sha256; "
+                                     "the file was changed after it was written")
+    return load_skops_bytes(data, trusted_types, what)
+
+
+def load_skops_bytes(data: bytes, trusted_types: list[str] | None, what: str):
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
-        raise RegistryIntegrityError(f"{path} is not a readable skops model file ({type(exc).__name__}); "
+        raise RegistryIntegrityError(f"{what} is not a readable skops model file ({type(exc).__name__}); "
                                      "it may be damaged") from None
     allowed = set(trusted_types or [])
     refused = [t for t in untrusted if t not in allowed and not t.startswith(TRUSTED_PREFIXES)]
     if refused:
         raise RegistryIntegrityError(
-            f"{path} contains types that are not trusted ({', '.join(refused[:5])}); it was not "
+            f"{what} contains types that are not trusted ({', '.join(refused[:5])}); it was not "
             "loaded. If you trust them, list them in model.trusted_types")
     try:
-        return sio.load(path, trusted=untrusted)
+        return sio.loads(data, trusted=untrusted)
     except Exception as exc:
-        raise RegistryIntegrityError(f"{path} could not be loaded ({type(exc).__name__}: "
+        raise RegistryIntegrityError(f"{what} could not be loaded ({type(exc).__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
@@ -72,7 +86,9 @@ class ModelRegistry:
 
     def register(self, model_file: str | Path, metadata: dict[str, Any]) -> ModelVersion:
         """Move the staged model into a new version directory with its metadata; the
-        directory becomes visible complete, by one rename."""
+        directory becomes visible complete, by one rename. ``metadata["model_sha256"]`` is
+        the hash the model was checked against when it was evaluated; it is what every
+        later load verifies."""
         model_file = Path(model_file)
         self.staging.mkdir(parents=True, exist_ok=True)
         while True:
@@ -87,8 +103,9 @@ class ModelRegistry:
             record = ModelVersion(
                 version=version, path=str(self.root / version),
                 created_at=metadata.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                model_sha256=sha256_file(work / MODEL_FILE),
-                **{k: v for k, v in metadata.items() if k not in ("version", "path", "created_at", "model_sha256")},
+                model_sha256=metadata.get("model_sha256") or sha256_file(work / MODEL_FILE),
+                **{k: v for k, v in metadata.items()
+                   if k not in ("version", "path", "created_at", "model_sha256")},
             )
             self._write_metadata(work, record)
             fsync_dir(work)
@@ -105,16 +122,13 @@ class ModelRegistry:
         return f"v{max(numbers, default=0) + 1:04d}"
 
     def _write_metadata(self, folder: Path, record: ModelVersion) -> None:
-        tmp = folder / f".{METADATA_FILE}.tmp"
-        tmp.write_text(json.dumps(record.model_dump(), indent=2, default=str) + "\n")
-        fsync_file(tmp)
-        os.replace(tmp, folder / METADATA_FILE)
+        write_atomically(folder / METADATA_FILE,
+                         json.dumps(record.model_dump(), indent=2, default=str) + "\n")
 
     def update(self, version: str, **fields: Any) -> ModelVersion:
         """Rewrite metadata.json of a version atomically."""
         record = self.get(version).model_copy(update=fields)
         self._write_metadata(self.root / version, record)
-        fsync_dir(self.root / version)
         return record
 
     # -- reading --------------------------------------------------------------------------
@@ -125,6 +139,12 @@ class ModelRegistry:
             if _VERSION.match(path.name) and (path / METADATA_FILE).is_file():
                 found.append(self._read(path.name))
         return sorted(found, key=lambda v: int(v.version[1:]))
+
+    def latest(self) -> ModelVersion | None:
+        """The newest complete version (names are listed, one metadata file is read)."""
+        numbers = sorted((int(m.group(1)) for p in self.root.iterdir()
+                          if (m := _VERSION.match(p.name)) and (p / METADATA_FILE).is_file()), reverse=True)
+        return self._read(f"v{numbers[0]:04d}") if numbers else None
 
     def _read(self, version: str) -> ModelVersion:
         data = json.loads((self.root / version / METADATA_FILE).read_text())
@@ -160,10 +180,7 @@ class ModelRegistry:
         """Point ``current`` at ``version`` atomically. Returns the previous current version."""
         self.get(version)
         previous = self.current_version()
-        tmp = self.root / f".current-{uuid.uuid4().hex[:8]}"
-        os.symlink(version, tmp)
-        os.replace(tmp, self.root / "current")
-        fsync_dir(self.root)
+        switch_link(self.root / "current", version)
         return previous
 
     def unset_current(self) -> None:
@@ -190,9 +207,7 @@ class ModelRegistry:
     # task that outlived its run on a shared Dask cluster then finds the lease gone and
     # does not switch anything.
     def take_lease(self, holder: str) -> None:
-        tmp = self.root / f".lease-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(holder)
-        os.replace(tmp, self.root / LEASE_FILE)
+        write_atomically(self.root / LEASE_FILE, holder)
 
     def release_lease(self) -> None:
         (self.root / LEASE_FILE).unlink(missing_ok=True)
@@ -204,13 +219,11 @@ class ModelRegistry:
             return None
 
     def load_model(self, version: str, trusted_types: list[str] | None = None):
-        """Load a version's model after checking its sha256 against the metadata."""
+        """Load a version's model after checking its sha256 against the metadata (the
+        only way a registered model is loaded)."""
         record = self.get(version)
-        path = self.root / version / MODEL_FILE
-        if sha256_file(path) != record.model_sha256:
-            raise RegistryIntegrityError(f"model {version} does not match its recorded sha256; "
-                                         "the file was changed after it was registered")
-        return load_skops(path, trusted_types)
+        return load_model_file(self.root / version / MODEL_FILE, record.model_sha256,
+                               trusted_types, what=f"model {version}")
 
     def clean_staging(self) -> list[str]:
         """Remove half-written entries (crash leftovers); returns what was removed."""
@@ -220,7 +233,7 @@ class ModelRegistry:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                 removed.append(entry.name)
         for entry in self.root.iterdir():
-            if entry.name.startswith((".current-", ".lease-")):
+            if entry.name.startswith((".current-", ".lease-", f".{LEASE_FILE}.")):
                 entry.unlink()
                 removed.append(entry.name)
             elif _VERSION.match(entry.name) and entry.is_dir() and not (entry / METADATA_FILE).exists():

@@ -9,21 +9,11 @@ import numpy as np
 import pandas as pd
 
 from flows.errors import InvalidDataError
+from flows.features import EXAMPLES, clean_text, normalise_text, parse_numbers
 from flows.records import ResolvedSchema
 from flows.specs import SchemaSpec
 
-EXAMPLES = 3  # example bad values shown in an error
 _EXAMPLE_CHARS = 40  # an example value is cut to this length, so the message stays short
-# Values that mean "missing", compared after stripping surrounding whitespace.
-MISSING_TOKENS = ["", "NA", "N/A", "null", "NULL", "NaN", "nan", "None"]
-
-
-def _normalise_text(values: pd.Series) -> pd.Series:
-    """Text stripped, missing tokens as NA (pandas "str" dtype, vectorised: no per-row
-    Python). The reader already maps exact tokens; this also catches " NA " and "  "."""
-    text = values.astype("str")
-    text = text.str.strip()
-    return text.mask(text.isin(MISSING_TOKENS))
 
 
 def _parses_as_number(values: pd.Series) -> pd.Series:
@@ -75,7 +65,7 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
     if spec.categorical is None:
         categorical = []
         for column in features:
-            values = _normalise_text(sample[column]).dropna()
+            values = normalise_text(sample[column]).dropna()
             if len(values) and not _parses_as_number(values).all():
                 if not spec.features and _looks_like_identifier(values):
                     ignored.append(column)  # one-hot encoding an id would only memorise rows
@@ -136,23 +126,21 @@ def validate_frame(frame: pd.DataFrame, schema: ResolvedSchema, file_name: str,
     if schema.task == "regression":
         numeric_cols.append(schema.target)
     for column in numeric_cols:
-        text = _normalise_text(frame[column])
-        values = pd.to_numeric(text, errors="coerce").astype("float64").to_numpy(copy=True)
-        unparsed = text.notna().to_numpy() & np.isnan(values)
-        values[np.isinf(values)] = np.nan  # "inf" parses, but no estimator can use it
+        values, unparsed = parse_numbers(frame[column])
         if unparsed.any():
             bad |= unparsed
             positions = np.flatnonzero(unparsed)[:EXAMPLES]
+            text = frame[column]
             problems[column] = {
                 "expected": "numbers",
                 "unparseable_values": int(unparsed.sum()),
-                "examples": [_example(p, text.iloc[p], first_line) for p in positions],
+                "examples": [_example(p, str(text.iloc[p]).strip(), first_line) for p in positions],
             }
         out[column] = pd.Series(values, index=frame.index)
     for column in schema.categorical:
-        out[column] = _clean_text(frame[column])
+        out[column] = clean_text(frame[column])
     if schema.task == "classification":
-        out[schema.target] = _clean_text(frame[schema.target])
+        out[schema.target] = clean_text(frame[schema.target])
     target_missing = out[schema.target].isna().to_numpy() & ~bad
     if target_missing.any():
         problems.setdefault(schema.target, {})["missing_values"] = int(target_missing.sum())
@@ -198,10 +186,3 @@ def _too_many_bad_rows(problems: dict[str, dict[str, Any]], rows: int, dropped: 
 
 def _shorten(value: str) -> str:
     return value if len(value) <= _EXAMPLE_CHARS else value[: _EXAMPLE_CHARS - 1] + "…"
-
-
-def _clean_text(values: pd.Series) -> pd.Series:
-    """Strings stripped; empty and missing as NaN; object dtype (what scikit-learn's
-    imputers and encoders expect, and what survives a parquet round trip unchanged)."""
-    text = _normalise_text(values).astype(object)
-    return text.where(text.notna(), np.nan)

@@ -1,25 +1,22 @@
-"""Training: build the window from cached partitions and fit the configured Pipeline."""
+"""Training: fit the configured Pipeline on the window's training rows."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pandas as pd
 import skops.io as sio
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from flows.data import Window, model_threads
 from flows.errors import ConfigError, TrainingError
-from flows.files import sha256_file
-from flows.preprocess import load_partitions
+from flows.files import sha256_bytes, write_atomically
 from flows.records import ResolvedSchema, TrainResult
 from flows.specs import ESTIMATORS, ModelSpec
 
@@ -77,27 +74,11 @@ def build_pipeline(spec: ModelSpec, schema: ResolvedSchema) -> Pipeline:
     ])
 
 
-def training_frame(parquet_paths: list[str], schema: ResolvedSchema, holdout: bool,
-                   limit: int | None = None) -> pd.DataFrame:
-    """The rows of the window on one side of the holdout split, in partition order (the
-    first ``limit`` of them when given)."""
-    return load_partitions(parquet_paths, [*schema.features, schema.target], holdout=holdout, limit=limit)
-
-
-@contextmanager
-def model_threads(threads: int) -> Iterator[None]:
-    """Let the numeric libraries (OpenMP, BLAS) use ``threads`` threads, 0 for every core."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=threads or os.cpu_count() or 1):
-        yield
-
-
-def train_candidate(parquet_paths: list[str], schema: ResolvedSchema, spec: ModelSpec,
-                    out_path: str | Path) -> TrainResult:
+def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path) -> TrainResult:
     """Fit the pipeline on the non-holdout rows of the window and save it with skops at
-    ``out_path`` (temporary name + os.replace)."""
-    frame = training_frame(parquet_paths, schema, holdout=False)
+    ``out_path`` (atomically; its sha256 is taken from the bytes written)."""
+    schema = window.schema
+    frame = window.training_rows()
     if frame.empty:
         raise TrainingError("no training rows in the window (every row fell in the holdout); add data")
     y = frame[schema.target]
@@ -113,14 +94,11 @@ def train_candidate(parquet_paths: list[str], schema: ResolvedSchema, spec: Mode
         pipeline.fit(frame[schema.features], y)
     fit_seconds = time.perf_counter() - started
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    sio.dump(pipeline, tmp)
-    os.replace(tmp, out)
+    data = sio.dumps(pipeline)
+    out = write_atomically(out_path, data)
     estimator = pipeline.named_steps["model"]
     return TrainResult(
-        model_path=str(out), model_sha256=sha256_file(out),
+        model_path=str(out), model_sha256=sha256_bytes(data),
         estimator=f"{type(estimator).__module__}:{type(estimator).__name__}",
         params={k: _plain(v) for k, v in estimator.get_params(deep=False).items()},
         train_rows=len(frame), fit_seconds=round(fit_seconds, 3),

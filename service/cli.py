@@ -417,7 +417,7 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from flows.errors import ModelNotFoundError
-    from flows.predict import predict_frame, prepare_features, read_rows
+    from flows.predict import predict_rows, read_rows
     from flows.records import ResolvedSchema
 
     settings, registry = _registry(args)
@@ -427,7 +427,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     schema = ResolvedSchema.model_validate(version.metadata["schema"])
     model = registry.load_model(version.version, settings.model.trusted_types)
     frame = read_rows(args.csv)
-    result = predict_frame(model, prepare_features(frame, schema, args.csv), schema.task)
+    result, prepared = predict_rows(model, frame, schema, args.csv)
+    if prepared.unparsed:
+        print(f"retrain: warning: {prepared.unparsed_message(args.csv)}; predicted with those "
+              "values missing", file=sys.stderr)
     out = frame.join(result)
     if args.output:
         out.to_csv(args.output, index=False)

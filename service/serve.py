@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from flows.errors import RetrainError
-from flows.predict import MISSING_TOKENS, predict_frame, prepare_features
+from flows.predict import predict_rows
 from flows.records import ResolvedSchema
 from flows.registry import ModelRegistry
 
@@ -74,8 +74,8 @@ def parse_rows(body: bytes, content_type: str) -> pd.DataFrame:
         raise BadRequest("empty body; send JSON rows or a CSV with a header line")
     if "csv" in content_type:
         try:
-            return pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False,
-                               na_values=MISSING_TOKENS, encoding="utf-8")
+            return pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False, na_filter=False,
+                               encoding="utf-8")
         except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise BadRequest(f"unreadable CSV body ({str(exc).strip().splitlines()[0]})") from None
     try:
@@ -133,10 +133,9 @@ def make_handler(holder: ModelHolder) -> type[BaseHTTPRequestHandler]:
                 return self._send(503, {"error": "no model is deployed yet"})
             try:
                 frame = parse_rows(body, self.headers.get("Content-Type", ""))
-                features = prepare_features(frame, loaded.schema, "request")
+                result, _ = predict_rows(loaded.model, frame, loaded.schema, "request")
             except (BadRequest, RetrainError) as exc:
                 return self._send(400, {"error": str(exc)})
-            result = predict_frame(loaded.model, features, loaded.schema.task)
             self._send(200, {"version": loaded.version,
                              "predictions": result.to_dict(orient="records")})
 

@@ -7,7 +7,8 @@ import pytest
 from pathlib import Path
 
 from flows.errors import InvalidDataError
-from flows.preprocess import (HOLDOUT_COLUMN, cache_key, is_holdout, load_partitions, plan_partitions,
+from flows.data import load_partitions
+from flows.preprocess import (HOLDOUT_COLUMN, cache_key, is_holdout, plan_partitions,
                               preprocess_partition, read_header, read_sample)
 from flows.records import FileRef, ResolvedSchema
 from flows.schema import resolve_schema, validate_frame

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import skops.io as sio
 
+from flows.data import Window
 from flows.deploy import post_deploy_check, rollback
 from flows.errors import ConfigError, DeployError, ModelNotFoundError, RegistryIntegrityError, TrainingError
 from flows.evaluate import decide, evaluate_against_champion, score
 from flows.preprocess import plan_partitions, preprocess_partition
-from flows.records import FileRef, ResolvedSchema
-from flows.registry import MODEL_FILE, ModelRegistry, load_skops
+from flows.records import FileRef, ResolvedSchema, TrainResult
+from flows.registry import MODEL_FILE, ModelRegistry, load_model_file, load_skops_bytes
 from flows.specs import EvaluationSpec, ModelSpec
 from flows.train import build_estimator, train_candidate
 from flows.files import sha256_file
@@ -26,6 +27,9 @@ CLASSIFY = ResolvedSchema(target="churned", task="classification", numeric=NUMER
                           categorical=["plan", "region"], max_bad_row_fraction=0.05)
 REGRESS = CLASSIFY.model_copy(update={"target": "monthly_spend", "task": "regression"})
 FAST = ModelSpec(estimator="logistic_regression")
+# A training record for a model file made elsewhere (path and hash filled in per test).
+TRAINED = {"estimator": "sklearn.linear_model:LogisticRegression", "params": {}, "train_rows": 0,
+           "fit_seconds": 0.0, "features": CLASSIFY.features, "categorical": CLASSIFY.categorical}
 
 
 def partitions(folder: Path, schema: ResolvedSchema, rows: int = 4000, seed: int = 1,
@@ -37,6 +41,15 @@ def partitions(folder: Path, schema: ResolvedSchema, rows: int = 4000, seed: int
                   size=path.stat().st_size)
     summaries = [preprocess_partition(p, schema, folder / "cache", 0.2) for p in plan_partitions(ref, 200_000)]
     return [s.parquet_path for s in summaries]
+
+
+def load(result):
+    """A trained candidate, loaded as every step loads a model: hash-checked."""
+    return load_model_file(result.model_path, result.model_sha256)
+
+
+def load_unchecked(path: Path):
+    return load_skops_bytes(Path(path).read_bytes(), None, str(path))
 
 
 def register(registry: ModelRegistry, model_file: str, decision: str = "deployed", **metrics: float):
@@ -56,13 +69,13 @@ def registry_of(folder: Path, model: Path, versions: int) -> ModelRegistry:
 def test_training_is_deterministic_and_scores_well(tmp_path: Path) -> None:
     paths = partitions(tmp_path, CLASSIFY)
     spec = ModelSpec(estimator="random_forest", params={"n_estimators": 20})
-    first = train_candidate(paths, CLASSIFY, spec, tmp_path / "a.skops")
-    second = train_candidate(paths, CLASSIFY, spec, tmp_path / "b.skops")
+    first = train_candidate(Window(paths, CLASSIFY), spec, tmp_path / "a.skops")
+    second = train_candidate(Window(paths, CLASSIFY), spec, tmp_path / "b.skops")
     assert first.train_rows == second.train_rows and 3000 < first.train_rows < 3400
     assert first.classes == ["0", "1"] and first.params["random_state"] == 0
     holdout = pd.concat(pd.read_parquet(p) for p in paths)
     holdout = holdout[holdout["__holdout"]]
-    a, b = load_skops(first.model_path), load_skops(second.model_path)
+    a, b = load(first), load(second)
     assert score(a, holdout, CLASSIFY) == score(b, holdout, CLASSIFY)
     assert score(a, holdout, CLASSIFY)["roc_auc"] > 0.75
 
@@ -82,21 +95,21 @@ def test_one_class_window_cannot_train(tmp_path: Path) -> None:
     ref = FileRef(file_id=1, name="one.csv", path=str(path), sha256=sha256_file(path), size=path.stat().st_size)
     summary = preprocess_partition(plan_partitions(ref, 200_000)[0], CLASSIFY, tmp_path / "c", 0.2)
     with pytest.raises(TrainingError, match="only one class"):
-        train_candidate([summary.parquet_path], CLASSIFY, FAST, tmp_path / "m.skops")
+        train_candidate(Window([summary.parquet_path], CLASSIFY), FAST, tmp_path / "m.skops")
 
 
 def test_regression_metrics_and_multiclass_auc(tmp_path: Path) -> None:
     paths = partitions(tmp_path, REGRESS)
-    result = train_candidate(paths, REGRESS, ModelSpec(estimator="ridge"), tmp_path / "r.skops")
+    result = train_candidate(Window(paths, REGRESS), ModelSpec(estimator="ridge"), tmp_path / "r.skops")
     holdout = pd.concat(pd.read_parquet(p) for p in paths)
-    scores = score(load_skops(result.model_path), holdout[holdout["__holdout"]], REGRESS)
+    scores = score(load(result), holdout[holdout["__holdout"]], REGRESS)
     assert set(scores) == {"r2", "rmse", "mae"} and scores["r2"] > 0.8 and 0 < scores["mae"] < scores["rmse"]
 
     multi = CLASSIFY.model_copy(update={"target": "plan", "categorical": ["region"]})
     paths = partitions(tmp_path / "multi", multi, seed=2)
-    result = train_candidate(paths, multi, FAST, tmp_path / "m.skops")
+    result = train_candidate(Window(paths, multi), FAST, tmp_path / "m.skops")
     holdout = pd.concat(pd.read_parquet(p) for p in paths)
-    scores = score(load_skops(result.model_path), holdout[holdout["__holdout"]], multi)
+    scores = score(load(result), holdout[holdout["__holdout"]], multi)
     assert set(scores) == {"accuracy", "balanced_accuracy", "f1", "roc_auc"}
     assert 0.4 < scores["roc_auc"] <= 1.0
 
@@ -129,13 +142,16 @@ def test_gate_lower_is_better_for_errors() -> None:
 
 def test_candidate_and_champion_scored_on_the_same_rows(tmp_path: Path) -> None:
     paths = partitions(tmp_path, CLASSIFY)
-    good = train_candidate(paths, CLASSIFY, FAST, tmp_path / "good.skops")
+    window = Window(paths, CLASSIFY)
+    good = train_candidate(window, FAST, tmp_path / "good.skops")
     noisy_paths = partitions(tmp_path / "noisy", CLASSIFY, seed=5, noise=0.5)
-    noisy = train_candidate(noisy_paths, CLASSIFY, FAST, tmp_path / "noisy.skops")
+    noisy = train_candidate(Window(noisy_paths, CLASSIFY), FAST, tmp_path / "noisy.skops")
     spec = EvaluationSpec(threshold=0.6)
-    result = evaluate_against_champion(noisy.model_path, good.model_path, "v0001", paths, CLASSIFY, spec, [])
+    registry = ModelRegistry(tmp_path / "registry")
+    champion = register(registry, good.model_path)
+    result = evaluate_against_champion(noisy, champion, window, spec, registry, [])
     assert not result.deploy and result.champion["roc_auc"] > result.candidate["roc_auc"]
-    same = evaluate_against_champion(good.model_path, good.model_path, "v0001", paths, CLASSIFY, spec, [])
+    same = evaluate_against_champion(good, champion, window, spec, registry, [])
     assert same.deploy and same.candidate == same.champion
     assert same.check_rows == min(1000, same.holdout_rows) and same.check_value is not None
 
@@ -146,7 +162,7 @@ def test_candidate_and_champion_scored_on_the_same_rows(tmp_path: Path) -> None:
 def trained(tmp_path_factory) -> tuple[Path, list[str]]:
     folder = tmp_path_factory.mktemp("trained")
     paths = partitions(folder, CLASSIFY, rows=2000)
-    result = train_candidate(paths, CLASSIFY, FAST, folder / "model.skops")
+    result = train_candidate(Window(paths, CLASSIFY), FAST, folder / "model.skops")
     return Path(result.model_path), paths
 
 
@@ -237,15 +253,17 @@ def test_pickle_payload_in_a_model_file_is_refused_without_running(tmp_path: Pat
         registry.load_model(version)
     # ...and a pickle is not a skops file even when the checksum is bypassed.
     with pytest.raises(RegistryIntegrityError, match="not a readable skops model file"):
-        load_skops(target)
+        load_unchecked(target)
 
     # 2. A well-formed skops file that carries an object whose loading runs code.
-    forged = load_skops(model)
+    forged = load_unchecked(model)
     forged.exploit = _Exploit(str(marker))
     forged_path = tmp_path / "forged.skops"
     sio.dump(forged, forged_path)
     with pytest.raises(RegistryIntegrityError, match=f"not trusted.*{__name__}._Exploit"):
-        load_skops(forged_path)
+        load_unchecked(forged_path)
+    with pytest.raises(RegistryIntegrityError, match="not trusted"):
+        load_model_file(forged_path, sha256_file(forged_path))
     assert not marker.exists()
     # The forgery is real: a loader that trusts whatever the file lists runs the payload.
     sio.load(forged_path, trusted=sio.get_untrusted_types(file=forged_path))
@@ -257,14 +275,15 @@ def test_pickle_payload_in_a_model_file_is_refused_without_running(tmp_path: Pat
 def test_post_deploy_check_passes_then_catches_a_different_model(tmp_path: Path, trained) -> None:
     model, paths = trained
     registry = registry_of(tmp_path / "registry", model, 1)
-    result = evaluate_against_champion(str(model), None, None, paths, CLASSIFY, EvaluationSpec(), [])
+    window = Window(paths, CLASSIFY)
+    candidate = TrainResult.model_validate({**TRAINED, "model_path": str(model), "model_sha256": sha256_file(model)})
+    result = evaluate_against_champion(candidate, None, window, EvaluationSpec(), registry, [])
     registry.promote("v0001")
-    post_deploy_check(registry, "v0001", paths, CLASSIFY, result.metric, result.check_value, 1000, [])
+    post_deploy_check(registry, "v0001", window, result, [])
     with pytest.raises(DeployError, match="current is v0001, expected v0002"):
-        post_deploy_check(registry, "v0002", paths, CLASSIFY, result.metric, result.check_value, 1000, [])
+        post_deploy_check(registry, "v0002", window, result, [])
     with pytest.raises(DeployError, match="evaluation measured"):
-        post_deploy_check(registry, "v0001", paths, CLASSIFY, result.metric,
-                          result.check_value - 0.01, 1000, [])
+        post_deploy_check(registry, "v0001", window, result.model_copy(update={"check_value": result.check_value - 0.01}), [])
 
 
 def test_rollback_restores_the_previous_current(tmp_path: Path, trained) -> None:
@@ -282,33 +301,33 @@ def test_rollback_restores_the_previous_current(tmp_path: Path, trained) -> None
 
 def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: Path) -> None:
     from flows.evaluate import score_window
-    from flows.train import training_frame
 
     paths = partitions(tmp_path / "a", CLASSIFY, rows=3000, seed=8) + partitions(tmp_path / "b", CLASSIFY, rows=3000, seed=9)
-    model = load_skops(train_candidate(paths, CLASSIFY, FAST, tmp_path / "m.skops").model_path)
-    whole = score(model, training_frame(paths, CLASSIFY, holdout=True), CLASSIFY)
-    parts = [(p, training_frame([p], CLASSIFY, holdout=True)) for p in paths]
+    window = Window(paths, CLASSIFY)
+    model = load(train_candidate(window, FAST, tmp_path / "m.skops"))
+    whole = score(model, window.holdout_rows(), CLASSIFY)
+    parts = window.holdout_parts()
     kept = tmp_path / "outputs"
     assert score_window(model, "m", parts, CLASSIFY, None) == whole
     assert score_window(model, "m", parts, CLASSIFY, kept) == whole
     assert len(list((kept / "m").glob("*.npz"))) == len(paths)
     # Kept outputs are used as they are: a model that would score differently is not asked.
-    other = load_skops(train_candidate(paths[:1], CLASSIFY, FAST, tmp_path / "o.skops").model_path)
+    other = load(train_candidate(Window(paths[:1], CLASSIFY), FAST, tmp_path / "o.skops"))
     assert score_window(other, "m", parts, CLASSIFY, kept) == whole
     assert score_window(other, "o", parts, CLASSIFY, kept) != whole
 
 
 def test_only_the_lease_holder_switches_current(tmp_path: Path, trained) -> None:
-    from flows.deploy import deploy_model
+    from flows.deploy import switch_current
 
     model, _ = trained
     registry = registry_of(tmp_path / "registry", model, 2)
     registry.take_lease("run-a")
-    assert deploy_model(registry, "v0001", "run-a") is None
+    assert switch_current(registry, "v0001", "run-a") is None
     registry.take_lease("run-b")  # a later run took over
     with pytest.raises(DeployError, match="run-a no longer holds the registry"):
-        deploy_model(registry, "v0002", "run-a")
+        switch_current(registry, "v0002", "run-a")
     registry.release_lease()  # the daemon stopped
     with pytest.raises(DeployError, match=r"\(lease: released\)"):
-        deploy_model(registry, "v0002", "run-b")
+        switch_current(registry, "v0002", "run-b")
     assert registry.current_version() == "v0001"
