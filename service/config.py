@@ -1,38 +1,48 @@
 """The one settings object of the service.
 
-Loaded once at start from ``config/retrain.toml`` (or ``--config``), then overridden by
-``RETRAIN_*`` environment variables, then by command-line flags. An invalid value stops
-the program with one line naming the key, the value and what was expected.
+``Settings`` is a pydantic-settings ``BaseSettings`` whose sources are, highest first:
+command-line flags, ``RETRAIN_*`` environment variables, the TOML file (``--config``,
+``RETRAIN_CONFIG``, or ``config/retrain.toml`` when present), the built-in defaults.
+``load_settings`` is the entry point: an invalid value stops the program with one line
+naming the key, the value, where it came from and what was expected.
 
 Environment variables name a key with ``__`` between section and field:
-``RETRAIN_EVALUATION__THRESHOLD=0.8``, ``RETRAIN_DASK__ADDRESS=tcp://host:8786``;
+``RETRAIN_EVALUATION__THRESHOLD=0.8``, ``RETRAIN_DASK__ADDRESS=tcp://host:8786``; lists and
+tables are JSON (``RETRAIN_SCHEMA__DROP='["id"]'``) and ``null`` means "not set".
 ``RETRAIN_HOME`` and ``RETRAIN_CONFIG`` set the home folder and the config file.
-Each value's origin is kept so that an error names the file or variable to fix.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from flows.errors import ConfigError
-from flows.specs import (
-    DeploySpec,
-    EvaluationSpec,
-    ModelSpec,
-    PipelineSpec,
-    PreprocessSpec,
-    SchemaSpec,
-    WindowSpec,
-)
+from flows.specs import PipelineSpec
 
 ENV_PREFIX = "RETRAIN_"
+ENV_DELIMITER = "__"
+CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
 DEFAULT_CONFIG = Path("config/retrain.toml")
+_BUILT_IN = "built-in defaults"
 
 
 class _Section(BaseModel):
@@ -105,134 +115,246 @@ class DaemonSpec(_Section):
     heartbeat_seconds: float = Field(1.0, gt=0.0)
 
 
-class Settings(_Section):
-    """Every setting of the service."""
+@dataclass
+class _Layers:
+    """What one load reads besides the defaults, and where each value it found came from."""
+
+    config_file: Path | None
+    environ: Mapping[str, str]
+    # Dotted key -> origin, noted by the highest source that gave the key.
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def choose(cls, config_path: str | Path | None, environ: Mapping[str, str]) -> "_Layers":
+        path = config_path or environ.get(CONFIG_VARIABLE)
+        if path is None:
+            return cls(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, environ)
+        if not Path(path).is_file():
+            # The TOML source skips a missing file silently; a file the user named must exist.
+            raise ConfigError(f"config file {path} does not exist; pass --config with an existing file")
+        return cls(Path(path), environ)
+
+
+# The layers of the load in progress. settings_customise_sources is a class method called
+# by BaseSettings.__init__ with no way to pass it a file or an environment, so
+# load_settings hands them over here for the duration of one construction.
+_LOADING: ContextVar[_Layers | None] = ContextVar("retrain_settings_layers", default=None)
+
+
+class Settings(BaseSettings, PipelineSpec):
+    """Every setting of the service: the pipeline's sections (declared once, in
+    ``flows.specs.PipelineSpec``) and the service's own.
+
+    Built directly, it reads ``os.environ`` and the default file like any ``BaseSettings``;
+    ``load_settings`` chooses the file and environment and turns errors into one line.
+    """
 
     home: Path = Path("var")
-    schema_: SchemaSpec = Field(default_factory=SchemaSpec, alias="schema")
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    window: WindowSpec = Field(default_factory=WindowSpec)
-    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
-    deploy: DeploySpec = Field(default_factory=DeploySpec)
     watcher: WatcherSpec = Field(default_factory=WatcherSpec)
     dask: DaskSpec = Field(default_factory=DaskSpec)
     daemon: DaemonSpec = Field(default_factory=DaemonSpec)
-    # Where the settings came from, for messages.
-    source: str = "built-in defaults"
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        # Sections by their key only (`schema`, not also the attribute name `schema_`): two
+        # spellings of one section from two sources would not be merged.
+        populate_by_name=False,
+        validate_by_name=False,
+        env_prefix=ENV_PREFIX,
+        # The prefix applies to aliases too: the `schema` section is RETRAIN_SCHEMA__*.
+        env_prefix_target="all",
+        env_nested_delimiter=ENV_DELIMITER,
+        # A variable set to `null` means "not set" (None), e.g. RETRAIN_DASK__DASHBOARD_ADDRESS=null.
+        env_parse_none_str="null",
+    )
 
-    @model_validator(mode="after")
-    def _pipeline_is_consistent(self) -> "Settings":
-        self.pipeline()  # raises on a metric/estimator that does not fit the task
-        return self
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        layers = _LOADING.get() or _Layers.choose(None, os.environ)
+        file_origin = str(layers.config_file)
+        return (
+            _Traced(init_settings, lambda key: "command line", layers.origins),
+            _Traced(_Environment(settings_cls, layers.environ), _variable_naming(layers.environ),
+                    layers.origins),
+            _Traced(_ConfigFile(settings_cls, layers.config_file), lambda key: file_origin,
+                    layers.origins),
+        )
 
     def pipeline(self) -> PipelineSpec:
-        """The part of the settings the flow takes as its parameter."""
-        return PipelineSpec(
-            schema=self.schema_,
-            model=self.model,
-            evaluation=self.evaluation,
-            window=self.window,
-            preprocess=self.preprocess,
-            deploy=self.deploy,
-        )
+        """The part of the settings the flow takes as its parameter (the same section objects)."""
+        return PipelineSpec(**{name: getattr(self, name) for name in PipelineSpec.model_fields})
 
 
 def load_settings(
     config_path: str | Path | None = None,
     home: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build the settings: file, then ``RETRAIN_*`` variables, then ``overrides``
-    (dotted keys, e.g. ``{"dask.address": "tcp://..."}``), then ``home``.
+    """Build the settings: defaults, then the file, then ``RETRAIN_*`` variables (from
+    ``environ``, else the process environment), then ``overrides`` (dotted keys, e.g.
+    ``{"dask.address": "tcp://..."}``; None means "not given"), then ``home``.
 
     Without ``config_path`` (or ``RETRAIN_CONFIG``) the default ``config/retrain.toml``
     is used when it exists, else the built-in defaults.
     """
-    environ = dict(os.environ if environ is None else environ)
-    path = config_path or environ.get(f"{ENV_PREFIX}CONFIG")
-    data: dict[str, Any] = {}
-    source = "built-in defaults"
-    if path is not None:
-        data = _read_toml(Path(path))
-        source = str(path)
-    elif DEFAULT_CONFIG.is_file():
-        data = _read_toml(DEFAULT_CONFIG)
-        source = str(DEFAULT_CONFIG)
-
-    origins: dict[str, str] = {}  # dotted key -> where its value came from, for messages
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}HOME"):
-            continue
-        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
-        _set_dotted(data, key, _parse_env_value(raw), origin=name)
-        origins[key] = f"environment variable {name}"
+    layers = _Layers.choose(config_path, os.environ if environ is None else environ)
+    flags: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, key, value, origin=f"--{key}")
-            origins[key] = "command line"
-    home = home if home is not None else environ.get(f"{ENV_PREFIX}HOME")
+            _set_dotted(flags, key.split("."), value)
     if home is not None:
-        data["home"] = str(home)
-    data["source"] = source
-
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, data, source, origins)) from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; pass --config with an existing file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Lists and tables are JSON (``["id", "note"]``, ``{"max_iter": 200}``) and ``null``
-    means "not set"; anything else stays text and is converted to the setting's type by
-    validation, so ``RETRAIN_DEPLOY__HOOK_COMMAND=true`` is the command ``true``."""
-    text = raw.strip()
-    if text[:1] in ("[", "{"):
+        flags["home"] = str(home)
+    with _loading(layers):
         try:
-            return json.loads(text)
+            return Settings(**flags)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc.errors()[0], layers.origins)) from None
+
+
+@contextmanager
+def _loading(layers: _Layers) -> Iterator[None]:
+    token = _LOADING.set(layers)
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
+
+
+class _Environment(EnvSettingsSource):
+    """``RETRAIN_*`` variables of a given mapping (a test's dict, or ``os.environ``)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        # Text that is not JSON stays text, so validation reports the key, the value and the
+        # expected type; the library would raise a bare "error parsing value" instead.
+        try:
+            return super().decode_complex_value(field_name, field, value)
         except ValueError:
-            return raw
-    if text.lower() == "null":
-        return None
-    return raw
+            return value
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        # The library ignores a variable naming no field (RETRAIN_THRESHOLD); passing it on
+        # makes validation reject it as an unknown key, like an unknown key in the file.
+        known = {(info.alias or name).lower() for name, info in self.settings_cls.model_fields.items()}
+        for name, value in self.env_vars.items():
+            parts = _variable_key(name)
+            if parts and parts[0] not in known:
+                _set_dotted(data, parts, value)
+        return data
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
-    parts = key.split(".")
+class _ConfigFile(TomlConfigSettingsSource):
+    """The TOML file, with a one-line error for broken syntax."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file_path} is not valid TOML ({exc}); fix the syntax") from None
+
+
+class _Traced(PydanticBaseSettingsSource):
+    """Passes a source's values on and notes where each came from: pydantic-settings merges
+    its sources without keeping that, and an error must name the file or variable to fix."""
+
+    def __init__(self, source: PydanticBaseSettingsSource, origin: Callable[[str], str],
+                 origins: dict[str, str]):
+        super().__init__(source.settings_cls)
+        self.source, self.origin, self.origins = source, origin, origins
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ asks the wrapped source
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.source()
+        for key in _leaf_keys(values):
+            self.origins.setdefault(key, self.origin(key))
+        return values
+
+
+def _variable_key(name: str) -> list[str]:
+    """``retrain_dask__address`` -> ``["dask", "address"]``; [] for other variables."""
+    name = name.lower()
+    if not name.startswith(ENV_PREFIX.lower()) or name == CONFIG_VARIABLE.lower():
+        return []
+    return name[len(ENV_PREFIX):].split(ENV_DELIMITER)
+
+
+def _variable_naming(environ: Mapping[str, str]) -> Callable[[str], str]:
+    """dotted key -> "environment variable RETRAIN_...": the variable giving the key, or the
+    one giving a whole table around it (``RETRAIN_MODEL__PARAMS='{"max_iter": 5}'``)."""
+    names = {".".join(_variable_key(name)): name for name in environ if _variable_key(name)}
+
+    def origin(key: str) -> str:
+        parts = key.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in names:
+                return f"environment variable {names['.'.join(parts[:end])]}"
+        return "the environment"
+
+    return origin
+
+
+def _leaf_keys(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{origin}: {part!r} is not a section; use a key like SECTION__FIELD")
+            raise ConfigError(f"{'.'.join(parts)}: {part!r} is not a section; use a key like SECTION.FIELD")
         node = child
     node[parts[-1]] = value
 
 
-def _describe_validation_error(exc: ValidationError, data: dict[str, Any], source: str,
-                               origins: dict[str, str]) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
-    key = ".".join(loc) or "(top level)"
-    source = origins.get(key, source)
-    value: Any = data
-    for part in loc:
-        value = value.get(part, "<missing>") if isinstance(value, dict) else "<missing>"
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return f"config key {key!r} (in {source}) is not a known setting; remove it or check its spelling"
-    if not loc:
-        return f"config (in {source}): {message}"
-    return f"config key {key!r} = {value!r} (in {source}): {message}"
+def _describe(error: Mapping[str, Any], origins: Mapping[str, str]) -> str:
+    """One line for a validation error: key, value, origin, what was expected."""
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    message = error["msg"].removeprefix("Value error, ")
+    origin = _origin_of(key, message, origins)
+    if error["type"] == "extra_forbidden":
+        return f"config key {key!r} (in {origin}) is not a known setting; remove it or check its spelling"
+    where = f"config key {key!r}" if loc else "config"
+    if not isinstance(error["input"], Mapping):  # a whole section's value would say nothing more
+        where += f" = {error['input']!r}"
+    return f"{where} (in {origin}): {message}"
+
+
+def _origin_of(key: str, message: str, origins: Mapping[str, str]) -> str:
+    """Where ``key`` came from. A rule across keys (a section's, or the whole config's) names
+    the keys it compares in its message, so their origins are the ones to fix; a list element
+    or a key of a table given whole comes from where the list or table came from."""
+    if key in origins:
+        return origins[key]
+    inside = {k.removeprefix(f"{key}."): o for k, o in origins.items() if not key or k.startswith(f"{key}.")}
+    named = {o for k, o in inside.items() if re.search(rf"\b{re.escape(k)}\b", message)}
+    if named or inside:
+        return ", ".join(sorted(named or set(inside.values())))
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:end]) in origins:
+            return origins[".".join(parts[:end])]
+    return _BUILT_IN

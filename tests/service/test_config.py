@@ -1,20 +1,23 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from flows.errors import ConfigError
+from flows.specs import PipelineSpec
 from service.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_shipped_config_equals_built_in_defaults() -> None:
+def test_shipped_config_equals_built_in_defaults(tmp_path: Path, monkeypatch) -> None:
     """config/retrain.toml documents the defaults: loading it changes nothing."""
     from_file = load_settings(REPO / "config" / "retrain.toml", environ={})
-    defaults = Settings(schema={"drop": ["customer_id"]})
-    assert from_file.model_dump(exclude={"source"}) == defaults.model_dump(exclude={"source"})
+    monkeypatch.chdir(tmp_path)  # no config/retrain.toml here: the built-in defaults only
+    defaults = load_settings(overrides={"schema.drop": ["customer_id"]}, environ={})
+    assert from_file.model_dump() == defaults.model_dump()
 
 
 def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -113,3 +116,86 @@ def test_bad_adapt_bounds_are_a_usage_error(bounds: str, capsys) -> None:
         build_parser().parse_args(["run", "f.csv", "--adapt", bounds])
     assert info.value.code == 2
     assert "expected MIN:MAX" in capsys.readouterr().err
+
+
+def test_pipeline_sections_are_declared_once() -> None:
+    """Settings takes the pipeline's sections from PipelineSpec, and pipeline() hands the
+    same section objects to the flow."""
+    assert issubclass(Settings, PipelineSpec)
+    for name, field in PipelineSpec.model_fields.items():
+        assert Settings.model_fields[name].annotation is field.annotation
+    settings = load_settings(environ={"RETRAIN_EVALUATION__THRESHOLD": "0.75"})
+    pipeline = settings.pipeline()
+    assert isinstance(pipeline, PipelineSpec)
+    assert pipeline.evaluation is settings.evaluation and pipeline.evaluation.threshold == 0.75
+    assert pipeline.schema_ is settings.schema_
+
+
+def test_given_environment_replaces_the_process_environment(monkeypatch) -> None:
+    for name in [n for n in os.environ if n.startswith("RETRAIN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RETRAIN_EVALUATION__THRESHOLD", "0.9")
+    monkeypatch.setenv("RETRAIN_NOT_A_SETTING", "1")
+    assert load_settings(environ={}).evaluation.threshold == 0.6
+    monkeypatch.delenv("RETRAIN_NOT_A_SETTING")
+    assert load_settings().evaluation.threshold == 0.9
+
+
+def test_home_from_flag_then_environment_then_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('home = "from-file"\n')
+    assert load_settings(config, environ={}).home == Path("from-file")
+    environ = {"RETRAIN_HOME": "from-env"}
+    assert load_settings(config, environ=environ).home == Path("from-env")
+    assert load_settings(config, home="from-flag", environ=environ).home == Path("from-flag")
+
+
+@pytest.mark.parametrize("environ, overrides, expected", [
+    ({"RETRAIN_EVALUATION__THRESHLD": "0.5"}, {},
+     "config key 'evaluation.threshld' (in environment variable RETRAIN_EVALUATION__THRESHLD) "
+     "is not a known setting"),
+    ({"RETRAIN_NOPE__THRESHOLD": "0.5"}, {},
+     "config key 'nope' (in environment variable RETRAIN_NOPE__THRESHOLD) is not a known setting"),
+    ({"RETRAIN_SCHEMA__DROP": "id"}, {},
+     "config key 'schema.drop' = 'id' (in environment variable RETRAIN_SCHEMA__DROP): "
+     "Input should be a valid list"),
+    ({"RETRAIN_SCHEMA__DROP": '["id", 3]'}, {},
+     "config key 'schema.drop.1' = 3 (in environment variable RETRAIN_SCHEMA__DROP)"),
+    ({"RETRAIN_MODEL": '{"random_state": "x"}'}, {},
+     "config key 'model.random_state' = 'x' (in environment variable RETRAIN_MODEL)"),
+    ({}, {"dask.n_workers": 0}, "config key 'dask.n_workers' = 0 (in command line)"),
+    ({"RETRAIN_EVALUATION__METRIC": "rmse"}, {},
+     "config (in environment variable RETRAIN_EVALUATION__METRIC): evaluation.metric 'rmse'"),
+])
+def test_errors_name_key_value_and_origin(environ: dict, overrides: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides=overrides, environ=environ)
+    assert expected in str(info.value)
+
+
+def test_a_rule_across_keys_names_the_origin_of_each(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[dask]\nadaptive_maximum = 2\nn_workers = 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ={"RETRAIN_DASK__ADAPTIVE_MINIMUM": "3"})
+    assert str(info.value) == (
+        f"config key 'dask' (in {config}, environment variable RETRAIN_DASK__ADAPTIVE_MINIMUM): "
+        "adaptive_minimum 3 is above adaptive_maximum 2")
+
+
+def test_file_values_are_named_by_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[evaluation]\nthreshold = "high"\n')
+    with pytest.raises(ConfigError, match=rf"'evaluation.threshold' = 'high' \(in {config}\)"):
+        load_settings(config, environ={})
+
+
+def test_variables_merge_into_sections_from_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[schema]\ntarget = "y"\ndrop = ["id"]\n[model]\nparams = {max_iter = 5}\n')
+    settings = load_settings(config, environ={"RETRAIN_SCHEMA__TASK": "regression",
+                                              "RETRAIN_SCHEMA__CATEGORICAL": "null",
+                                              "RETRAIN_MODEL__ESTIMATOR": "ridge"})
+    assert (settings.schema_.target, settings.schema_.task, settings.schema_.drop) == ("y", "regression", ["id"])
+    assert settings.schema_.categorical is None
+    assert (settings.model.estimator, settings.model.params) == ("ridge", {"max_iter": 5})
