@@ -13,7 +13,6 @@ import logging
 from typing import Callable
 
 Listener = Callable[[str, int, int], None]
-STAGES = ("preprocess", "train", "evaluate", "register", "deploy")
 
 _listeners: list[Listener] = []
 log = logging.getLogger("retrain.progress")

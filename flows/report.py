@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flows.errors import RetrainError
+from flows.files import write_atomically
 from flows.records import ModelVersion
 from flows.specs import METRICS
 
@@ -45,11 +46,7 @@ def metrics_table(versions: list[ModelVersion]) -> list[dict]:
 
 def write_report(versions: list[ModelVersion], out: Path, threshold: float | None,
                  current: str | None, metric: str | None = None) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(render_png(versions, threshold, current, metric))
-    tmp.replace(out)
-    return out
+    return write_atomically(out, render_png(versions, threshold, current, metric))
 
 
 def render_png(versions: list[ModelVersion], threshold: float | None, current: str | None,
