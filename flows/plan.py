@@ -160,7 +160,8 @@ class RunPlan:
             champion_metrics=evaluation.champion if evaluation else None,
             train_rows=trained.train_rows if trained else 0,
             holdout_rows=evaluation.holdout_rows if evaluation else 0,
-            window_files=len(self.usable()), stage_seconds=stage_seconds)
+            window_files=len(self.usable()), stage_seconds=stage_seconds,
+            window_partitions=self.parquet_paths())
 
 
 def group_plans(plans: list[PartitionPlan], task_bytes: int = TASK_BYTES) -> list[list[PartitionPlan]]:

@@ -138,6 +138,8 @@ class ModelVersion(_Record):
     decision: Literal["deployed", "rejected", "deploy_failed", "pending"] = "pending"
     reason: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # When retention removed the version's files (its record lives on in the ledger).
+    removed_at: str | None = None
 
 
 class FileOutcome(_Record):
@@ -166,3 +168,5 @@ class RunOutcome(_Record):
     # Wall time of each stage of the flow (schema, preprocess, train, evaluate, register,
     # deploy), orchestration included: where a run's time went.
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    # The window's cached partitions: retention keeps these and removes the others.
+    window_partitions: list[str] = Field(default_factory=list)

@@ -192,12 +192,10 @@ class ModelRegistry:
         Returns (old current, new current)."""
         old = self.current_version()
         if version is None:
-            older = [v for v in self.versions() if v.decision == "deployed"
-                     and (old is None or int(v.version[1:]) < int(old[1:]))]
-            if not older:
+            version = self.rollback_target()
+            if version is None:
                 raise ModelNotFoundError("there is no earlier deployed version to roll back to; "
                                          "name one: retrain models rollback VERSION")
-            version = older[-1].version
         self.promote(version)
         return old, version
 
@@ -217,6 +215,37 @@ class ModelRegistry:
             return (self.root / LEASE_FILE).read_text() or None
         except FileNotFoundError:
             return None
+
+    # -- retention -------------------------------------------------------------------------
+    def rollback_target(self, versions: list[ModelVersion] | None = None) -> str | None:
+        """The newest deployed version older than current (any, when nothing is current):
+        where a rollback goes."""
+        current = self.current_version()
+        older = [v for v in (versions or self.versions()) if v.decision == "deployed"
+                 and (current is None or int(v.version[1:]) < int(current[1:]))]
+        return older[-1].version if older else None
+
+    def prune(self, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[ModelVersion]:
+        """Remove all but the newest ``keep`` versions; never ``current``, the rollback
+        target or ``protect``. Returns the removed records, for the caller to keep a line of
+        each. A version leaves by one rename into .staging/ (readers see it whole or not at
+        all), then is deleted; a crash in between is cleaned by ``clean_staging``. With the
+        registry kept at about ``keep`` versions, the work is bounded."""
+        versions = self.versions()
+        spared = {v.version for v in versions[-keep:]} | set(protect) | {
+            self.current_version(), self.rollback_target(versions)}
+        removed = []
+        for record in versions:
+            if record.version in spared:
+                continue
+            self.staging.mkdir(parents=True, exist_ok=True)
+            doomed = self.staging / f"removed-{record.version}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.root / record.version, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(record)
+        if removed:
+            fsync_dir(self.root)
+        return removed
 
     def load_model(self, version: str, trusted_types: list[str] | None = None):
         """Load a version's model after checking its sha256 against the metadata (the

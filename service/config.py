@@ -115,6 +115,24 @@ class DaemonSpec(_Section):
     heartbeat_seconds: float = Field(1.0, gt=0.0)
 
 
+class RegistrySpec(_Section):
+    """How much model history is kept on disk."""
+
+    # The newest N versions are kept; older ones are removed (a line in the ledger keeps their
+    # metrics and decision). `current`, the previous deployed version (the rollback target)
+    # and the versions in `protect` are never removed, whatever N is.
+    keep_versions: int = Field(50, ge=1)
+    protect: list[str] = Field(default_factory=list)
+
+
+class ArchiveSpec(_Section):
+    """How long archived data files are kept."""
+
+    # 0: forever (archived CSVs are the data). N: files archived more than N days ago that are
+    # no longer in the training window are deleted.
+    keep_days: float = Field(0.0, ge=0.0)
+
+
 @dataclass
 class _Layers:
     """What one load reads besides the defaults, and where each value it found came from."""
@@ -153,6 +171,8 @@ class Settings(BaseSettings, PipelineSpec):
     watcher: WatcherSpec = Field(default_factory=WatcherSpec)
     dask: DaskSpec = Field(default_factory=DaskSpec)
     daemon: DaemonSpec = Field(default_factory=DaemonSpec)
+    registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    archive: ArchiveSpec = Field(default_factory=ArchiveSpec)
 
     model_config = SettingsConfigDict(
         extra="forbid",

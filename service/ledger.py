@@ -14,6 +14,7 @@ File states::
     duplicate    in duplicates/, same sha256 as a file already used (``duplicate_of``)
     requeued     taken out of quarantine by ``retrain requeue`` (it re-enters as a new file)
     vanished     deleted by someone between its event and its claim
+    expired      was archived; deleted by retention (``[archive] keep_days``), record kept
 
 Run states: running, completed, failed, interrupted.
 """
@@ -43,6 +44,7 @@ class FileState(StrEnum):
     DUPLICATE = "duplicate"
     REQUEUED = "requeued"
     VANISHED = "vanished"
+    EXPIRED = "expired"
 
 
 # States whose content counts as "already used or about to be": a new file with the same
@@ -112,6 +114,11 @@ CREATE TABLE IF NOT EXISTS runs (
     model_version TEXT,
     metric TEXT,
     metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS removed_versions (
+    version TEXT PRIMARY KEY,
+    removed_at REAL NOT NULL,
+    record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -228,6 +235,12 @@ class Ledger:
             counts[row["state"]] = row["n"]
         return counts
 
+    def archived_before(self, cutoff: float) -> list[FileRecord]:
+        """Archived files whose last move (their archiving) was before ``cutoff``."""
+        rows = self._read("SELECT * FROM files WHERE state=? AND updated_at<? ORDER BY id",
+                          (FileState.ARCHIVED, cutoff))
+        return [_file(r) for r in rows]
+
     def window(self, last_files: int) -> list[FileRecord]:
         rows = self._read("SELECT * FROM files WHERE state=? ORDER BY archived_seq, id", (FileState.ARCHIVED,))
         records = [_file(r) for r in rows]
@@ -305,6 +318,21 @@ class Ledger:
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
         return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    # -- model versions removed by retention ------------------------------------------------
+    def record_removed_versions(self, records: list[dict[str, Any]]) -> None:
+        """Keep a line (metrics, decision, lineage) of each version retention removed, so
+        that the history stays complete after the files are gone."""
+        now = time.time()
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO removed_versions(version, removed_at, record) VALUES (?,?,?)",
+                          [(r["version"], now, json.dumps(r, default=str)) for r in records])
+
+    def removed_versions(self) -> list[dict[str, Any]]:
+        """The records of removed versions, oldest version first, each with ``removed_at``."""
+        rows = self._read("SELECT * FROM removed_versions")
+        records = [{**json.loads(r["record"]), "removed_at": r["removed_at"]} for r in rows]
+        return sorted(records, key=lambda r: int(r["version"][1:]))
 
     # -- events (deploys, rollbacks, requeues) -------------------------------------------
     def record_event(self, kind: str, detail: dict[str, Any]) -> None:
