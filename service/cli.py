@@ -21,8 +21,25 @@ from flows.errors import RetrainError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Options accepted before or after the command. SUPPRESS keeps a subcommand's parser
-    # from resetting a value given before the command to its default.
+    common, cluster = _common_options(), _cluster_options()
+    parser = argparse.ArgumentParser(
+        prog="retrain", parents=[common],
+        description="Keep a model fresh: drop CSV files into the inbox; each batch is "
+                    "preprocessed, trained, evaluated and deployed only when it wins.",
+    )
+    parser.set_defaults(config=None, home=None, log_format="plain", verbose=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # One function per command, in the order `retrain --help` lists them.
+    _add_run_commands(sub, common, cluster)
+    for add in (_add_status, _add_models, _add_predict, _add_sample, _add_serve, _add_report,
+                _add_requeue):
+        add(sub, common)
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted before or after the command. SUPPRESS keeps a subcommand's parser
+    from resetting a value given before the command to its default."""
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--config", metavar="PATH",
                         help="settings file (default: config/retrain.toml when present; env RETRAIN_CONFIG)")
@@ -31,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-format", choices=["plain", "json"],
                         help="log lines as plain text (default) or one JSON object per line")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
 
-    # Where the flow's tasks run; each flag overrides its [dask] setting.
+
+def _cluster_options() -> argparse.ArgumentParser:
+    """Where the flow's tasks run; each flag overrides its [dask] setting."""
     cluster = argparse.ArgumentParser(add_help=False)
     group = cluster.add_argument_group("Dask cluster")
     group.add_argument("--dask-address", metavar="URL",
@@ -43,15 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local cluster: memory per worker, e.g. 4GiB (default: auto, a share of RAM)")
     group.add_argument("--adapt", metavar="MIN:MAX", type=_adapt_bounds,
                        help="local cluster: scale adaptively between MIN and MAX workers")
+    return cluster
 
-    parser = argparse.ArgumentParser(
-        prog="retrain", parents=[common],
-        description="Keep a model fresh: drop CSV files into the inbox; each batch is "
-                    "preprocessed, trained, evaluated and deployed only when it wins.",
-    )
-    parser.set_defaults(config=None, home=None, log_format="plain", verbose=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def _add_run_commands(sub, common: argparse.ArgumentParser, cluster: argparse.ArgumentParser) -> None:
     watch = sub.add_parser("watch", parents=[common, cluster], help="run the daemon (foreground, Ctrl+C to stop)",
                            description="Watch the inbox and retrain on every batch of new files.")
     watch.set_defaults(func=cmd_watch)
@@ -64,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("files", nargs="+", metavar="FILE", help="CSV files")
     run.set_defaults(func=cmd_run)
 
+
+def _add_status(sub, common: argparse.ArgumentParser) -> None:
     status = sub.add_parser("status", parents=[common], help="files per state, last runs, current model",
                             description="What the service is doing and has done.")
     status.add_argument("--json", action="store_true", help="one JSON document")
@@ -72,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--runs", type=int, default=10, metavar="N", help="how many runs to show")
     status.set_defaults(func=cmd_status)
 
+
+def _add_models(sub, common: argparse.ArgumentParser) -> None:
     models = sub.add_parser("models", parents=[common], help="the model registry",
                             description="List versions; show, roll back or compare them.")
     models.add_argument("--json", action="store_true", help="one JSON document")
@@ -91,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true")
     diff.set_defaults(func=cmd_models_diff)
 
+
+def _add_predict(sub, common: argparse.ArgumentParser) -> None:
     predict = sub.add_parser("predict", parents=[common], help="predictions of the current model",
                              description="Predict every row of CSV with the current model.")
     predict.add_argument("csv", metavar="CSV")
@@ -98,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--version", help="use this registry version instead of current")
     predict.set_defaults(func=cmd_predict)
 
+
+def _add_serve(sub, common: argparse.ArgumentParser) -> None:
+    serve = sub.add_parser("serve", parents=[common], help="HTTP predictions from the current model",
+                           description="POST /predict (JSON rows or CSV), GET /health. A newly "
+                                       "deployed version is picked up without a restart.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
+
+
+def _add_report(sub, common: argparse.ArgumentParser) -> None:
+    report = sub.add_parser("report", parents=[common], help="PNG chart of the metric of every version",
+                            description="The gate's metric of every trained version over time, "
+                                        "with the threshold; deployed and rejected versions told apart.")
+    report.add_argument("--out", default=None, metavar="PATH", help="default: HOME/report.png")
+    report.add_argument("--metric", help="another metric than the gate's")
+    report.set_defaults(func=cmd_report)
+
+
+def _add_sample(sub, common: argparse.ArgumentParser) -> None:
     sample = sub.add_parser("sample", parents=[common], help="write synthetic CSV batches",
                             description="Synthetic data matching the default schema, for demos, "
                                         "tests and benchmarks.")
@@ -110,24 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--task", choices=["classification", "regression"], default="classification")
     sample.set_defaults(func=cmd_sample)
 
-    serve = sub.add_parser("serve", parents=[common], help="HTTP predictions from the current model",
-                           description="POST /predict (JSON rows or CSV), GET /health. A newly "
-                                       "deployed version is picked up without a restart.")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(func=cmd_serve)
 
-    report = sub.add_parser("report", parents=[common], help="PNG chart of the metric of every version",
-                            description="The gate's metric of every trained version over time, "
-                                        "with the threshold; deployed and rejected versions told apart.")
-    report.add_argument("--out", default=None, metavar="PATH", help="default: HOME/report.png")
-    report.add_argument("--metric", help="another metric than the gate's")
-    report.set_defaults(func=cmd_report)
-
+def _add_requeue(sub, common: argparse.ArgumentParser) -> None:
     requeue = sub.add_parser("requeue", parents=[common], help="put a fixed quarantined file back in the inbox")
     requeue.add_argument("name", help="its name in quarantine/")
     requeue.set_defaults(func=cmd_requeue)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
