@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -252,35 +252,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))
-    from service.inbox import Home
-    from service.ledger import Ledger
-    from service.lock import HomeLock
+    from service.ledger import FileState
     from service.runs import build_request, call_flow, record_result
-    from service.runtime import check_scheduler, dask_cluster, prefect_api, quiet_libraries
+    from service.session import RunSession
 
     log = logging.getLogger("retrain.run")
-    home = Home(settings.home).ensure()
-    with HomeLock(home.state / "daemon.lock", "retrain run"):
-        ledger = Ledger(home.ledger_path)
-        try:
-            # Reach the scheduler and the API before taking the files: when either does
-            # not answer, the files are left alone.
-            if settings.dask.address:
-                check_scheduler(settings.dask.address)
-            quiet_libraries()
-            with prefect_api(), dask_cluster(settings.dask) as address:
-                quiet_libraries()
-                claimed = claim_copies(sources, home, ledger, settings)
-                if not claimed:
-                    raise RetrainError("no file to run on; see the lines above")
-                run = ledger.start_run(claimed)
-                request = build_request(settings, home, ledger, run)
-                with show_progress(log):
-                    result = call_flow(request, address)
-                run = record_result(ledger, home, run, result, settings.daemon.max_attempts)
-            return report_run(ledger, run, result, log)
-        finally:
-            ledger.close()
+    with ExitStack() as resources:
+        session = RunSession(settings, "retrain run", resources)
+        ledger = session.open_home()
+        waiting = ledger.files(FileState.QUEUED)
+        if waiting:
+            log.info("%d file(s) from before wait in the queue for `retrain watch`", len(waiting))
+        # Reach the scheduler and the API before taking the files: when either does not
+        # answer, the files are left alone.
+        address = session.start_runtime()
+        claimed = claim_copies(sources, session.home, ledger, settings)
+        if not claimed:
+            raise RetrainError("no file to run on; see the lines above")
+        run = ledger.start_run(claimed)
+        request = build_request(settings, session.home, ledger, run)
+        with show_progress(log):
+            result = call_flow(request, address,
+                               lambda flow_run_id: ledger.set_flow_run_id(run.id, flow_run_id))
+        run = record_result(ledger, session.home, run, result, settings.daemon.max_attempts)
+        return report_run(ledger, run, result)
 
 
 @contextmanager
@@ -345,8 +340,9 @@ def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
     return claimed
 
 
-def report_run(ledger, run, result, log: logging.Logger) -> int:
+def report_run(ledger, run, result) -> int:
     from service.ledger import FileState
+    from service.runs import outcome_line
 
     if result.outcome is None:
         print(f"retrain: error: run {run.id} failed: {result.error}", file=sys.stderr)
@@ -361,8 +357,7 @@ def report_run(ledger, run, result, log: logging.Logger) -> int:
                   f"(quarantined as {where})", file=sys.stderr)
     if outcome.decision == "no_valid_data":
         return 1
-    print(f"run {run.id}: {outcome.decision}"
-          f"{' ' + outcome.model_version if outcome.model_version else ''}: {outcome.reason}")
+    print(outcome_line(run.id, outcome))
     states = {ledger.get(f.file_id).state for f in outcome.files}
     return 3 if quarantined or FileState.QUARANTINED in states else 0
 

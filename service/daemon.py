@@ -21,13 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
-from flows.registry import ModelRegistry
 from service.batcher import Batcher
 from service.config import Settings
-from service.inbox import Home, claim_file, fail_run_files, reconcile
+from service.inbox import Home, claim_file, fail_run_files
 from service.ledger import FileState, Ledger, RunRecord
-from service.lock import HomeLock
-from service.runs import FlowResult, build_request, call_flow, record_result
+from service.runs import FlowResult, build_request, call_flow, outcome_line, record_result
+from service.session import RunSession
 from service.watcher import InboxWatcher
 
 log = logging.getLogger("retrain.daemon")
@@ -40,6 +39,7 @@ class RetrainDaemon:
         self.should_exit = False
         self.force_exit = False
         self.started_at = time.time()
+        self.session: RunSession | None = None
         self.ledger: Ledger | None = None
         self.watcher: InboxWatcher | None = None
         self.batcher = Batcher(settings.watcher.batch_window_seconds,
@@ -50,8 +50,8 @@ class RetrainDaemon:
         self.current_run: RunRecord | None = None
         self.run_future: Future[FlowResult] | None = None
         self._next_heartbeat = 0.0
-        # After a failed run, the next one waits (5 s, 10 s, ... up to a minute): a broken
-        # environment should not burn through every file's attempts in seconds.
+        # After a failed run, the next one waits (backoff_seconds): a broken environment
+        # should not burn through every file's attempts in seconds.
         self.consecutive_failures = 0
         self.hold_until = 0.0
 
@@ -76,29 +76,23 @@ class RetrainDaemon:
 
     # -- startup --------------------------------------------------------------------------
     def startup(self, resources: ExitStack) -> None:
-        from service.runtime import dask_cluster, prefect_api, quiet_libraries
-
-        home = self.home.ensure()
-        resources.enter_context(HomeLock(home.state / "daemon.lock", "retrain watch"))
-        self.ledger = Ledger(home.ledger_path)
-        resources.callback(self.ledger.close)
+        self.session = session = RunSession(self.settings, "retrain watch", resources)
+        self.ledger = session.open_home()
         resources.callback(self._remove_heartbeat)
-
-        registry = ModelRegistry(home.registry)
-        # A deploy still running for a run of a killed daemon (on a shared cluster) must not
-        # switch `current` any more: no run holds the registry until the next one starts.
-        registry.release_lease()
-        resources.callback(registry.release_lease)
-        leftovers = registry.clean_staging()
-        repaired = reconcile(self.ledger, home, self.settings.daemon.max_attempts)
-        if leftovers or any(repaired.values()):
-            log.info("recovered after an unclean stop: %s%s",
-                     ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
-                     f"; removed {len(leftovers)} half-written model(s)" if leftovers else "")
-
         # Claim files while the heavier resources start: intake needs neither of them.
+        self.start_intake(resources)
+        self.write_heartbeat(state="starting")
+        self.scheduler_address = session.start_runtime()
+        self.api_url = session.api_url
+        log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
+                 self.home.inbox.resolve(), self.settings.watcher.settle_seconds,
+                 self.settings.watcher.batch_window_seconds)
+
+    def start_intake(self, resources: ExitStack) -> None:
+        """Start watching the inbox, and batch the files queued before the start."""
+        assert self.ledger is not None
         self.watcher = InboxWatcher(
-            home.inbox, observer=self.settings.watcher.observer,
+            self.home.inbox, observer=self.settings.watcher.observer,
             settle_seconds=self.settings.watcher.settle_seconds,
             closed_settle_seconds=self.settings.watcher.closed_settle_seconds,
             rescan_seconds=self.settings.watcher.rescan_seconds,
@@ -109,26 +103,6 @@ class RetrainDaemon:
         if queued:
             log.info("%d file(s) waiting from before the start are queued", len(queued))
             self.batcher.add(queued, time.monotonic())
-        self.write_heartbeat(state="starting")
-
-        quiet_libraries()
-        self.api_url = resources.enter_context(prefect_api())
-        self.scheduler_address = resources.enter_context(dask_cluster(self.settings.dask))
-        quiet_libraries()
-        self.report_interrupted_flow_runs()
-        log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
-                 home.inbox.resolve(), self.settings.watcher.settle_seconds,
-                 self.settings.watcher.batch_window_seconds)
-
-    def report_interrupted_flow_runs(self) -> None:
-        from service.runtime import mark_flow_runs_crashed
-
-        assert self.ledger is not None
-        ids = [r.flow_run_id for r in self.ledger.runs(limit=20)
-               if r.state == "interrupted" and r.flow_run_id]
-        if ids and mark_flow_runs_crashed(ids, "the retrain daemon stopped during this run; "
-                                               "its files were queued again"):
-            log.info("marked flow runs of interrupted runs as crashed in Prefect")
 
     # -- main loop --------------------------------------------------------------------------
     def main_loop(self) -> None:
@@ -186,12 +160,14 @@ class RetrainDaemon:
         record_result(self.ledger, self.home, self.current_run, result,
                       self.settings.daemon.max_attempts)
         if result.outcome is None:
+            log.error("run %d failed: %s", self.current_run.id, result.error)
             self.consecutive_failures += 1
-            delay = min(60.0, 5.0 * 2 ** (self.consecutive_failures - 1))
+            delay = backoff_seconds(self.consecutive_failures)
             self.hold_until = time.monotonic() + delay
             log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
                         self.consecutive_failures)
         else:
+            log.info("%s", outcome_line(self.current_run.id, result.outcome))
             self.consecutive_failures = 0
         # Files that failed and went back to the queue wait for the next batch.
         requeued = [fid for fid in self.current_run.file_ids
@@ -221,7 +197,8 @@ class RetrainDaemon:
                                "the daemon stopped during the run; its files go to the next run",
                                self.settings.daemon.max_attempts, count_attempt=False)
                 # Whatever of the run still runs somewhere may no longer switch `current`.
-                ModelRegistry(self.home.registry).release_lease()
+                assert self.session is not None and self.session.registry is not None
+                self.session.registry.release_lease()
                 log.warning("run %d did not finish in time; its files are handed back to the queue",
                             self.current_run.id)
                 self.current_run, self.run_future = None, None
@@ -256,6 +233,14 @@ class RetrainDaemon:
 
     def _remove_heartbeat(self) -> None:
         Path(self.home.state / "daemon.json").unlink(missing_ok=True)
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long the daemon holds its queue after ``failures`` failed runs in a row: 5 s,
+    10 s, 20 s, ... up to a minute. Written out because no library fits: Prefect's
+    ``exponential_backoff`` is the list of a task's retry delays (no cap), and this is not a
+    retry of one call but a pause of the whole queue between runs."""
+    return min(60.0, 5.0 * 2 ** (failures - 1))
 
 
 def _iso(ts: float) -> str:

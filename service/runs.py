@@ -1,5 +1,6 @@
 """One batch through the flow: build the request from the ledger, call the flow, record
-what happened. Used by the daemon and by ``retrain run`` alike.
+what happened. Used by the daemon and by ``retrain run`` alike; each says how the run
+ended once, in its own way (the daemon in its log, ``retrain run`` on stdout).
 
 Only ``call_flow`` talks to Prefect; it touches no ledger or file, so the daemon can run
 it in a worker thread and keep every state change in its own loop.
@@ -72,9 +73,8 @@ def call_flow(request, scheduler_address: str,
     try:
         state = flow(request, return_state=True)
     except Exception as exc:  # the engine itself failed (API gone, ...)
-        log.error("flow did not run: %s", _one_line(exc))
-        log.debug("%s", traceback.format_exc())
-        return FlowResult(None, None, _one_line(exc))
+        log.debug("%s", traceback.format_exc())  # the caller reports the one line
+        return FlowResult(None, None, f"the flow did not run: {_one_line(exc)}")
     finally:
         if on_flow_run_id is not None:
             _flow_run_callbacks.pop(id(on_flow_run_id), None)
@@ -101,13 +101,13 @@ def _announce_flow_run(key: int, flow, flow_run, state) -> None:
 def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
                   max_attempts: int) -> RunRecord:
     """Archive the files the run used, quarantine the ones it rejected; or, when the flow
-    failed, hand its files back to the queue (quarantined after max_attempts)."""
+    failed, hand its files back to the queue (quarantined after max_attempts). Logs
+    nothing of the outcome: the caller reports it (``outcome_line``)."""
     if result.flow_run_id:
         ledger.set_flow_run_id(run.id, result.flow_run_id)
     outcome = result.outcome
     if outcome is None:
         fail_run_files(ledger, home, run.id, result.error or "flow failed", max_attempts)
-        log.error("run %d failed: %s", run.id, result.error)
         return ledger.get_run(run.id)
 
     accepted = [f.file_id for f in outcome.files if f.accepted]
@@ -126,9 +126,16 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
-    log.info("run %d %s: %s (flow run %s; %d files archived, %d quarantined)", run.id,
-             outcome.decision, outcome.reason, outcome.flow_run_id, len(accepted), len(rejected))
     return ledger.get_run(run.id)
+
+
+def outcome_line(run_id: int, outcome: RunOutcome) -> str:
+    """How a completed run ended, in one line: decision, version, why, files used."""
+    used = sum(1 for f in outcome.files if f.accepted)
+    version = f" {outcome.model_version}" if outcome.model_version else ""
+    return (f"run {run_id}: {outcome.decision}{version}: {outcome.reason} "
+            f"({used} file(s) archived, {len(outcome.files) - used} quarantined; "
+            f"flow run {outcome.flow_run_id})")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

@@ -5,6 +5,7 @@ preprocessing, training and deploying; restart; nothing is lost or used twice an
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 from contextlib import closing
@@ -13,8 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.registry import ModelRegistry
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
+from service.inbox import Home, claim_file
+from service.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 
@@ -101,3 +105,38 @@ def test_kill_at_each_stage_loses_nothing(tmp_path: Path, prefect_api_url: str) 
     predicted = cli("predict", paths[0].replace(str(data), str(home / "archive")),
                     "--output", str(tmp_path / "p.csv"), env=env, cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
+
+
+def test_retrain_run_repairs_an_unclean_stop_before_its_batch(tmp_path: Path, prefect_api_url: str,
+                                                              dask_address: str) -> None:
+    """`retrain run` opens the same session as the daemon: what a killed process left (a
+    run cut short with its file in processing/, a half-written model version, the deploy
+    lease) is repaired first; the file of the cut run waits in the queue for the daemon."""
+    home = Home(tmp_path / "home").ensure()
+    env = daemon_env(home.root, prefect_api_url)
+    paths = cli("sample", "--out", str(tmp_path / "data"), "--files", "2", "--rows", "2000",
+                "--seed", "23", env=env, cwd=tmp_path).stdout.split()
+    shutil.copyfile(paths[0], home.inbox / Path(paths[0]).name)
+    ledger = Ledger(home.ledger_path)
+    try:
+        cut = claim_file(ledger, home, home.inbox / Path(paths[0]).name, 1.0, 1 << 30)
+        ledger.start_run([cut.id])  # ...then the process was killed
+    finally:
+        ledger.close()
+    registry = ModelRegistry(home.registry)
+    half_written = registry.staging / "v0001-0123abcd"
+    half_written.mkdir(parents=True)
+    (half_written / "model.skops").write_bytes(b"cut short")
+    registry.take_lease("run 1")
+
+    result = cli("run", paths[1], "--dask-address", dask_address, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("recovered after an unclean stop: runs_interrupted=1; removed 1 half-written model(s)"
+            in result.stderr), result.stderr
+    assert "1 file(s) from before wait in the queue" in result.stderr
+    assert "run 2: deployed v0001" in result.stdout
+    assert not half_written.exists() and registry.lease_holder() is None
+    status = status_json(home.root, env)
+    assert [(r["id"], r["state"]) for r in status["runs"]] == [(2, "completed"), (1, "interrupted")]
+    assert status["files"]["queued"] == 1 and status["files"]["archived"] == 1
+    check_invariant(home.root)

@@ -1,0 +1,93 @@
+"""A run session: what a process that runs the flow on a home holds for its whole life.
+
+``retrain watch`` (the daemon) and ``retrain run`` (one batch) open the same session, in
+two steps, each pushing what it takes on the caller's ExitStack so that everything is
+released in reverse order:
+
+1. ``open_home``: the home's folders; its lock (one such process per home); the ledger;
+   the repair of whatever an unclean stop left: the registry's deploy lease released,
+   half-written model versions removed, folders and ledger reconciled.
+2. ``start_runtime``: the Prefect API and the Dask cluster; flow runs that an interrupted
+   run left "Running" in Prefect are marked Crashed.
+
+The daemon starts its watcher between the two (intake needs neither the API nor the
+cluster); ``retrain run`` takes its files only after both, so that a scheduler or an API
+that does not answer leaves them alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+
+from flows.registry import ModelRegistry
+from service.config import Settings
+from service.inbox import Home, reconcile
+from service.ledger import Ledger
+from service.lock import HomeLock
+
+log = logging.getLogger("retrain.session")
+
+# What Prefect shows on a flow run whose process stopped before recording its end.
+CRASH_REASON = "the retrain process running it stopped during this run; its files were queued again"
+
+
+class RunSession:
+    def __init__(self, settings: Settings, holder: str, resources: ExitStack):
+        """``holder`` names the process in the lock ("retrain watch", "retrain run"), so a
+        second one is told who holds the home."""
+        self.settings = settings
+        self.holder = holder
+        self.home = Home(settings.home)
+        self.resources = resources
+        self.ledger: Ledger | None = None
+        self.registry: ModelRegistry | None = None
+        self.api_url: str | None = None
+        self.scheduler_address: str | None = None
+
+    def open_home(self) -> Ledger:
+        """Lock the home, open the ledger and repair what an unclean stop left."""
+        home = self.home.ensure()
+        self.resources.enter_context(HomeLock(home.state / "daemon.lock", self.holder))
+        self.ledger = Ledger(home.ledger_path)
+        self.resources.callback(self.ledger.close)
+        self.registry = ModelRegistry(home.registry)
+        # A deploy still running for a run of a killed process (on a shared cluster) must
+        # not switch `current` any more: no run holds the registry until the next starts.
+        self.registry.release_lease()
+        self.resources.callback(self.registry.release_lease)
+        self._repair()
+        return self.ledger
+
+    def _repair(self) -> None:
+        assert self.ledger is not None and self.registry is not None
+        leftovers = self.registry.clean_staging()
+        repaired = reconcile(self.ledger, self.home, self.settings.daemon.max_attempts)
+        if leftovers or any(repaired.values()):
+            log.info("recovered after an unclean stop: %s%s",
+                     ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
+                     f"; removed {len(leftovers)} half-written model(s)" if leftovers else "")
+
+    def start_runtime(self) -> str:
+        """Start (or reach) the Prefect API and the Dask cluster; returns the scheduler's
+        address. Prefect is imported here, not before: it reads its environment at import."""
+        from service.runtime import check_scheduler, dask_cluster, prefect_api, quiet_libraries
+
+        if self.settings.dask.address:
+            # Before the API starts: a scheduler that does not answer stops us at once.
+            check_scheduler(self.settings.dask.address)
+        quiet_libraries()
+        self.api_url = self.resources.enter_context(prefect_api())
+        self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask))
+        quiet_libraries()  # again: importing distributed sets its loggers' levels from Dask's config
+        self._report_interrupted_flow_runs()
+        return self.scheduler_address
+
+    def _report_interrupted_flow_runs(self) -> None:
+        from service.runtime import mark_flow_runs_crashed
+
+        assert self.ledger is not None
+        ids = [r.flow_run_id for r in self.ledger.runs(limit=20)
+               if r.state == "interrupted" and r.flow_run_id]
+        if ids and mark_flow_runs_crashed(ids, CRASH_REASON):
+            log.info("marked flow runs of interrupted runs as crashed in Prefect")
