@@ -248,41 +248,48 @@ def reconcile(ledger: Ledger, home: Home, max_attempts: int) -> dict[str, int]:
     Idempotent. Returns counts of what was repaired, for the start-up log line."""
     repaired = {"claims_finished": 0, "claims_dropped": 0, "adopted": 0, "runs_interrupted": 0,
                 "moves_finished": 0}
-    by_path = {}
-    for record in ledger.files():
-        by_path[record.path] = record
+    _finish_claims(ledger, home, repaired)
+    # Runs a crash interrupted: their files go back to the queue (an attempt is counted).
+    for run in ledger.interrupted_runs():
+        fail_run_files(ledger, home, run.id, "retrain stopped during this run", max_attempts)
+        ledger.mark_interrupted(run.id)
+        repaired["runs_interrupted"] += 1
+    _finish_moves(ledger, home, repaired)
+    _finish_requeues(ledger, home, repaired)
+    _adopt_unknown_files(ledger, home, repaired)
+    # Temporary files of interrupted error.json writes.
+    for tmp in home.quarantine.glob("*.error.json.tmp"):
+        tmp.unlink(missing_ok=True)
+    return repaired
 
-    # Claims a crash cut short.
+
+def _finish_claims(ledger: Ledger, home: Home, repaired: dict[str, int]) -> None:
+    """Claims a crash cut short: finished when the rename happened, dropped otherwise."""
     for record in ledger.files(FileState.CLAIMING):
         processing_path = Path(record.path)
         inbox_path = home.inbox / record.name
-        if os.path.lexists(processing_path):
-            info = os.lstat(processing_path)
-            if _special_kind(info.st_mode) is not None or not stat.S_ISREG(info.st_mode):
-                ledger.finish_claim(record.id, None, info.st_size)
-                problem = _unreadable_reason(record.name, info, 1 << 62) or ("not a regular file", "")
-                quarantine_file(ledger, home, record.id, {"reason": problem[0], "hint": problem[1]})
-            else:
-                sha = sha256_file(processing_path)
-                ledger.finish_claim(record.id, sha, info.st_size)
-                twin = ledger.find_used(sha, exclude_id=record.id)
-                if twin is not None:
-                    target = destination(home.duplicates, record.name, record.id)
-                    ledger.move(record.id, FileState.DUPLICATE, str(target), duplicate_of=twin.id)
-                    _rename(processing_path, target)
-            repaired["claims_finished"] += 1
-        else:
+        if not os.path.lexists(processing_path):
             ledger.forget_claim(record.id)  # still in the inbox (the scan re-claims it) or gone
             repaired["claims_dropped"] += 1 if os.path.lexists(inbox_path) else 0
+            continue
+        info = os.lstat(processing_path)
+        if _special_kind(info.st_mode) is not None or not stat.S_ISREG(info.st_mode):
+            ledger.finish_claim(record.id, None, info.st_size)
+            problem = _unreadable_reason(record.name, info, 1 << 62) or ("not a regular file", "")
+            quarantine_file(ledger, home, record.id, {"reason": problem[0], "hint": problem[1]})
+        else:
+            sha = sha256_file(processing_path)
+            ledger.finish_claim(record.id, sha, info.st_size)
+            twin = ledger.find_used(sha, exclude_id=record.id)
+            if twin is not None:
+                target = destination(home.duplicates, record.name, record.id)
+                ledger.move(record.id, FileState.DUPLICATE, str(target), duplicate_of=twin.id)
+                _rename(processing_path, target)
+        repaired["claims_finished"] += 1
 
-    # Runs a crash interrupted: their files go back to the queue (an attempt is counted).
-    for run in ledger.interrupted_runs():
-        fail_run_files(ledger, home, run.id, "the daemon stopped during this run", max_attempts)
-        ledger.mark_interrupted(run.id)
-        repaired["runs_interrupted"] += 1
 
-    # Moves recorded but not done: the file is still where it was.
-    known = {Path(r.path) for r in ledger.files()}
+def _finish_moves(ledger: Ledger, home: Home, repaired: dict[str, int]) -> None:
+    """Moves recorded but not done: the file is still where it was."""
     for record in ledger.files(FileState.ARCHIVED, FileState.QUARANTINED, FileState.DUPLICATE):
         target = Path(record.path)
         if os.path.lexists(target):
@@ -297,7 +304,9 @@ def reconcile(ledger: Ledger, home: Home, max_attempts: int) -> dict[str, int]:
                 _write_error_json(record, record.error or {})
             repaired["moves_finished"] += 1
 
-    # Requeues cut short: the file is still in quarantine/.
+
+def _finish_requeues(ledger: Ledger, home: Home, repaired: dict[str, int]) -> None:
+    """Requeues cut short: the file is still in quarantine/."""
     for record in ledger.files(FileState.REQUEUED):
         target = Path(record.path)
         if os.path.lexists(target) or not target.parent == home.inbox:
@@ -310,7 +319,10 @@ def reconcile(ledger: Ledger, home: Home, max_attempts: int) -> dict[str, int]:
                 repaired["moves_finished"] += 1
                 break
 
-    # Files in processing/ the ledger does not know (should not happen; never lose them).
+
+def _adopt_unknown_files(ledger: Ledger, home: Home, repaired: dict[str, int]) -> None:
+    """Files in processing/ the ledger does not know (should not happen; never lose them)."""
+    known = {Path(r.path) for r in ledger.files()}
     for entry in sorted(home.processing.iterdir()):
         if entry in known:
             continue
@@ -319,11 +331,6 @@ def reconcile(ledger: Ledger, home: Home, max_attempts: int) -> dict[str, int]:
         ledger.finish_claim(record.id, sha256_file(entry) if stat.S_ISREG(info.st_mode) else None,
                             info.st_size)
         repaired["adopted"] += 1
-
-    # Temporary files of interrupted error.json writes.
-    for tmp in home.quarantine.glob("*.error.json.tmp"):
-        tmp.unlink(missing_ok=True)
-    return repaired
 
 
 def requeue(ledger: Ledger, home: Home, name: str) -> Path:
