@@ -83,6 +83,10 @@ class RunRecord:
     metrics: dict[str, Any] = field(default_factory=dict)  # candidate/champion/rows...
 
 
+# The ledger's layout, stored as SQLite's user_version. Opening adds what is missing
+# (CREATE ... IF NOT EXISTS), so an older ledger is brought up to date; a newer one was
+# written by a newer retrain and is refused rather than misread. Raise it when a change
+# would be misread by an older retrain (a column's meaning); a table it never reads is not.
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -150,10 +154,18 @@ class Ledger:
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._lock = threading.RLock()
+        self._check_schema_version()
         if not readonly:
             with self._lock:
                 self._conn.executescript(_SCHEMA)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_schema_version(self) -> None:
+        found = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            self._conn.close()
+            raise RetrainError(f"the ledger {self.path} was written by a newer retrain (schema {found}, "
+                               f"this one reads up to {SCHEMA_VERSION}); upgrade retrain")
 
     def close(self) -> None:
         with self._lock:
@@ -225,9 +237,6 @@ class Ledger:
         rows = self._read(f"SELECT * FROM files WHERE state IN ({','.join('?' * len(states))}) ORDER BY id",
                           tuple(states))
         return [_file(r) for r in rows]
-
-    def find_by_name(self, name: str, *states: FileState) -> list[FileRecord]:
-        return [f for f in self.files(*states) if f.name == name]
 
     def counts(self) -> dict[str, int]:
         counts = {s.value: 0 for s in FileState}
@@ -334,7 +343,7 @@ class Ledger:
         records = [{**json.loads(r["record"]), "removed_at": r["removed_at"]} for r in rows]
         return sorted(records, key=lambda r: int(r["version"][1:]))
 
-    # -- events (deploys, rollbacks, requeues) -------------------------------------------
+    # -- events: what operators did (rollbacks, requeues), shown by `retrain status` -----
     def record_event(self, kind: str, detail: dict[str, Any]) -> None:
         with self._tx() as c:
             c.execute("INSERT INTO events(at, kind, detail) VALUES (?,?,?)",

@@ -73,6 +73,7 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
         counts = ledger.counts()
         recent = ledger.runs(limit=runs)
         quarantined = ledger.files(FileState.QUARANTINED)[-5:]
+        events = ledger.events(limit=5)
     finally:
         ledger.close()
     registry = ModelRegistry(home / "registry")
@@ -104,6 +105,7 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
             {"name": Path(f.path).name, "reason": (f.error or {}).get("reason"), "file_id": f.id}
             for f in reversed(quarantined)
         ],
+        "operator_actions": [{**e, "at": _iso(e["at"])} for e in events],
         "gate": {"metric": settings.evaluation.metric_for(settings.schema_.task),
                  "threshold": settings.evaluation.threshold,
                  "tolerance": settings.evaluation.tolerance},
@@ -171,7 +173,25 @@ def render_status(status: dict[str, Any]):
         for f in status["quarantined"]:
             q.add_row(f["name"], f["reason"] or "")
         parts.append(q)
+
+    if status["operator_actions"]:
+        actions = Table(title="Last operator actions", title_justify="left")
+        for col in ("at", "action", "what"):
+            actions.add_column(col)
+        for event in status["operator_actions"]:
+            actions.add_row(event["at"], event["kind"], describe_event(event))
+        parts.append(actions)
     return Group(*parts)
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One ledger event (see Ledger.record_event) in words."""
+    if event["kind"] == "rollback":
+        return f"current {event.get('from') or 'none'} -> {event.get('to')} ({event.get('by', '')})"
+    if event["kind"] == "requeue":
+        return f"'{event.get('name')}' (file {event.get('file_id')}) back into the inbox"
+    detail = {k: v for k, v in event.items() if k not in ("id", "at", "kind")}
+    return ", ".join(f"{k} {v}" for k, v in detail.items())
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from flows.errors import RetrainError
-from service.ledger import FileState, Ledger
+from service.ledger import SCHEMA_VERSION, FileState, Ledger
 
 
 @pytest.fixture
@@ -24,7 +26,29 @@ def _queued(ledger: Ledger, name: str, sha: str) -> int:
 
 def test_wal_mode_and_schema_version(ledger: Ledger) -> None:
     assert ledger._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert ledger._conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert ledger._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def _set_user_version(path: Path, version: int) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version={version}")
+
+
+def test_a_ledger_of_a_newer_retrain_is_refused_an_older_one_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path).close()
+    _set_user_version(path, SCHEMA_VERSION + 1)
+    for readonly in (False, True):
+        with pytest.raises(RetrainError, match=rf"written by a newer retrain \(schema {SCHEMA_VERSION + 1}"
+                                               r".*; upgrade retrain$"):
+            Ledger(path, readonly=readonly)
+    _set_user_version(path, 0)  # older (or never set): opened and brought up to date
+    ledger = Ledger(path)
+    try:
+        assert ledger._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert ledger.counts()["queued"] == 0
+    finally:
+        ledger.close()
 
 
 def test_claim_run_complete_cycle(ledger: Ledger) -> None:
