@@ -25,6 +25,8 @@ REGIONS = np.array(["north", "south", "east", "west"])
 
 def sample_frame(rows: int, seed: int, label_noise: float = 0.0,
                  task: str = "classification") -> pd.DataFrame:
+    if task not in SAMPLE_TARGET:
+        raise ValueError(f"unknown task {task!r}")
     rng = np.random.default_rng(seed)
     age = rng.integers(18, 80, rows).astype(float)
     income = np.round(rng.lognormal(10.8, 0.45, rows), 2)
@@ -47,15 +49,13 @@ def sample_frame(rows: int, seed: int, label_noise: float = 0.0,
         labels = (rng.random(rows) < 1 / (1 + np.exp(-2.0 * logit))).astype(int)
         replace = rng.random(rows) < min(1.0, 2 * label_noise)
         labels[replace] = rng.random(replace.sum()) < labels.mean()
-        frame["churned"] = labels.astype(int)
-    elif task == "regression":
+        frame[SAMPLE_TARGET[task]] = labels.astype(int)
+    else:
         spend = (20 + 0.0004 * income + 0.8 * usage + np.select([plan == "basic", plan == "plus"], [0, 15], 35)
                  + 0.1 * tenure + rng.normal(0, 6, rows))
         replace = rng.random(rows) < min(1.0, 2 * label_noise)
         spend[replace] = rng.permutation(spend)[replace]
-        frame["monthly_spend"] = np.round(spend, 2)
-    else:
-        raise ValueError(f"unknown task {task!r}")
+        frame[SAMPLE_TARGET[task]] = np.round(spend, 2)
     # A few missing values, as real exports have.
     for column, share in (("age", 0.02), ("usage_hours", 0.02), ("plan", 0.01)):
         frame.loc[rng.random(rows) < share, column] = None

@@ -79,8 +79,8 @@ class _Enqueue(FileSystemEventHandler):
 
 
 class InboxWatcher:
-    """Finds inbox entries that are ready to claim (see the rules in the module README
-    section "What the service promises about files")."""
+    """Finds inbox entries that are ready to claim (the rules are in README.md, section
+    "What the service promises about files")."""
 
     def __init__(self, inbox: Path, *, observer: Literal["native", "polling"] = "native",
                  settle_seconds: float = 2.0, closed_settle_seconds: float = 0.1,
