@@ -6,7 +6,8 @@ released in reverse order:
 
 1. ``open_home``: the home's folders; its lock (one such process per home); the ledger;
    the repair of whatever an unclean stop left: the registry's deploy lease released,
-   half-written model versions removed, folders and ledger reconciled.
+   half-written model versions removed, folders and ledger reconciled, deletions of
+   expired archive files finished.
 2. ``start_runtime``: the Prefect API and the Dask cluster; flow runs that an interrupted
    run left "Running" in Prefect are marked Crashed.
 
@@ -25,6 +26,7 @@ from service.config import Settings
 from service.inbox import Home, reconcile
 from service.ledger import Ledger
 from service.lock import HomeLock
+from service.retention import finish_expiry
 
 log = logging.getLogger("retrain.session")
 
@@ -63,6 +65,7 @@ class RunSession:
         assert self.ledger is not None and self.registry is not None
         leftovers = self.registry.clean_staging()
         repaired = reconcile(self.ledger, self.home, self.settings.daemon.max_attempts)
+        repaired["expiries_finished"] = finish_expiry(self.ledger)
         if leftovers or any(repaired.values()):
             log.info("recovered after an unclean stop: %s%s",
                      ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
