@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -315,17 +314,16 @@ def show_progress(log: logging.Logger) -> Iterator[None]:
 def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
     """Copy each source into the inbox and claim it like an inbox file; returns the ids of
     the files queued for this run (duplicates and rejected files are reported)."""
+    from flows.files import write_atomically
     from service.inbox import claim_file
     from service.ledger import FileState
 
     claimed = []
     for source in sources:
-        # Copy under a temporary name, then rename: the copy is complete when it
-        # appears under its real name, exactly like a well-behaved inbox writer.
-        tmp = home.inbox / f".{source.name}.{os.getpid()}.tmp"
-        shutil.copyfile(source, tmp)
-        target = home.inbox / source.name
-        os.replace(tmp, target)
+        # The copy appears under its real name complete, like a well-behaved inbox writer.
+        with open(source, "rb") as original:
+            target = write_atomically(home.inbox / source.name,
+                                      lambda copy: shutil.copyfileobj(original, copy))
         record = claim_file(ledger, home, target, time.time(), settings.watcher.max_file_bytes)
         if record is None:
             continue

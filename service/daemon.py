@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
+from flows.files import write_atomically
 from service.batcher import Batcher
 from service.config import Settings
 from service.inbox import Home, claim_file, fail_run_files
@@ -226,10 +227,8 @@ class RetrainDaemon:
             "batched": len(self.batcher),
             "settling": self.watcher.pending if self.watcher else 0,
         }
-        path = self.home.state / "daemon.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(beat, indent=1))
-        os.replace(tmp, path)
+        # Rewritten every few seconds and worthless after a power cut: no fsync.
+        write_atomically(self.home.state / "daemon.json", json.dumps(beat, indent=1), durable=False)
 
     def _remove_heartbeat(self) -> None:
         Path(self.home.state / "daemon.json").unlink(missing_ok=True)

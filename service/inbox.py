@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.errors import RetrainError
-from flows.files import fsync_dir, sha256_file
+from flows.files import fsync_dir, sha256_file, write_atomically
 from service.ledger import FileRecord, FileState, Ledger
 
 log = logging.getLogger("retrain.inbox")
@@ -162,10 +162,8 @@ def _write_error_json(record: FileRecord, error: dict[str, Any]) -> None:
         "details": error.get("details", {}),
         "requeue": f"retrain requeue '{path.name}'",
     }
-    target = path.with_name(path.name + ".error.json")
-    tmp = path.with_name(path.name + ".error.json.tmp")
-    tmp.write_text(json.dumps(note, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomically(path.with_name(path.name + ".error.json"),
+                     json.dumps(note, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def quarantine_file(ledger: Ledger, home: Home, file_id: int, error: dict[str, Any]) -> FileRecord:
@@ -257,8 +255,8 @@ def reconcile(ledger: Ledger, home: Home, max_attempts: int) -> dict[str, int]:
     _finish_moves(ledger, home, repaired)
     _finish_requeues(ledger, home, repaired)
     _adopt_unknown_files(ledger, home, repaired)
-    # Temporary files of interrupted error.json writes.
-    for tmp in home.quarantine.glob("*.error.json.tmp"):
+    # Temporary files of interrupted error.json writes (write_atomically's names).
+    for tmp in home.quarantine.glob(".*.error.json.*.tmp"):
         tmp.unlink(missing_ok=True)
     return repaired
 

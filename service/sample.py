@@ -11,11 +11,12 @@ from the labels' own distribution, so p = 0.5 leaves no signal at all.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from flows.files import write_atomically
 
 SAMPLE_TARGET = {"classification": "churned", "regression": "monthly_spend"}
 SAMPLE_ID_COLUMN = "customer_id"
@@ -66,9 +67,10 @@ def sample_frame(rows: int, seed: int, label_noise: float = 0.0,
 def write_samples(out_dir: str | Path, files: int = 1, rows: int = 1000, seed: int = 0,
                   label_noise: float = 0.0, task: str = "classification",
                   prefix: str = "batch") -> list[Path]:
-    """Write ``files`` CSV files of ``rows`` rows each, atomically (a temporary name, then
-    a rename), so a daemon watching ``out_dir`` only ever sees finished files. Names carry
-    the seed, so batches of different seeds never collide."""
+    """Write ``files`` CSV files of ``rows`` rows each, atomically (a hidden temporary name,
+    then a rename), so a daemon watching ``out_dir`` only ever sees finished files. Names
+    carry the seed, so batches of different seeds never collide. Not fsynced: synthetic
+    data is worth nothing after a power cut."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -76,8 +78,6 @@ def write_samples(out_dir: str | Path, files: int = 1, rows: int = 1000, seed: i
         frame = sample_frame(rows, seed * 1000 + i, label_noise, task)
         suffix = "-noisy" if label_noise else ""
         path = out / f"{prefix}-{seed:04d}-{i:03d}{suffix}.csv"
-        tmp = out / f".{path.name}.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(write_atomically(path, lambda fh: frame.to_csv(fh, index=False),
+                                      durable=False))
     return paths

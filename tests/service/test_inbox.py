@@ -10,7 +10,7 @@ import pytest
 from flows.errors import RetrainError
 from invariants import check_invariant
 from service.inbox import (Home, archive_files, claim_file, destination, fail_run_files,
-                           reconcile, requeue, sha256_file)
+                           quarantine_file, reconcile, requeue, sha256_file)
 from service.ledger import FileState, Ledger
 
 MAX = 10_000
@@ -198,6 +198,18 @@ def test_crash_during_a_run_requeues_its_files(home: Home, ledger: Ledger) -> No
 def test_unknown_file_in_processing_is_adopted_not_lost(home: Home, ledger: Ledger) -> None:
     (home.processing / "stray.csv").write_text("a\n1\n")
     assert reconcile(ledger, home, 3)["adopted"] == 1
+    check_invariant(home)
+
+
+def test_half_written_error_note_is_removed(home: Home, ledger: Ledger) -> None:
+    record = claim_file(ledger, home, drop(home, "bad.csv"), 1.0, MAX)
+    quarantine_file(ledger, home, record.id, {"reason": "bad"})
+    # A write of the note cut short leaves its temporary file (write_atomically's name).
+    leftover = home.quarantine / ".bad.csv.error.json.k3j2h1.tmp"
+    leftover.write_text("{")
+    reconcile(ledger, home, 3)
+    assert not leftover.exists()
+    assert json.loads((home.quarantine / "bad.csv.error.json").read_text())["reason"] == "bad"
     check_invariant(home)
 
 
