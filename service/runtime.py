@@ -110,7 +110,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
     ``spec.address`` set: that existing scheduler (checked to answer, with at least one
     worker). Otherwise a LocalCluster of worker processes started once for this process.
     """
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
     if spec.address:
         workers = check_scheduler(spec.address)
