@@ -7,6 +7,7 @@ second, without importing Prefect or Dask.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -270,9 +271,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise RetrainError("no file to run on; see the lines above")
         run = ledger.start_run(claimed)
         request = build_request(settings, session.home, ledger, run)
+        # The flow run's id is recorded as soon as it runs: a cut run can be marked Crashed.
+        record_flow_run_id = functools.partial(ledger.set_flow_run_id, run.id)
         with show_progress(log):
-            result = call_flow(request, address,
-                               lambda flow_run_id: ledger.set_flow_run_id(run.id, flow_run_id))
+            result = call_flow(request, address, record_flow_run_id)
         run = record_result(ledger, session.home, run, result, settings.daemon.max_attempts)
         return report_run(ledger, run, result)
 
