@@ -275,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         record_flow_run_id = functools.partial(ledger.set_flow_run_id, run.id)
         with show_progress(log):
             result = call_flow(request, address, record_flow_run_id)
-        run = record_result(ledger, session.home, run, result, settings.daemon.max_attempts)
+        run = record_result(ledger, session.home, run, result, settings)
         return report_run(ledger, run, result)
 
 
@@ -391,8 +391,8 @@ def _registry(args: argparse.Namespace):
 def cmd_models_list(args: argparse.Namespace) -> int:
     from service.status import print_models
 
-    _, registry = _registry(args)
-    versions = registry.versions()
+    settings, registry = _registry(args)
+    versions = _history(settings, registry)
     current = registry.current_version()
     if args.json:
         print(json.dumps({"current": current, "versions": [v.model_dump() for v in versions]},
@@ -400,6 +400,19 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     else:
         print_models(versions, current)
     return 0
+
+
+def _history(settings, registry):
+    """Every version ever trained: on disk, and removed by retention (from the ledger)."""
+    from service.inbox import Home
+    from service.ledger import Ledger
+    from service.retention import version_history
+
+    ledger = Ledger(Home(settings.home).ledger_path, readonly=True)
+    try:
+        return version_history(registry, ledger)
+    finally:
+        ledger.close()
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
@@ -506,7 +519,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings, registry = _registry(args)
     out = Path(args.out) if args.out else Path(settings.home) / "report.png"
     threshold = settings.evaluation.threshold if not args.metric else None
-    write_report(registry.versions(), out, threshold, registry.current_version(), args.metric)
+    write_report(_history(settings, registry), out, threshold, registry.current_version(), args.metric)
     print(out)
     return 0
 

@@ -158,8 +158,7 @@ class RetrainDaemon:
             return
         assert self.ledger is not None and self.current_run is not None
         result = self.run_future.result()
-        record_result(self.ledger, self.home, self.current_run, result,
-                      self.settings.daemon.max_attempts)
+        record_result(self.ledger, self.home, self.current_run, result, self.settings)
         if result.outcome is None:
             log.error("run %d failed: %s", self.current_run.id, result.error)
             self.consecutive_failures += 1

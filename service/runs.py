@@ -18,6 +18,7 @@ from flows.records import FileRef, RunOutcome
 from service.config import Settings
 from service.inbox import Home, archive_files, fail_run_files
 from service.ledger import FileRecord, Ledger, RunRecord
+from service.retention import apply_retention
 
 log = logging.getLogger("retrain.runs")
 
@@ -99,15 +100,16 @@ def _announce_flow_run(key: int, flow, flow_run, state) -> None:
 
 
 def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
-                  max_attempts: int) -> RunRecord:
-    """Archive the files the run used, quarantine the ones it rejected; or, when the flow
-    failed, hand its files back to the queue (quarantined after max_attempts). Logs
-    nothing of the outcome: the caller reports it (``outcome_line``)."""
+                  settings: Settings) -> RunRecord:
+    """Archive the files the run used, quarantine the ones it rejected, apply retention;
+    or, when the flow failed, hand its files back to the queue (quarantined after
+    ``daemon.max_attempts``). Logs nothing of the outcome: the caller reports it
+    (``outcome_line``)."""
     if result.flow_run_id:
         ledger.set_flow_run_id(run.id, result.flow_run_id)
     outcome = result.outcome
     if outcome is None:
-        fail_run_files(ledger, home, run.id, result.error or "flow failed", max_attempts)
+        fail_run_files(ledger, home, run.id, result.error or "flow failed", settings.daemon.max_attempts)
         return ledger.get_run(run.id)
 
     accepted = [f.file_id for f in outcome.files if f.accepted]
@@ -126,6 +128,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
+    apply_retention(settings, home, ledger, outcome.window_partitions)
     return ledger.get_run(run.id)
 
 

@@ -223,7 +223,8 @@ def print_models(versions: list[ModelVersion], current: str | None) -> None:
     for v in versions:
         metric = v.metadata.get("metric")
         training = v.metadata.get("training", {})
-        table.add_row("*" if v.version == current else "", v.version, v.created_at, v.decision,
+        decision = f"{v.decision} (removed)" if v.removed_at else v.decision
+        table.add_row("*" if v.version == current else "", v.version, v.created_at, decision,
                       metric or "", _fmt_metric(v.metrics, metric),
                       _fmt_metric(v.champion_metrics, metric), str(training.get("train_rows", "")),
                       str(len(v.metadata.get("files", []))))
