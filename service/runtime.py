@@ -39,45 +39,57 @@ def prepare_environment(home: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
-@contextmanager
-def prefect_api() -> Iterator[str]:
-    """Yield the URL of the Prefect API every flow of this process reports to.
+class PrefectApi:
+    """The Prefect API every flow of this process reports to, for the process's whole life.
 
-    PREFECT_API_URL set: that server (checked to answer). Otherwise one local API server
-    in a subprocess for this process's life (not one per run). Its URL goes into the
-    environment before any Dask worker starts, and into Prefect's settings, so that tasks
-    on workers report to this same API instead of starting their own.
+    PREFECT_API_URL set: that server (checked to answer). Otherwise one local API server in
+    a subprocess (not one per run), on a port chosen here: its URL is in the environment
+    from the start, so that Dask workers started while it boots (``start`` may run beside
+    the cluster's start) inherit it and report to this same API instead of starting their
+    own.
     """
-    import httpx
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
+    def __init__(self) -> None:
+        self.external = os.environ.get("PREFECT_API_URL")
+        self.server = None
+        if self.external:
+            self.url = self.external
+            return
+        from prefect.server.api.server import SubprocessASGIServer
+
+        port = SubprocessASGIServer().find_available_port()
+        self.server = SubprocessASGIServer(port=port)
+        self.url = self.server.api_url
+        os.environ["PREFECT_API_URL"] = self.url
+
+    def start(self) -> str:
+        started = time.perf_counter()
+        if self.server is None:
+            import httpx
+
+            try:
+                httpx.get(f"{self.url.rstrip('/')}/health", timeout=10).raise_for_status()
+            except httpx.HTTPError as exc:
+                raise RetrainError(
+                    f"the Prefect API at {self.url} does not answer ({type(exc).__name__}); "
+                    "start it (make server) or unset PREFECT_API_URL to use the embedded one"
+                ) from None
+            log.info("reporting to the Prefect API at %s", self.url)
+            return self.url
         try:
-            httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
-        except httpx.HTTPError as exc:
-            raise RetrainError(
-                f"the Prefect API at {url} does not answer ({type(exc).__name__}); "
-                "start it (make server) or unset PREFECT_API_URL to use the embedded one"
-            ) from None
-        log.info("reporting to the Prefect API at %s", url)
-        yield url
-        return
+            self.server.start()
+        except RuntimeError as exc:
+            raise RetrainError(f"the embedded Prefect API did not start: {exc}".splitlines()[0]) from None
+        if self.server.api_url != self.url:  # its port was taken meanwhile: workers have the old URL
+            raise RetrainError(f"the embedded Prefect API moved to {self.server.api_url} while starting "
+                               "(its port was taken); start again")
+        log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
+        log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
+        return self.url
 
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    try:
-        server.start()
-    except RuntimeError as exc:
-        raise RetrainError(f"the embedded Prefect API did not start: {exc}".splitlines()[0]) from None
-    os.environ["PREFECT_API_URL"] = server.api_url
-    log.info("embedded Prefect API at %s (database in %s)", server.api_url,
-             os.environ.get("PREFECT_HOME"))
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-    finally:
+    def stop(self) -> None:
+        if self.server is None:
+            return
         # Send the last log lines while the API still answers.
         from prefect.logging.handlers import APILogWorker
 
@@ -86,7 +98,28 @@ def prefect_api() -> Iterator[str]:
         except Exception as exc:  # losing a few log lines must not fail the stop
             log.debug("could not send the last log lines to Prefect: %s", exc)
         os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        self.server.stop()
+
+    @contextmanager
+    def settings(self) -> Iterator[str]:
+        """Prefect's settings of this process pointed at the API (it was imported before
+        the URL was known)."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.url}):
+            yield self.url
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API started for the block's life (see PrefectApi); yields its URL."""
+    api = PrefectApi()
+    try:
+        api.start()
+        with api.settings() as url:
+            yield url
+    finally:
+        api.stop()
 
 
 def check_scheduler(address: str) -> int:
@@ -121,6 +154,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
 
     # The dashboard needs bokeh; without it Dask would still print a link to nothing.
     dashboard = (spec.dashboard_address or None) if importlib.util.find_spec("bokeh") else None
+    started = time.perf_counter()
     cluster = LocalCluster(
         n_workers=spec.adaptive_minimum if spec.adaptive_maximum else spec.n_workers,
         threads_per_worker=spec.threads_per_worker,
@@ -142,6 +176,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
             log.info("Dask dashboard: %s", cluster.dashboard_link)
         elif spec.dashboard_address:
             log.info("Dask dashboard unavailable: install bokeh>=3.1 to get it")
+        log.debug("start-up: local cluster up in %.1fs", time.perf_counter() - started)
         warm_up_workers(cluster.scheduler_address)
         yield cluster.scheduler_address
     finally:
@@ -157,7 +192,7 @@ def warm_up_workers(address: str) -> None:
     started = time.perf_counter()
     with Client(address, timeout="30s") as client:
         client.register_plugin(WarmUp())
-    log.debug("workers warmed up in %.1fs", time.perf_counter() - started)
+    log.debug("start-up: workers warmed up in %.1fs", time.perf_counter() - started)
 
 
 def quiet_libraries() -> None:

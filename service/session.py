@@ -19,6 +19,7 @@ that does not answer leaves them alone.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 
 from flows.registry import ModelRegistry
@@ -49,6 +50,7 @@ class RunSession:
 
     def open_home(self) -> Ledger:
         """Lock the home, open the ledger and repair what an unclean stop left."""
+        started = time.perf_counter()
         home = self.home.ensure()
         self.resources.enter_context(HomeLock(home.state / "daemon.lock", self.holder))
         self.ledger = Ledger(home.ledger_path)
@@ -59,6 +61,7 @@ class RunSession:
         self.registry.release_lease()
         self.resources.callback(self.registry.release_lease)
         self._repair()
+        log.debug("start-up: home locked, ledger open and repaired in %.2fs", time.perf_counter() - started)
         return self.ledger
 
     def _repair(self) -> None:
@@ -72,18 +75,30 @@ class RunSession:
                      f"; removed {len(leftovers)} half-written model(s)" if leftovers else "")
 
     def start_runtime(self) -> str:
-        """Start (or reach) the Prefect API and the Dask cluster; returns the scheduler's
-        address. Prefect is imported here, not before: it reads its environment at import."""
-        from service.runtime import check_scheduler, dask_cluster, prefect_api, quiet_libraries
+        """Start (or reach) the Prefect API and the Dask cluster, at the same time (the API
+        takes seconds to boot, the workers too); returns the scheduler's address. Prefect
+        is imported here, not before: it reads its environment at import."""
+        from concurrent.futures import ThreadPoolExecutor
 
+        from service.runtime import PrefectApi, check_scheduler, dask_cluster, quiet_libraries
+
+        started = time.perf_counter()
         if self.settings.dask.address:
             # Before the API starts: a scheduler that does not answer stops us at once.
             check_scheduler(self.settings.dask.address)
         quiet_libraries()
-        self.api_url = self.resources.enter_context(prefect_api())
-        self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask))
+        api = PrefectApi()  # its URL is in the environment now, before any worker starts
+        self.resources.callback(api.stop)
+        with ThreadPoolExecutor(1, thread_name_prefix="prefect-api") as pool:
+            api_started = pool.submit(api.start)
+            try:
+                self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask))
+            finally:
+                self.api_url = api_started.result()  # raises when the API did not start
+        self.resources.enter_context(api.settings())
         quiet_libraries()  # again: importing distributed sets its loggers' levels from Dask's config
         self._report_interrupted_flow_runs()
+        log.debug("start-up: API and cluster ready in %.1fs", time.perf_counter() - started)
         return self.scheduler_address
 
     def _report_interrupted_flow_runs(self) -> None:
