@@ -249,6 +249,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for source in sources:
         if not source.is_file():
             raise RetrainError(f"{source}: no such file; give paths of CSV files")
+    from service.handoff import daemon_holds, hand_to_daemon
+    from service.inbox import Home
+
+    if daemon_holds(Path(settings.home)):
+        return hand_to_daemon(sources, Home(Path(settings.home)))
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))

@@ -244,6 +244,9 @@ class Ledger:
             counts[row["state"]] = row["n"]
         return counts
 
+    def files_with_sha256(self, sha256: str) -> list[FileRecord]:
+        return [_file(r) for r in self._read("SELECT * FROM files WHERE sha256=? ORDER BY id", (sha256,))]
+
     def archived_before(self, cutoff: float) -> list[FileRecord]:
         """Archived files whose last move (their archiving) was before ``cutoff``."""
         rows = self._read("SELECT * FROM files WHERE state=? AND updated_at<? ORDER BY id",

@@ -4,6 +4,7 @@ LocalCluster and its own embedded Prefect API; files dropped with `retrain sampl
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -67,11 +68,23 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
 
         text = cli("status", env=env, cwd=tmp_path).stdout
         assert "rejected" in text and "threshold" in text
+
+        # `retrain run` while the daemon holds the home hands its files to the daemon and
+        # answers with the run's line and exit code; the original files stay untouched.
+        data = tmp_path / "more"
+        cli("sample", "--out", str(data), "--files", "1", "--rows", "3000", "--seed", "3", env=env, cwd=tmp_path)
+        bad = data / "bad.csv"
+        bad.write_text("age,plan\n1,basic\n")
+        handed = cli("run", str(data / "batch-0003-000.csv"), str(bad), env=env, cwd=tmp_path, timeout=180)
+        assert handed.returncode == 3, (handed.stdout, handed.stderr, daemon.log())
+        assert "handed to it" in handed.stderr and "bad.csv" in handed.stderr
+        assert re.search(r"^run \d+: (deployed|rejected) v0003: ", handed.stdout, re.M), handed.stdout
+        assert bad.read_text() == "age,plan\n1,basic\n"
     finally:
         code = daemon.stop(signal.SIGTERM)
     assert code == 0, daemon.log()
     counts = check_invariant(home)
-    assert counts["archived"] == 3
+    assert counts["archived"] == 4 and counts["quarantined"] == 1
 
 
 def test_retrain_run_rejects_file_without_target(tmp_path: Path, prefect_api_url: str,
