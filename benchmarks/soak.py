@@ -182,6 +182,8 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
     records = []
     try:
         for i, path in enumerate(data):
+            if stop_requested():
+                break  # Ctrl+C: report the files measured so far
             dropped = daemon.drop(path)
             state = daemon.wait_settled(path.name)
             seconds = time.perf_counter() - dropped
@@ -194,6 +196,21 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
         daemon.stop()
     return {"start_seconds": daemon.start_seconds, "records": records, "home": str(home),
             "log": str(daemon.log_path)}
+
+
+_stop = False
+
+
+def stop_requested() -> bool:
+    return _stop
+
+
+def _request_stop(signum, frame) -> None:
+    global _stop
+    if _stop:
+        raise KeyboardInterrupt
+    _stop = True
+    print("stopping after this file (Ctrl+C again to abort)", flush=True)
 
 
 def linear_slope(ys: list[float]) -> float:
@@ -307,6 +324,7 @@ def main() -> None:
         print(f"{record['index']:4d} {record['state']:<11} {record['seconds']:6.2f}s "
               + " ".join(f"{r}={record['rss'][r] / MIB:.0f}" for r in ROLES), flush=True)
 
+    signal.signal(signal.SIGINT, _request_stop)
     result = soak(args.work, args.files, args.warmup, on_sample=progress)
     (args.work / f"{name}.json").write_text(json.dumps(result, indent=1))
     summary = summarize(result)
