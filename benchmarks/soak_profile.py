@@ -134,6 +134,20 @@ def scheduler_records(dask_scheduler=None) -> dict[str, int]:
             "transition_log": len(s.transition_log), "erred": len(s.erred_tasks)}
 
 
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def trim_and_rss() -> float:
+    import ctypes
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mib()
+
+
 def file_ref(path: Path, file_id: int):
     from flows.records import FileRef
 
@@ -148,6 +162,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--frames", type=int, default=0, help="tracemalloc frames (0: off)")
     parser.add_argument("--holders", default="", help="types whose holders to show, comma-separated")
+    parser.add_argument("--trim", action="store_true",
+                        help="after each run, this process's RSS before and after malloc_trim(0)")
     parser.add_argument("--no-workers", action="store_true", help="probe this process only")
     args = parser.parse_args()
 
@@ -179,6 +195,9 @@ def main() -> None:
             started = time.perf_counter()
             result = call_flow(request, address)
             seconds = time.perf_counter() - started
+            if args.trim:
+                print(f"run {i + 1}: {seconds:.1f}s, rss {rss_mib():.1f} MiB, after malloc_trim "
+                      f"{trim_and_rss():.1f} MiB", flush=True)
             done = i + 1 - args.warmup
             if done >= 0 and done % args.every == 0:
                 probe = probe or GrowthProbe(args.frames)

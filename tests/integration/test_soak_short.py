@@ -16,15 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import soak  # noqa: E402
 
-pytestmark = pytest.mark.integration
+# A daemon's start and a handful of runs: on a busy machine this outlasts the default.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_short_soak_is_exactly_once_and_sampled_per_role(tmp_path: Path) -> None:
-    result = soak.soak(tmp_path, files=6, warmup=2, settings={"dask__dashboard_address": "null"})
+    result = soak.soak(tmp_path, files=4, warmup=2, settings={"dask__dashboard_address": "null"})
     records = result["records"]
 
-    assert [r["state"] for r in records] == ["archived"] * 8
-    assert check_invariant(Path(result["home"]))["archived"] == 8
+    assert [r["state"] for r in records] == ["archived"] * 6
+    assert check_invariant(Path(result["home"]))["archived"] == 6
     for record in records:
         rss = record["rss"]
         for role in ("daemon", "workers", "prefect api"):
@@ -34,5 +35,5 @@ def test_short_soak_is_exactly_once_and_sampled_per_role(tmp_path: Path) -> None
     assert records[-1]["disk"]["registry"] > 0
 
     summary = soak.summarize(result)
-    assert summary["files"] == 6 and summary["warmup"] == 2
+    assert summary["files"] == 4 and summary["warmup"] == 2
     assert set(summary["slope_mib"]) == set(soak.ROLES)
