@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick server clean
+.PHONY: install run test bench bench-quick soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -35,6 +35,13 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+## make soak: 500 small files through one daemon after 20 warm-up files; memory per role, time per file, disk per folder (benchmarks/soak-results.md, soak.png)
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py
+
+soak-quick: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

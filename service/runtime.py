@@ -143,8 +143,10 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
     ``spec.address`` set: that existing scheduler (checked to answer, with at least one
     worker). Otherwise a LocalCluster of worker processes started once for this process.
     """
+    import dask
     from distributed import LocalCluster
 
+    dask.config.set(LONG_LIVED_DASK_CONFIG)  # this process: its clients, and the scheduler below
     if spec.address:
         workers = check_scheduler(spec.address)
         log.info("running tasks on the Dask scheduler at %s (%d workers)", spec.address, workers)
@@ -162,6 +164,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
         processes=True,
         dashboard_address=dashboard,
         silence_logs=logging.ERROR,
+        **long_lived_cluster_options(),
     )
     try:
         if spec.adaptive_maximum:
@@ -181,6 +184,38 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
         yield cluster.scheduler_address
     finally:
         cluster.close()
+
+
+# Dask keeps the last `distributed.admin.low-level-log-length` (1,000) messages of each
+# connection and as many state transitions, for debugging. The scheduler's messages to a
+# worker carry each task's whole Prefect closure (the flow, its run context, the request),
+# so in a process that runs flows for months these logs would be the largest thing it
+# holds, and would grow for hundreds of runs before their bound. A short one is enough to
+# read what just happened. The scheduler's history of computations (each with its task
+# groups) is bounded the same way.
+LONG_LIVED_DASK_CONFIG = {"distributed.admin.low-level-log-length": 50,
+                          "distributed.diagnostics.computations.max-history": 10}
+
+
+def long_lived_cluster_options() -> dict:
+    """Options for a local cluster that runs for months. Two of Dask's defaults keep a
+    record of every run, read only by the dashboard's profiling pages: spans, which the
+    scheduler never frees and which hold every task group of every run
+    (dask/distributed#7977), and each worker's statistical profile, a call tree per second
+    of running tasks kept for the last 1,000 seconds. Both grow with the number of runs,
+    so the daemon's cluster runs without them."""
+    from distributed.scheduler import DEFAULT_EXTENSIONS as SCHEDULER_EXTENSIONS
+    from distributed.worker import DEFAULT_EXTENSIONS as WORKER_EXTENSIONS
+
+    return {
+        "scheduler_kwargs": {"extensions": {name: ext for name, ext in SCHEDULER_EXTENSIONS.items()
+                                            if name != "spans"}},
+        # Worker options (through each nanny): the worker's half of spans, which the
+        # scheduler would otherwise be sent and not know, and no statistical profiler.
+        "extensions": {name: ext for name, ext in WORKER_EXTENSIONS.items() if name != "spans"},
+        # A dotted key: the nanny merges this into its whole config one level deep.
+        "config": {"distributed.worker.profile.enabled": False, **LONG_LIVED_DASK_CONFIG},
+    }
 
 
 def warm_up_workers(address: str) -> None:
