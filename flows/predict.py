@@ -8,6 +8,7 @@ gives the same features, and so the same prediction, through ``retrain predict``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
@@ -16,17 +17,20 @@ from flows.features import PreparedRows, prepare_features
 from flows.records import ResolvedSchema
 
 
-def read_rows(path: str | Path) -> pd.DataFrame:
+def read_rows(source: str | Path | IO[str], name: str | None = None) -> pd.DataFrame:
     """Every column as text, untouched: missing-value tokens and whitespace are the
-    preparation's business (``flows.features``), not the reader's."""
+    preparation's business (``flows.features``), not the reader's. ``source`` is a path or
+    an open text (a request's body); ``name`` is what errors call it (default: the path)."""
+    name = name or str(source)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+        return pd.read_csv(source, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
     except FileNotFoundError:
-        raise InvalidDataError(f"{path}: no such file; give the path of a CSV file") from None
+        raise InvalidDataError(f"{name}: no such file; give the path of a CSV file") from None
     except UnicodeDecodeError as exc:
-        raise InvalidDataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise InvalidDataError(f"{name}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InvalidDataError(f"{path}: not a readable CSV ({str(exc).strip()}); check the file") from None
+        raise InvalidDataError(f"{name}: not a readable CSV ({' '.join(str(exc).split())}); "
+                               "check the header and the number of fields per line") from None
 
 
 def predict_rows(model, frame: pd.DataFrame, schema: ResolvedSchema, name: str) -> tuple[pd.DataFrame, PreparedRows]:

@@ -102,6 +102,10 @@ class TrainResult(_Record):
     features: list[str]
     categorical: list[str]
     classes: list[Any] | None = None
+    # Per categorical feature, the values seen in the training rows (sorted; the most
+    # frequent ones when there are more than flows.train.MAX_RECORDED_CATEGORIES). None in
+    # versions trained before it was recorded.
+    categories: dict[str, list[str]] | None = None
 
 
 class EvaluationResult(_Record):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import skops.io as sio
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -19,6 +20,10 @@ from flows.errors import ConfigError, TrainingError
 from flows.files import sha256_bytes, write_atomically
 from flows.records import ResolvedSchema, TrainResult
 from flows.specs import ESTIMATORS, ModelSpec
+
+# Categories recorded per column with a version (what a prediction server publishes as the
+# values a client may send); a column with more keeps its most frequent ones.
+MAX_RECORDED_CATEGORIES = 1000
 
 
 def _import(ref: str) -> Any:
@@ -103,7 +108,18 @@ def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path) -> Tr
         params={k: _plain(v) for k, v in estimator.get_params(deep=False).items()},
         train_rows=len(frame), fit_seconds=round(fit_seconds, 3),
         features=schema.features, categorical=schema.categorical, classes=classes,
+        categories=seen_categories(frame, schema.categorical),
     )
+
+
+def seen_categories(frame: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:
+    """The values of each text column present in ``frame`` (sorted), for the record."""
+    seen = {}
+    for column in columns:
+        counts = frame[column].value_counts()  # missing values are not counted
+        counts = counts[counts > 0]  # a categorical also lists categories absent from these rows
+        seen[column] = sorted(str(v) for v in counts.index[:MAX_RECORDED_CATEGORIES])
+    return seen
 
 
 def _plain(value: Any) -> Any:

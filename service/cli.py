@@ -122,10 +122,16 @@ def _add_predict(sub, common: argparse.ArgumentParser) -> None:
 
 def _add_serve(sub, common: argparse.ArgumentParser) -> None:
     serve = sub.add_parser("serve", parents=[common], help="HTTP predictions from the current model",
-                           description="POST /predict (JSON rows or CSV), GET /health. A newly "
-                                       "deployed version is picked up without a restart.")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+                           description="POST /predict (JSON rows or CSV), GET /health, /ready, /model, "
+                                       "/metrics, /docs. A newly deployed version is picked up without "
+                                       "a restart. Each flag overrides its [serve] setting.")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--workers", type=int, metavar="N", help="server processes (default 1)")
+    serve.add_argument("--max-rows", type=int, metavar="N",
+                       help="rows per request above which it is refused with 413 (default 100000)")
+    serve.add_argument("--max-body-bytes", type=int, metavar="BYTES",
+                       help="request body size above which it is refused with 413 (default 64 MiB)")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -496,25 +502,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.serve import make_server
+    settings = load(args, **{"serve.host": args.host, "serve.port": args.port, "serve.workers": args.workers,
+                             "serve.max_rows_per_request": args.max_rows,
+                             "serve.max_body_bytes": args.max_body_bytes})
+    existing_home(settings)
+    from service.serve import serve
 
-    settings, registry = _registry(args)
-    server = make_server(registry, settings.model.trusted_types, args.host, args.port)
-    host, port = server.server_address[:2]
-    import signal
-    import threading
-
-    # shutdown() waits for serve_forever to return, so it must not run on the serving thread.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    logging.getLogger("retrain.serve").info(
-        "serving predictions on http://%s:%d (POST /predict, GET /health); press Ctrl+C to quit",
-        host, port)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve(settings, args.log_format, args.verbose)
     return 0
 
 

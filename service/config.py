@@ -113,6 +113,23 @@ class DaemonSpec(_Section):
     # A file whose runs fail (or whose runs the daemon dies in) this many times is quarantined.
     max_attempts: int = Field(3, ge=1)
     heartbeat_seconds: float = Field(1.0, gt=0.0)
+    # Prometheus metrics of the daemon (files, runs, deployments, queue) on this port; 0 = off.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    # The address the metrics port listens on; "0.0.0.0" lets a Prometheus on another host scrape it.
+    metrics_host: str = "127.0.0.1"
+
+
+class ServeSpec(_Section):
+    """``retrain serve``: the HTTP prediction server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Server processes; above 1, requests are spread over them and /metrics adds up all of them.
+    workers: int = Field(1, ge=1)
+    # A request with more rows is refused (413): split the rows over several requests.
+    max_rows_per_request: int = Field(100_000, ge=1)
+    # A larger body is refused (413) as soon as its size is known, before it is read whole.
+    max_body_bytes: int = Field(64 * 1024**2, ge=1)
 
 
 class RegistrySpec(_Section):
@@ -173,6 +190,7 @@ class Settings(BaseSettings, PipelineSpec):
     daemon: DaemonSpec = Field(default_factory=DaemonSpec)
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     archive: ArchiveSpec = Field(default_factory=ArchiveSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
 
     model_config = SettingsConfigDict(
         extra="forbid",

@@ -80,6 +80,11 @@ class RetrainDaemon:
         self.session = session = RunSession(self.settings, "retrain watch", resources)
         self.ledger = session.open_home()
         resources.callback(self._remove_heartbeat)
+        if self.settings.daemon.metrics_port:
+            from service.metrics import serve_daemon_metrics
+
+            resources.enter_context(serve_daemon_metrics(self.home, self.settings.daemon.metrics_host,
+                                                         self.settings.daemon.metrics_port))
         # Claim files while the heavier resources start: intake needs neither of them.
         self.start_intake(resources)
         self.write_heartbeat(state="starting")

@@ -328,6 +328,11 @@ class Ledger:
             raise KeyError(f"no run {run_id} in the ledger")
         return _run(rows[0])
 
+    def run_counts(self) -> dict[str, int]:
+        """Runs by decision (completed runs) or by state (running, failed, interrupted)."""
+        rows = self._read("SELECT COALESCE(decision, state) AS outcome, COUNT(*) AS n FROM runs GROUP BY outcome")
+        return {row["outcome"]: row["n"] for row in rows}
+
     def runs(self, limit: int = 20) -> list[RunRecord]:
         return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
 

@@ -1,158 +1,332 @@
-"""``retrain serve``: predictions over HTTP from the current model.
+"""``retrain serve``: predictions over HTTP from the current model (FastAPI on uvicorn).
 
-GET  /health   {"status": "ok", "version": "v0003"}   (503 while no model is deployed)
-POST /predict  JSON rows (``[{...}, ...]`` or ``{"rows": [...]}``) or a CSV body
-               (Content-Type: text/csv) -> {"version": ..., "predictions": [...]}
+POST /predict  JSON rows (``[{...}, ...]`` or ``{"rows": [...]}``) or CSV (text/csv)
+               -> {"version": "v0003", "predictions": [{"prediction": ..., "probability_<class>": ...}]}
+GET  /health   liveness: 200 while the process answers
+GET  /ready    200 once a model is loaded, 503 before
+GET  /model    the version answering: metrics, schema, categories, when it became current
+GET  /metrics  Prometheus metrics (service.metrics)
+GET  /docs, /openapi.json   the API, with the request schema of the model answering
 
-A newly deployed version is picked up without a restart: each request reads where
-``current`` points (one readlink) and, when it moved, the new model is loaded completely
-before it replaces the old one, so a request is always answered by one whole model.
+Every answer of /predict names the version that answered (in the body and the
+X-Model-Version header). Anything a client sends that the model cannot use gets a 4xx and
+``{"error": "one line"}``; no answer ever carries a traceback. The model is hot-swapped
+(service.holder): a request is answered by one whole model.
 """
 
 from __future__ import annotations
 
-import io
+import atexit
 import json
 import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
 import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
-import pandas as pd
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
-from flows.errors import RetrainError
-from flows.predict import predict_rows
-from flows.records import ResolvedSchema
+from flows.errors import InvalidDataError, RetrainError
+from flows.features import prepare_features
+from flows.predict import predict_frame
 from flows.registry import ModelRegistry
+from service.config import ServeSpec, Settings
+from service.holder import LoadedModel, ModelHolder
+from service.metrics import MULTIPROCESS_VARIABLE, MetricsMiddleware, ServeMetrics, forget_process
+from service.openapi import document
+from service.rows import ClientError, body_format, parse_rows, read_body
+
+__all__ = ["create_app", "parse_rows", "running_server", "serve"]
 
 log = logging.getLogger("retrain.serve")
-MAX_BODY_BYTES = 64 * 1024 * 1024
+ROUTES = "POST /predict, GET /health, /ready, /model, /metrics, /docs"
+# With serve.workers > 1, each server process builds its app from this (set by the parent).
+APP_VARIABLE = "_RETRAIN_SERVE_APP"
+
+routes = APIRouter()
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    version: str
-    model: Any
-    schema: ResolvedSchema
+# -- the app --------------------------------------------------------------------------------
 
-
-class ModelHolder:
-    """The model being served; swapped whole when ``current`` moves."""
-
-    def __init__(self, registry: ModelRegistry, trusted_types: list[str]):
-        self.registry = registry
-        self.trusted_types = trusted_types
-        self._loaded: LoadedModel | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> LoadedModel | None:
-        version = self.registry.current_version()
-        loaded = self._loaded
-        if version is None:
-            return loaded  # current removed (rolled back to nothing): keep serving what we had
-        if loaded is not None and loaded.version == version:
-            return loaded
-        with self._lock:  # one loader at a time; others keep the old model meanwhile
-            loaded = self._loaded
-            if loaded is None or loaded.version != version:
-                meta = self.registry.get(version)
-                model = self.registry.load_model(version, self.trusted_types)
-                loaded = LoadedModel(version, model, ResolvedSchema.model_validate(meta.metadata["schema"]))
-                self._loaded = loaded
-                log.info("serving model %s", version)
-            return loaded
-
-
-class BadRequest(Exception):
-    pass
-
-
-def parse_rows(body: bytes, content_type: str) -> pd.DataFrame:
-    """Rows of a request as text columns, as prediction expects them."""
-    if not body:
-        raise BadRequest("empty body; send JSON rows or a CSV with a header line")
-    if "csv" in content_type:
-        try:
-            return pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False, na_filter=False,
-                               encoding="utf-8")
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise BadRequest(f"unreadable CSV body ({str(exc).strip().splitlines()[0]})") from None
+def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpec) -> FastAPI:
+    """The prediction app, its model holder primed (a broken model is reported at once)."""
+    metrics = ServeMetrics()
+    holder = ModelHolder(registry, trusted_types,
+                         on_swap=lambda old, new: metrics.swapped(old, new.version, new.load_seconds))
+    app = FastAPI(title="retrain", summary="Predictions of the deployed model", version="no model yet",
+                  redoc_url=None)
+    app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
+    app.include_router(routes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_error_handlers(app)
+    publish_model_schema(app, holder, spec.max_rows_per_request)
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON ({exc}); send a list of row objects or Content-Type: text/csv") from None
-    rows = data.get("rows") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-        raise BadRequest('expected a non-empty list of row objects, e.g. [{"age": 31, "plan": "pro"}]')
-    frame = pd.DataFrame(rows)
-    return frame.astype(object).where(frame.notna(), None).map(lambda v: None if v is None else str(v))
-
-
-def make_handler(holder: ModelHolder) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "retrain"
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("%s " + fmt, self.address_string(), *args)
-
-        def _send(self, code: int, payload: dict[str, Any]) -> None:
-            body = json.dumps(payload, default=str).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") != "/health":
-                return self._send(404, {"error": f"no route {self.path}; use GET /health or POST /predict"})
-            try:
-                loaded = holder.get()
-            except RetrainError as exc:
-                return self._send(503, {"status": "error", "error": str(exc)})
-            if loaded is None:
-                return self._send(503, {"status": "no model", "error": "no model is deployed yet"})
-            self._send(200, {"status": "ok", "version": loaded.version})
-
-        def do_POST(self) -> None:
-            if self.path.rstrip("/") != "/predict":
-                return self._send(404, {"error": f"no route {self.path}; use POST /predict"})
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                return self._send(400, {"error": "bad Content-Length"})
-            if length > MAX_BODY_BYTES:
-                return self._send(413, {"error": f"body over {MAX_BODY_BYTES} bytes; send fewer rows per request"})
-            body = self.rfile.read(length)
-            try:
-                loaded = holder.get()
-            except RetrainError as exc:
-                return self._send(503, {"error": str(exc)})
-            if loaded is None:
-                return self._send(503, {"error": "no model is deployed yet"})
-            try:
-                frame = parse_rows(body, self.headers.get("Content-Type", ""))
-                result, _ = predict_rows(loaded.model, frame, loaded.schema, "request")
-            except (BadRequest, RetrainError) as exc:
-                return self._send(400, {"error": str(exc)})
-            self._send(200, {"version": loaded.version,
-                             "predictions": result.to_dict(orient="records")})
-
-    return Handler
-
-
-def make_server(registry: ModelRegistry, trusted_types: list[str], host: str,
-                port: int) -> ThreadingHTTPServer:
-    """Create the server (not yet serving); the caller runs ``serve_forever``."""
-    holder = ModelHolder(registry, trusted_types)
-    try:
-        holder.get()  # fail early on a broken current model
+        holder.get()
     except RetrainError as exc:
-        log.warning("current model cannot be loaded yet: %s", exc)
+        log.warning("%s; answering 503 until a loadable version is deployed", exc)
+    return app
+
+
+@routes.post("/predict", summary="Predictions of the model answering, one per row")
+async def predict(request: Request) -> Response:
+    state = request.app.state
+    content_type = request.headers.get("content-type", "")
+    body_format(content_type)  # a wrong Content-Type is refused before the body is read
+    body = await read_body(request.headers.get("content-length"), request.stream(), state.spec.max_body_bytes)
+    version, payload = await run_in_threadpool(answer, state, body, content_type)
+    return Response(payload, media_type="application/json", headers={"X-Model-Version": version})
+
+
+def answer(state: Any, body: bytes, content_type: str) -> tuple[str, bytes]:
+    """Predictions for the rows of ``body`` by one model, as (version, JSON)."""
+    loaded = model_or_503(state.holder)
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(holder))
+        frame = parse_rows(body, content_type, loaded.schema.features, state.spec.max_rows_per_request)
+        prepared = prepare_features(frame, loaded.schema, "request")
+        if prepared.unparsed:
+            # Training drops such rows, so a prediction from them would be a guess: refuse.
+            raise ClientError(422, f"{prepared.unparsed_message('request')}; send numbers "
+                                   "(null or empty when unknown)")
+    except InvalidDataError as exc:
+        raise ClientError(422, str(exc), loaded.version) from None
+    except ClientError as exc:
+        exc.version = loaded.version
+        raise
+    result = predict_frame(loaded.model, prepared.features, loaded.schema.task)
+    state.metrics.rows.labels(version=loaded.version).inc(len(result))
+    payload = {"version": loaded.version, "predictions": result.to_dict(orient="records")}
+    return loaded.version, json.dumps(payload).encode()
+
+
+def model_or_503(holder: ModelHolder) -> LoadedModel:
+    try:
+        loaded = holder.get()
+    except RetrainError as exc:
+        raise HTTPException(503, str(exc)) from None
+    if loaded is None:
+        raise HTTPException(503, "no model is deployed yet; the first deployment is picked up without a restart")
+    return loaded
+
+
+@routes.get("/health", summary="Liveness: the process answers")
+async def health(request: Request) -> dict[str, Any]:
+    loaded = request.app.state.holder.serving
+    return {"status": "ok", "version": loaded.version if loaded else None}
+
+
+@routes.get("/ready", summary="Readiness: a model is loaded (503 before)")
+def ready(request: Request) -> dict[str, Any]:
+    return {"status": "ready", "version": model_or_503(request.app.state.holder).version}
+
+
+@routes.get("/model", summary="The version answering: metrics, schema, categories, since when")
+def model(request: Request) -> dict[str, Any]:
+    loaded = model_or_503(request.app.state.holder)
+    record = loaded.record
+    return {
+        "version": loaded.version, "created_at": record.created_at,
+        "current_since": _iso(loaded.current_since), "loaded_at": _iso(loaded.loaded_at),
+        "load_seconds": round(loaded.load_seconds, 3),
+        "metric": record.metadata.get("metric"), "metrics": record.metrics,
+        "schema": {"target": loaded.schema.target, "task": loaded.schema.task,
+                   "numeric": loaded.schema.numeric, "categorical": loaded.schema.categorical},
+        "categories": loaded.categories, "classes": loaded.classes,
+    }
+
+
+@routes.get("/metrics", summary="Prometheus metrics")
+def metrics(request: Request) -> Response:
+    data, content_type = request.app.state.metrics.exposition(request.headers.get("accept", ""))
+    return Response(data, headers={"Content-Type": content_type})
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
+
+
+def publish_model_schema(app: FastAPI, holder: ModelHolder, max_rows: int) -> None:
+    """/openapi.json (and so /docs) describes the model answering, rebuilt after a swap."""
+    built: dict[str | None, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        try:
+            loaded = holder.get()
+        except RetrainError:
+            loaded = None
+        key = loaded.version if loaded else None
+        if key not in built:
+            base = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            built.clear()
+            built[key] = document(base, loaded, max_rows)
+        return built[key]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- errors: one line, never a traceback ------------------------------------------------------
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientError, _client_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def error_response(status: int, message: str, version: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    content = {"error": " ".join(message.split())[:1000]}
+    if version is not None:
+        content["version"] = version
+        headers = {**(headers or {}), "X-Model-Version": version}
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+async def _client_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ClientError)
+    return error_response(exc.status, str(exc), exc.version)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path[:200]}"
+    if exc.status_code == 404:
+        message = f"no route {where}; the routes are {ROUTES}"
+    elif exc.status_code == 405:
+        message = f"{where} is not allowed; {request.url.path[:200]} takes {(exc.headers or {}).get('Allow', '?')}"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, message, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return error_response(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # Uvicorn logs the traceback on the server's side; the client gets one line.
+    return error_response(500, f"internal error ({type(exc).__name__}); the server's log has the details")
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) -> None:
+    """Serve until SIGTERM or Ctrl+C, with ``settings.serve.workers`` processes."""
+    spec = settings.serve
+    sock = bind(spec.host, spec.port)
+    registry = ModelRegistry(Path(settings.home) / "registry")
+    if threading.current_thread() is threading.main_thread():
+        # Uvicorn shuts down gracefully on SIGTERM, then raises it again: end with status 0.
+        signal.signal(signal.SIGTERM, _exit_quietly)
+    port = sock.getsockname()[1]
+    one_numeric_thread()
+    if spec.workers == 1:
+        server = uvicorn.Server(server_config(create_app(registry, settings.model.trusted_types, spec), spec))
+        log.info("serving predictions on http://%s:%d (POST /predict, docs at /docs); press Ctrl+C to quit",
+                 spec.host, port)
+        server.run(sockets=[sock])
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[APP_VARIABLE] = json.dumps({
+        "registry": str(registry.root.resolve()), "trusted_types": settings.model.trusted_types,
+        "serve": spec.model_dump(), "log_format": log_format, "verbose": verbose})
+    with multiprocess_metrics():
+        log.info("serving predictions on http://%s:%d with %d processes; press Ctrl+C to quit",
+                 spec.host, port, spec.workers)
+        config = server_config("service.serve:app_from_environment", spec, factory=True)
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def one_numeric_thread() -> None:
+    """Predictions in this process use one OpenMP/BLAS thread each: a request has few rows,
+    and concurrent requests (threads, serve.workers processes) are the parallelism; the
+    libraries' thread pools would spin against each other and cost more than they give."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of several server processes, as the parent process described it."""
+    from service.cli import setup_logging
+
+    given = json.loads(os.environ[APP_VARIABLE])
+    setup_logging(given["log_format"], given["verbose"])
+    one_numeric_thread()
+    atexit.register(forget_process, os.getpid())
+    return create_app(ModelRegistry(given["registry"]), given["trusted_types"],
+                      ServeSpec.model_validate(given["serve"]))
+
+
+@contextmanager
+def multiprocess_metrics() -> Iterator[None]:
+    """A fresh folder where the server processes write their metrics, for /metrics to add up."""
+    folder = tempfile.mkdtemp(prefix="retrain-serve-metrics-")
+    os.environ[MULTIPROCESS_VARIABLE] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_VARIABLE, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def server_config(app: Any, spec: ServeSpec, factory: bool = False) -> uvicorn.Config:
+    return uvicorn.Config(app, host=spec.host, port=spec.port, workers=spec.workers, factory=factory,
+                          log_config=None, access_log=False, timeout_graceful_shutdown=10)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use is one line, not uvicorn's exit.
+    Its protocol is named: asyncio turns Nagle's algorithm off only on sockets whose proto is
+    IPPROTO_TCP, and with it on, every response body waits for the client's delayed ACK (40 ms)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise RetrainError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
-    server.daemon_threads = True
-    return server
+    return sock
+
+
+@contextmanager
+def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` from a thread while the context lasts; yields its base URL (port 0:
+    a free port). For tests and benchmarks: the same uvicorn set-up as ``retrain serve``."""
+    sock = bind(host, port)
+    server = uvicorn.Server(server_config(app, ServeSpec(host=host, port=sock.getsockname()[1])))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        if not server.started:
+            raise RetrainError(f"the server on {host}:{sock.getsockname()[1]} did not start")
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
