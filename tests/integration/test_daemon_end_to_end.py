@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,12 @@ from invariants import check_invariant
 pytestmark = pytest.mark.integration
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _runs_finished(home: Path, env: dict, n: int):
     status = status_json(home, env)
     done = [r for r in status["runs"] if r["state"] != "running"]
@@ -26,7 +33,8 @@ def _runs_finished(home: Path, env: dict, n: int):
 def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
     home = tmp_path / "home"
     # Train on the newest file only, so the noisy batch is judged on its own (threshold).
-    env = daemon_env(home, window__last_files="1")
+    metrics_port = free_port()
+    env = daemon_env(home, window__last_files="1", daemon__metrics_port=str(metrics_port))
     daemon = Daemon(home, env, cwd=tmp_path)
     try:
         daemon.wait_ready()
@@ -68,6 +76,13 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
 
         text = cli("status", env=env, cwd=tmp_path).stdout
         assert "rejected" in text and "threshold" in text
+
+        # The same, for Prometheus, on the daemon's opt-in metrics port.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
+        assert 'retrain_runs_total{decision="deployed"} 1.0' in metrics
+        assert 'retrain_runs_total{decision="rejected"} 1.0' in metrics
+        assert 'retrain_files{state="archived"} 3.0' in metrics
+        assert f'retrain_current_model{{version="{first["model_version"]}"}} 1.0' in metrics
 
         # `retrain run` while the daemon holds the home hands its files to the daemon and
         # answers with the run's line and exit code; the original files stay untouched.

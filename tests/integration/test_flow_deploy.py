@@ -3,10 +3,9 @@ reproducibility, deploy retries and rollback, regression, serving during a switc
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
-import urllib.request
+import time
 from pathlib import Path
 
 import httpx
@@ -117,7 +116,8 @@ def test_regression_end_to_end(tmp_path: Path, dask_address: str) -> None:
 
 
 def test_serve_answers_during_switches_without_errors(tmp_path: Path, dask_address: str) -> None:
-    from service.serve import make_server
+    from service.config import ServeSpec
+    from service.serve import create_app, running_server
 
     paths = write_samples(tmp_path / "data", files=1, rows=2000, seed=27)
     assert call_flow(request_for(tmp_path, paths), dask_address).outcome.decision == "deployed"
@@ -125,52 +125,44 @@ def test_serve_answers_during_switches_without_errors(tmp_path: Path, dask_addre
     assert call_flow(request_for(tmp_path, more, window=paths, evaluation={"tolerance": 1.0}),
                      dask_address).outcome.decision == "deployed"
     registry = ModelRegistry(tmp_path / "registry")
-    server = make_server(registry, [], "127.0.0.1", 0)
-    port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     rows = [{"age": 40, "income": 50000, "tenure_months": 12, "usage_hours": 20, "support_calls": 3,
              "plan": "basic", "region": "south"}]
     errors, versions = [], set()
     stop = threading.Event()
 
-    def hammer() -> None:
-        while not stop.is_set():
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=json.dumps(rows).encode(),
-                                             headers={"Content-Type": "application/json"})
-                answer = json.loads(urllib.request.urlopen(req, timeout=10).read())
-                versions.add(answer["version"])
-                assert len(answer["predictions"]) == 1
-            except Exception as exc:  # any failure is a finding
-                errors.append(exc)
+    with running_server(create_app(registry, [], ServeSpec())) as base:
+        def hammer() -> None:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                while not stop.is_set():
+                    try:
+                        answer = client.post("/predict", json=rows)
+                        versions.add(answer.json()["version"])
+                        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+                    except Exception as exc:  # any failure is a finding
+                        errors.append(exc)
 
-    threads = [threading.Thread(target=hammer) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        for i in range(30):
-            registry.promote("v0001" if i % 2 else "v0002")
-    finally:
-        stop.set()
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
         for t in threads:
-            t.join()
-        server.shutdown()
-    assert errors == []
-    assert versions <= {"v0001", "v0002"} and versions
+            t.start()
+        try:
+            for i in range(30):
+                registry.promote("v0001" if i % 2 else "v0002")
+                time.sleep(0.05)  # long enough for requests to be answered between switches
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert errors == []
+        assert versions <= {"v0001", "v0002"} and versions
 
-    health = make_server(registry, [], "127.0.0.1", 0)
-    threading.Thread(target=health.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{health.server_address[1]}"
         assert httpx.get(f"{base}/health").json()["status"] == "ok"
         bad = httpx.post(f"{base}/predict", content=b"not json", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400 and "JSON" in bad.json()["error"]
         missing = httpx.post(f"{base}/predict", json=[{"age": 3}])
-        assert missing.status_code == 400 and "missing feature" in missing.json()["error"]
-        csv = httpx.post(f"{base}/predict", content=paths[0].read_bytes(), headers={"Content-Type": "text/csv"})
+        assert missing.status_code == 422 and "lacks feature(s)" in missing.json()["error"]
+        csv = httpx.post(f"{base}/predict", content=paths[0].read_bytes(), headers={"Content-Type": "text/csv"},
+                         timeout=60)
         assert csv.status_code == 200 and len(csv.json()["predictions"]) == 2000
-    finally:
-        health.shutdown()
 
 
 def test_a_run_preprocesses_only_what_is_new(tmp_path: Path, dask_address: str, prefect_api_url: str) -> None:
