@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick soak soak-quick server clean
+.PHONY: install run test bench bench-quick bench-serve soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ soak: $(STAMP)
 
 soak-quick: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --quick
+
+## make bench-serve: retrain serve under load while three versions are deployed (about a minute)
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -468,7 +468,9 @@ def main() -> int:
             print(f"[bench] kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    out.write_text(report)
+    from serve_load import kept_section
+
+    out.write_text(report + kept_section(out))  # the serving section is serve_load.py's
     print(report)
     print(f"[bench] written to {out}")
     return 0

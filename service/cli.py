@@ -506,6 +506,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              "serve.max_rows_per_request": args.max_rows,
                              "serve.max_body_bytes": args.max_body_bytes})
     existing_home(settings)
+    # One OpenMP/BLAS thread per prediction: a request has few rows, and concurrent requests
+    # (threads, serve.workers processes) are the parallelism; thread pools per request would
+    # spin against each other. Set before the libraries load: OpenMP reads it once, and a
+    # limit set later holds only for the thread that sets it, not the request threads.
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     from service.serve import serve
 
     serve(settings, args.log_format, args.verbose)

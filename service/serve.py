@@ -235,7 +235,6 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
         # Uvicorn shuts down gracefully on SIGTERM, then raises it again: end with status 0.
         signal.signal(signal.SIGTERM, _exit_quietly)
     port = sock.getsockname()[1]
-    one_numeric_thread()
     if spec.workers == 1:
         server = uvicorn.Server(server_config(create_app(registry, settings.model.trusted_types, spec), spec))
         log.info("serving predictions on http://%s:%d (POST /predict, docs at /docs); press Ctrl+C to quit",
@@ -254,15 +253,6 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
         Multiprocess(config, sockets=[sock]).run()
 
 
-def one_numeric_thread() -> None:
-    """Predictions in this process use one OpenMP/BLAS thread each: a request has few rows,
-    and concurrent requests (threads, serve.workers processes) are the parallelism; the
-    libraries' thread pools would spin against each other and cost more than they give."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1)
-
-
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -273,7 +263,6 @@ def app_from_environment() -> FastAPI:
 
     given = json.loads(os.environ[APP_VARIABLE])
     setup_logging(given["log_format"], given["verbose"])
-    one_numeric_thread()
     atexit.register(forget_process, os.getpid())
     return create_app(ModelRegistry(given["registry"]), given["trusted_types"],
                       ServeSpec.model_validate(given["serve"]))
