@@ -32,6 +32,12 @@ def normalise_text(values: pd.Series) -> pd.Series:
 def parse_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values, mask of the values present but not numbers). Missing values and
     ``inf``/``-inf`` are NaN: "inf" parses, but no estimator can use it."""
+    if values.dtype.kind in "iuf":
+        # Already numbers (a JSON request): every value is one, and the text route would give
+        # the same floats back (a float's text parses to that float), only slower.
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan, copy=True)
+        numbers[np.isinf(numbers)] = np.nan
+        return numbers, np.zeros(len(numbers), dtype=bool)
     text = normalise_text(values)
     numbers = pd.to_numeric(text, errors="coerce").astype("float64").to_numpy(copy=True)
     unparsed = text.notna().to_numpy() & np.isnan(numbers)

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows.data import Window, load_partitions
-from flows.features import prepare_features
+from flows.features import parse_numbers, prepare_features
 from flows.files import sha256_file
 from flows.predict import predict_rows, read_rows
 from flows.preprocess import plan_partitions, preprocess_partition
@@ -110,3 +112,14 @@ def test_missing_feature_column_is_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidDataError, match=r"rows: missing feature column\(s\) region; the model needs"):
         prepare_features(pd.DataFrame({k: v for k, v in ODD.items() if k != "region"}), SCHEMA, "rows")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(), st.integers(min_value=-2**63, max_value=2**63 - 1)), max_size=20))
+def test_numbers_sent_as_numbers_give_what_their_text_gives(values: list) -> None:
+    """JSON numbers skip the parsing of text; the features must be the same either way."""
+    typed = pd.Series(values, dtype="float64" if any(isinstance(v, float) for v in values) else "int64")
+    numbers, unparsed = parse_numbers(typed)
+    from_text, text_unparsed = parse_numbers(typed.astype(object).map(repr))
+    np.testing.assert_array_equal(numbers, from_text)
+    assert not unparsed.any() and not text_unparsed.any()
