@@ -10,6 +10,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import shutil
 import sys
 import time

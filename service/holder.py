@@ -49,10 +49,12 @@ class ModelHolder:
     """The model being served; swapped whole when ``current`` moves."""
 
     def __init__(self, registry: ModelRegistry, trusted_types: list[str],
-                 on_swap: Callable[[str | None, LoadedModel], None] | None = None):
+                 on_swap: Callable[[str | None, LoadedModel], None] | None = None,
+                 on_failure: Callable[[str], None] | None = None):
         self.registry = registry
         self.trusted_types = trusted_types
-        self.on_swap = on_swap
+        self.on_swap = on_swap  # (previous version, the model swapped in)
+        self.on_failure = on_failure  # (the version that cannot be loaded)
         self._loaded: LoadedModel | None = None
         self._loading = threading.Lock()  # one load at a time
         self._failed: dict[str, str] = {}  # version -> why it cannot be loaded
@@ -99,6 +101,8 @@ class ModelHolder:
             self._failed[version] = f"deployed version {version} cannot be served: {exc}"
             log.error("%s%s", self._failed[version],
                       f"; still serving {self._loaded.version}" if self._loaded else "")
+            if self.on_failure is not None:
+                self.on_failure(version)
             return
         loaded = replace(loaded, load_seconds=time.perf_counter() - started)
         previous, self._loaded = self._loaded, loaded

@@ -66,7 +66,8 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
     """The prediction app, its model holder primed (a broken model is reported at once)."""
     metrics = ServeMetrics()
     holder = ModelHolder(registry, trusted_types,
-                         on_swap=lambda old, new: metrics.swapped(old, new.version, new.load_seconds))
+                         on_swap=lambda old, new: metrics.swapped(old, new.version, new.load_seconds),
+                         on_failure=lambda version: metrics.load_failures.inc())
     app = FastAPI(title="retrain", summary="Predictions of the deployed model", version="no model yet",
                   redoc_url=None)
     app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
@@ -150,6 +151,10 @@ def model(request: Request) -> dict[str, Any]:
 
 @routes.get("/metrics", summary="Prometheus metrics")
 def metrics(request: Request) -> Response:
+    try:  # a scrape notices a deployment too, so the model in use is reported even without traffic
+        request.app.state.holder.get()
+    except RetrainError:
+        pass  # counted in the load failures
     data, content_type = request.app.state.metrics.exposition(request.headers.get("accept", ""))
     return Response(data, headers={"Content-Type": content_type})
 

@@ -256,6 +256,21 @@ def test_ready_is_503_before_any_model_and_the_first_deployment_is_picked_up(tmp
         assert client.post("/predict", json=[ROW]).json()["version"] == "v0001"
 
 
+def test_a_version_that_cannot_be_loaded_leaves_the_previous_one_answering(server, home: Path) -> None:
+    client, registry = server
+    (home / "registry" / "v0002" / "model.skops").write_bytes(b"changed after it was written")
+    registry.promote("v0002")
+    wait_until(lambda: "retrain_serve_model_load_failures_total 1.0" in client.get("/metrics").text,
+               "the failed load")
+    answer = client.post("/predict", json=[ROW])
+    assert answer.status_code == 200 and answer.json()["version"] == "v0001"
+    # A server started on it has nothing to answer with, and says why.
+    with running_server(create_app(registry, [], ServeSpec())) as base:
+        ready = httpx.get(f"{base}/ready", timeout=30)
+    assert ready.status_code == 503
+    assert "v0002 cannot be served" in ready.json()["error"] and "sha256" in ready.json()["error"]
+
+
 def test_versions_without_recorded_categories_take_them_from_the_encoder(tmp_path: Path, trained) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     registry.promote(register(registry, *trained["a"], categories=False))
