@@ -242,7 +242,8 @@ def under_load(server: str, registry: ModelRegistry, new_versions: list[Trained]
     return {"requests": len(load.latencies), "seconds": elapsed, "throughput": len(load.latencies) / elapsed,
             "p50": percentile(load.latencies, 0.5), "p99": percentile(load.latencies, 0.99),
             "max": max(load.latencies), "failures": len(load.failures), "failure_examples": load.failures[:3],
-            "versions": counts, "promoted": [v for _, v in promoted], "pickup": pickup}
+            "versions": counts, "promoted": [v for _, v in promoted], "pickup": pickup,
+            "loadavg": os.getloadavg()}
 
 
 def scrape(server: str) -> dict[str, float]:
@@ -265,7 +266,8 @@ def render(single: dict, load: dict, metrics: dict, args: argparse.Namespace, ma
         f"Machine: {machine}. Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
         f"`benchmarks/serve_load.py`: `retrain serve` (1 process) on the shipped config, the default "
         f"estimator, loopback; {args.clients} concurrent clients (threads of one process on the same "
-        f"machine) for {args.seconds:.0f} s.", "",
+        f"machine) for {args.seconds:.0f} s. The machine is shared: load average "
+        f"{' / '.join(f'{x:.1f}' for x in load['loadavg'])} (1, 5, 15 min) at the end of the load phase.", "",
         "| measurement | result | target | |", "|---|---|---|---|",
         f"| single-row p50 | server {ms(single['server'])} vs in-process predict {ms(single['predict'])} + "
         f"empty FastAPI round trip {ms(single['empty'])}: {single['ratio']:.2f}x | <= {TARGET_RATIO:.0f}x | "
