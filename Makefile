@@ -43,7 +43,7 @@ soak: $(STAMP)
 soak-quick: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --quick
 
-## make bench-serve: retrain serve under load while three versions are deployed (about a minute)
+## make bench-serve: retrain serve under load while three versions are deployed (a few minutes)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_load.py
 

@@ -1,6 +1,6 @@
 """Serving under load, and what a single row costs, in the same run.
 
-    make bench-serve      # about a minute; writes the serving section of benchmarks/results.md
+    make bench-serve      # a few minutes; writes the serving section of benchmarks/results.md
 
 1. Single-row latency: one client sends one row at a time to `retrain serve`. Against it,
    in the same run and interleaved with it (so the machine's load falls on all three
