@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +33,29 @@ def model_threads(threads: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def cluster_client(required: bool = True) -> Iterator[Any]:
+    """A client of the Dask cluster this code runs on, so that a step can spread its work
+    over the workers. In a task on a worker, the task's thread secedes from the worker's
+    pool meanwhile (``worker_client``): the tasks it submits may use that worker too.
+    Elsewhere the process's current client; None when there is none and not ``required``."""
+    import distributed
+
+    try:
+        distributed.get_worker()
+    except ValueError:
+        try:
+            client = distributed.get_client()
+        except ValueError:
+            if required:
+                raise
+            client = None
+        yield client
+        return
+    with distributed.worker_client() as client:
+        yield client
+
+
 @dataclass(frozen=True)
 class Window:
     """The training window of a run: its cached partitions in window order (oldest file
@@ -44,9 +68,14 @@ class Window:
     def columns(self) -> list[str]:
         return [*self.schema.features, self.schema.target]
 
-    def training_rows(self) -> pd.DataFrame:
-        """Every row outside the holdout."""
-        return load_partitions(self.parquet_paths, self.columns, holdout=False)
+    def training_rows(self, validation: bool | None = None, fraction: float = 0.0) -> pd.DataFrame:
+        """Every row outside the holdout; with ``validation`` True or False, only the rows
+        on that side of the validation split (``fraction`` of them, see ``is_validation``)."""
+        frame = load_partitions(self.parquet_paths, self.columns, holdout=False)
+        if validation is None:
+            return frame
+        keep = is_validation(frame, self.columns, fraction)
+        return frame[keep if validation else ~keep].reset_index(drop=True)
 
     def holdout_rows(self, limit: int | None = None) -> pd.DataFrame:
         """The holdout rows in window order (the first ``limit`` of them when given: only
@@ -58,6 +87,21 @@ class Window:
         and keeps models' outputs per partition."""
         parts = [(path, load_partitions([path], self.columns, holdout=True)) for path in self.parquet_paths]
         return [(path, part) for path, part in parts if len(part)]
+
+
+# 16 bytes: pandas' hash key. Another key than the holdout's, so that the validation split
+# is independent of it.
+_VALIDATION_KEY = "retrain:validate"
+
+
+def is_validation(frame: pd.DataFrame, columns: list[str], fraction: float) -> np.ndarray:
+    """Which training rows validate candidates of a model search: a hash of the row's values
+    (like the holdout, but with its own key), so a row is on the same side in every run and
+    in every process. The gate's holdout is never part of it."""
+    if frame.empty or fraction <= 0:
+        return np.zeros(len(frame), dtype=bool)
+    hashes = pd.util.hash_pandas_object(frame[columns], index=False, hash_key=_VALIDATION_KEY).to_numpy()
+    return (hashes % np.uint64(10_000)) < np.uint64(round(fraction * 10_000))
 
 
 def load_partitions(paths: list[str], columns: list[str] | None = None,

@@ -6,7 +6,7 @@ import math
 
 from flows.data import Window, model_threads
 from flows.errors import DeployError, RetrainError
-from flows.evaluate import check_score
+from flows.evaluate import check_score, score_window
 from flows.hooks import run_deploy_hooks
 from flows.records import EvaluationResult
 from flows.registry import ModelRegistry
@@ -44,8 +44,13 @@ def post_deploy_check(registry: ModelRegistry, version: str, window: Window,
     # Only the partitions that hold the first rows of the holdout are read.
     first_rows = window.holdout_rows(limit=evaluation.check_rows)
     metric, expected = evaluation.metric, evaluation.check_value
+    deployed = registry.model_file(version)
+
+    def whole_window() -> float:  # as evaluation did when the first rows cannot carry the metric
+        return score_window(window, [deployed], trusted_types, threads=threads)[1][deployed.key].get(metric, float("nan"))
+
     with model_threads(threads):  # as in evaluation, so the numbers can match exactly
-        value = check_score(model, first_rows, window.schema, metric, window.holdout_rows)
+        value = check_score(model, first_rows, window.schema, metric, whole_window)
     if expected is None or math.isnan(value) or abs(value - expected) > 1e-9:
         raise DeployError(f"post-deploy check: deployed {version} scores {metric} {value:.6f} on "
                           f"{len(first_rows)} holdout rows, evaluation measured {expected}")

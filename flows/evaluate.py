@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -12,11 +13,11 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
-from flows.data import Window, model_threads
+from flows.data import Window, cluster_client, model_threads
 from flows.errors import RegistryIntegrityError, TrainingError
 from flows.files import write_atomically
 from flows.records import EvaluationResult, ModelVersion, ResolvedSchema, TrainResult
-from flows.registry import ModelRegistry, load_model_file
+from flows.registry import ModelFile, ModelRegistry
 from flows.specs import METRICS, EvaluationSpec
 
 
@@ -77,25 +78,75 @@ def _classes(model) -> list[str]:
     return [str(c) for c in getattr(model, "classes_", [])]
 
 
-def score_window(model, model_key: str, parts: list[tuple[str, pd.DataFrame]], schema: ResolvedSchema,
-                 outputs_dir: str | Path | None) -> dict[str, float]:
-    """The metrics of ``model`` over the holdout rows of every partition of the window,
-    equal to ``score`` on their concatenation. A model's outputs on a partition never
-    change (both are immutable), so with ``outputs_dir`` they are kept per (model,
-    partition): the champion, scored on most of this window by the run that made it the
-    candidate, only scores the partitions that are new since."""
-    collected = []
-    for parquet_path, part in parts:
-        kept = Path(outputs_dir) / model_key / f"{Path(parquet_path).stem}.npz" if outputs_dir else None
-        outputs = _load_outputs(kept) if kept else None
-        if outputs is None:
-            outputs = model_outputs(model, part, schema)
+def partition_outputs(path: str, schema: ResolvedSchema, models: list[ModelFile], trusted_types: list[str],
+                      side: str = "holdout", fraction: float = 0.0, outputs_dir: str | None = None,
+                      threads: int = 1) -> tuple[pd.Series, dict[str, dict[str, np.ndarray]]] | None:
+    """The true values of one partition's ``side`` rows ("holdout", or "validation" of a
+    model search) and each model's outputs on them; None when the partition has none.
+    Runs where it is called: on a Dask worker when mapped over the window. A model's
+    outputs on a partition never change (both are immutable), so with ``outputs_dir``
+    holdout outputs are kept per (model, partition) and only computed once."""
+    window = Window([path], schema)
+    if side == "holdout":
+        rows = window.holdout_rows()
+    else:
+        rows = window.training_rows(validation=True, fraction=fraction)
+    if rows.empty:
+        return None
+    outputs = {}
+    for model in models:
+        kept = Path(outputs_dir) / model.key / f"{Path(path).stem}.npz" if outputs_dir and side == "holdout" else None
+        found = _load_outputs(kept) if kept else None
+        if found is None:
+            with model_threads(threads):
+                found = model_outputs(loaded(model, tuple(trusted_types)), rows, schema)
             if kept:
-                _save_outputs(kept, outputs)
-        collected.append(outputs)
-    joined = {key: np.concatenate([o[key] for o in collected]) for key in collected[0]}
-    y = pd.concat([part[schema.target].astype(object) for _, part in parts], ignore_index=True)
-    return metrics(joined, y, schema, _classes(model))
+                _save_outputs(kept, found)
+        outputs[model.key] = found
+    return rows[schema.target].astype(object), outputs
+
+
+@lru_cache(maxsize=4)
+def loaded(model: ModelFile, trusted_types: tuple[str, ...]):
+    """A model loaded (hash-checked) once per process: scoring a window loads it once per
+    worker, not once per partition. The object kept is the one whose bytes were checked."""
+    return model.load(list(trusted_types))
+
+
+def window_outputs(window: Window, models: list[ModelFile], trusted_types: list[str], side: str = "holdout",
+                   fraction: float = 0.0, outputs_dir: str | None = None,
+                   threads: int = 0) -> tuple[pd.Series, dict[str, dict[str, np.ndarray]]]:
+    """``partition_outputs`` of every partition, in window order, joined. On a Dask cluster
+    (a step running on a worker) the partitions are scored where they are, one task each,
+    and only the outputs travel; elsewhere one after the other in this process. Either way
+    one partition's rows are in memory at a time."""
+    args = dict(schema=window.schema, models=models, trusted_types=trusted_types, side=side,
+                fraction=fraction, outputs_dir=outputs_dir)
+    with cluster_client(required=False) as client:
+        if client is not None and len(window.parquet_paths) > 1:
+            futures = client.map(partition_outputs, window.parquet_paths, **args, threads=1, pure=False)
+            results = client.gather(futures)
+        else:
+            results = [partition_outputs(path, **args, threads=threads) for path in window.parquet_paths]
+    results = [r for r in results if r is not None]
+    if not results:
+        return pd.Series([], dtype=object), {m.key: {} for m in models}
+    y = pd.concat([r[0] for r in results], ignore_index=True)
+    joined = {m.key: {name: np.concatenate([r[1][m.key][name] for r in results])
+                      for name in results[0][1][m.key]} for m in models}
+    return y, joined
+
+
+def score_window(window: Window, models: list[ModelFile], trusted_types: list[str],
+                 outputs_dir: str | None = None, threads: int = 0, side: str = "holdout",
+                 fraction: float = 0.0) -> tuple[int, dict[str, dict[str, float]]]:
+    """(rows scored, the metrics of each model by key) over the ``side`` rows of the
+    window: equal to ``score`` on their concatenation (see ``window_outputs``)."""
+    y, outputs = window_outputs(window, models, trusted_types, side, fraction, outputs_dir, threads)
+    if y.empty:
+        return 0, {m.key: {} for m in models}
+    return len(y), {m.key: metrics(outputs[m.key], y, window.schema, _classes(loaded(m, tuple(trusted_types))))
+                    for m in models}
 
 
 def _load_outputs(path: Path) -> dict[str, np.ndarray] | None:
@@ -143,7 +194,8 @@ def _scores_and_predictions(estimator, X):
     else:
         return None, estimator.predict(X)
     cls = type(estimator)
-    if cls.__module__.startswith("sklearn.") and cls.__name__ in _PREDICT_IS_ARGMAX:
+    if getattr(estimator, "predict_is_argmax", False) is True or \
+            (cls.__module__.startswith("sklearn.") and cls.__name__ in _PREDICT_IS_ARGMAX):
         return scores, estimator.classes_[np.argmax(scores, axis=1)]
     return scores, estimator.predict(X)
 
@@ -206,12 +258,12 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
 
 
 def check_score(model, first_rows: pd.DataFrame, schema: ResolvedSchema, metric: str,
-                whole_holdout: Callable[[], pd.DataFrame]) -> float:
+                whole_window: Callable[[], float]) -> float:
     """The metric on the first holdout rows: what the post-deploy check reproduces. When
-    they cannot carry the metric (one class for roc_auc) the whole holdout is used."""
+    they cannot carry the metric (one class for roc_auc), the metric on the whole holdout."""
     value = score(model, first_rows, schema).get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        value = score(model, whole_holdout(), schema).get(metric, float("nan"))
+        value = whole_window()
     return float(value)
 
 
@@ -219,47 +271,41 @@ def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | N
                               spec: EvaluationSpec, registry: ModelRegistry, trusted_types: list[str],
                               check_rows: int = 1000, threads: int = 0,
                               outputs_dir: str | None = None) -> EvaluationResult:
-    """Score candidate and champion on the holdout rows of the window (read once), decide.
-    Both models are loaded hash-checked; with ``outputs_dir``, their outputs per partition
-    are kept there, under their sha256 (see ``score_window``)."""
+    """Score candidate and champion on the same holdout rows of the window, one partition
+    at a time (on the cluster's workers when there is one), and decide. Both models are
+    loaded hash-checked; with ``outputs_dir`` their outputs per partition are kept there,
+    under their sha256, so a champion only scores partitions new since it was a candidate."""
     schema = window.schema
-    parts = window.holdout_parts()
-    holdout_rows = sum(len(part) for _, part in parts)
+    new = ModelFile(candidate.model_path, candidate.model_sha256, "the candidate")
+    old, note = _champion_file(champion, registry, trusted_types)
+    models = [new] if old is None else [new, old]
+    holdout_rows, scores = score_window(window, models, trusted_types, outputs_dir, threads)
     if holdout_rows < spec.min_holdout_rows:
         raise TrainingError(f"only {holdout_rows} holdout rows in the window, fewer than "
                             f"evaluation.min_holdout_rows={spec.min_holdout_rows}; add data")
+    if outputs_dir:
+        prune_outputs(outputs_dir, {m.key for m in models})
+    champion_scores = scores[old.key] if old is not None else None
+    result = decide(scores[new.key], champion_scores, spec, schema.task, holdout_rows,
+                    champion.version if old is not None else None)
+    # What the post-deploy check will reproduce from the deployed file: the same call
+    # on the same first rows of the holdout.
+    first_rows = window.holdout_rows(limit=check_rows)
     with model_threads(threads):
-        model = load_model_file(candidate.model_path, candidate.model_sha256, trusted_types,
-                                what="the candidate")
-        # Models are told apart by content: the candidate's outputs serve again when it is
-        # the champion of the next run.
-        candidate_key = candidate.model_sha256[:32]
-        candidate_scores = score_window(model, candidate_key, parts, schema, outputs_dir)
-        champion_scores, champion_key, note = _score_champion(champion, registry, trusted_types,
-                                                              parts, schema, outputs_dir)
-        if outputs_dir:
-            prune_outputs(outputs_dir, {candidate_key, champion_key} - {None})
-        champion_version = champion.version if champion_scores is not None else None
-        result = decide(candidate_scores, champion_scores, spec, schema.task, holdout_rows,
-                        champion_version)
-        # What the post-deploy check will reproduce from the deployed file: the same call
-        # on the same first rows of the holdout.
-        holdout = pd.concat([part for _, part in parts], ignore_index=True)
-        first_rows = holdout.iloc[:check_rows]
-        check_value = check_score(model, first_rows, schema, result.metric, lambda: holdout)
+        check_value = check_score(loaded(new, tuple(trusted_types)), first_rows, schema, result.metric,
+                                  lambda: scores[new.key].get(result.metric, float("nan")))
     return result.model_copy(update={"reason": result.reason + note, "check_rows": len(first_rows),
                                      "check_value": check_value})
 
 
-def _score_champion(champion: ModelVersion | None, registry: ModelRegistry, trusted_types: list[str],
-                    parts: list[tuple[str, pd.DataFrame]], schema: ResolvedSchema,
-                    outputs_dir: str | None) -> tuple[dict[str, float] | None, str | None, str]:
-    """(the champion's metrics, its outputs key, a note when it cannot score this window)."""
+def _champion_file(champion: ModelVersion | None, registry: ModelRegistry,
+                   trusted_types: list[str]) -> tuple[ModelFile | None, str]:
+    """(the champion's model file, checked to load; or None and a note why it cannot score)."""
     if champion is None:
-        return None, None, ""
+        return None, ""
     try:
-        model = registry.load_model(champion.version, trusted_types)
-        key = champion.model_sha256[:32]
-        return score_window(model, key, parts, schema, outputs_dir), key, ""
+        model = registry.model_file(champion.version)
+        loaded(model, tuple(trusted_types))
+        return model, ""
     except (KeyError, ValueError, RegistryIntegrityError) as exc:
-        return None, None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"
+        return None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"

@@ -90,10 +90,21 @@ class PartitionSummary(_Record):
     rejection: Rejection | None = None
 
 
+class CandidateScore(_Record):
+    """One candidate of a model search, as recorded with the version that came of it."""
+
+    estimator: str  # the menu's name
+    params: dict[str, Any]
+    validation: dict[str, float] | None = None  # its metrics on the validation split
+    fit_seconds: float = 0.0
+    chosen: bool = False
+    error: str | None = None  # why it could not be trained
+
+
 class TrainResult(_Record):
     """A fitted candidate, staged on disk (not yet a registry version)."""
 
-    model_path: str
+    model_path: str  # its suffix names the format: .skops or .ubj (XGBoost)
     model_sha256: str
     estimator: str  # "module:Class" of the final estimator
     params: dict[str, Any]
@@ -106,6 +117,11 @@ class TrainResult(_Record):
     # frequent ones when there are more than flows.train.MAX_RECORDED_CATEGORIES). None in
     # versions trained before it was recorded.
     categories: dict[str, list[str]] | None = None
+    # With a model search: the candidate's metrics on the validation split, and every
+    # candidate's (on the one chosen).
+    validation: dict[str, float] | None = None
+    validation_rows: int = 0
+    candidates: list[CandidateScore] = []
 
 
 class EvaluationResult(_Record):
@@ -136,6 +152,7 @@ class ModelVersion(_Record):
     path: str
     created_at: str
     flow_run_id: str | None = None
+    model_file: str = "model.skops"  # model.skops or model.ubj (XGBoost)
     model_sha256: str
     metrics: dict[str, float] = Field(default_factory=dict)
     champion_metrics: dict[str, float] | None = None

@@ -2,7 +2,8 @@
 
 Layout under the registry root::
 
-    v0001/model.skops      the fitted Pipeline (skops: loading runs no code)
+    v0001/model.skops      the fitted Pipeline (skops: loading runs no code), or
+    v0001/model.ubj        an XGBoost model (XGBoost's UBJSON: loading runs no code)
     v0001/metadata.json    ModelVersion: metrics, decision, lineage, config, versions
     current                symlink -> v0001, switched with os.replace of a temporary link
     .staging/              half-written versions; never visible, removed at start
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,20 +30,56 @@ from flows.errors import ModelNotFoundError, RegistryIntegrityError
 from flows.files import fsync_dir, fsync_file, sha256_bytes, sha256_file, switch_link, write_atomically
 from flows.records import ModelVersion
 
-MODEL_FILE = "model.skops"
+# The model file of a version, by format: skops for scikit-learn Pipelines, XGBoost's own
+# UBJSON for XGBoost models. A version's metadata records its file (``model_file``).
+MODEL_FILES = {".skops": "model.skops", ".ubj": "model.ubj"}
+MODEL_FILE = MODEL_FILES[".skops"]
 METADATA_FILE = "metadata.json"
 LEASE_FILE = ".lease"
 _VERSION = re.compile(r"^v(\d{4,})$")
 # Types from these packages are what our Pipelines are made of; anything else in a model
 # file must be trusted explicitly (model.trusted_types).
 TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+# Other types our own Pipelines are made of, each named (never a blanket "flows." prefix):
+# FeatureMatrix holds lists of names and categories only; a partial is only its function
+# and arguments, which skops checks as types of their own (HistGradientBoosting keeps a
+# partial of sklearn's check_array).
+OWN_TRUSTED_TYPES = ("flows.encoders.FeatureMatrix", "functools.partial")
+
+
+def model_file_name(path: str | Path) -> str:
+    """The name a model file has in a version directory, from its format (its suffix)."""
+    suffix = Path(path).suffix
+    if suffix not in MODEL_FILES:
+        raise RegistryIntegrityError(f"{path}: not a model file format retrain knows "
+                                     f"({', '.join(MODEL_FILES)})")
+    return MODEL_FILES[suffix]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file and the sha256 it must have: what a step passes to wherever the model
+    is loaded (always through ``load_model_file``)."""
+
+    path: str
+    sha256: str
+    what: str
+
+    @property
+    def key(self) -> str:
+        """Models are told apart by content (kept outputs are filed under this)."""
+        return self.sha256[:32]
+
+    def load(self, trusted_types: list[str] | None = None):
+        return load_model_file(self.path, self.sha256, trusted_types, what=self.what)
 
 
 def load_model_file(path: str | Path, sha256: str, trusted_types: list[str] | None = None,
                     what: str | None = None):
     """Load a model file only if its bytes hash to ``sha256`` (read once: the bytes checked
     are the bytes loaded), trusting only known-safe types and ``trusted_types``; anything
-    else is refused without being executed."""
+    else is refused without being executed. The format is the file's suffix: ``.ubj`` is an
+    XGBoost model (``flows.xgb.XGBModel``), anything else skops."""
     what = what or str(path)
     try:
         data = Path(path).read_bytes()
@@ -50,6 +88,10 @@ def load_model_file(path: str | Path, sha256: str, trusted_types: list[str] | No
     if sha256_bytes(data) != sha256:
         raise RegistryIntegrityError(f"model {what} does not match its recorded sha256; "
                                      "the file was changed after it was written")
+    if Path(path).suffix == ".ubj":
+        from flows.xgb import XGBModel
+
+        return XGBModel.from_bytes(data, what)
     return load_skops_bytes(data, trusted_types, what)
 
 
@@ -59,7 +101,7 @@ def load_skops_bytes(data: bytes, trusted_types: list[str] | None, what: str):
     except Exception as exc:
         raise RegistryIntegrityError(f"{what} is not a readable skops model file ({type(exc).__name__}); "
                                      "it may be damaged") from None
-    allowed = set(trusted_types or [])
+    allowed = {*OWN_TRUSTED_TYPES, *(trusted_types or [])}
     refused = [t for t in untrusted if t not in allowed and not t.startswith(TRUSTED_PREFIXES)]
     if refused:
         raise RegistryIntegrityError(
@@ -90,29 +132,30 @@ class ModelRegistry:
         the hash the model was checked against when it was evaluated; it is what every
         later load verifies."""
         model_file = Path(model_file)
+        name = model_file_name(model_file)
         self.staging.mkdir(parents=True, exist_ok=True)
         while True:
             version = self._next_version()
             work = self.staging / f"{version}-{uuid.uuid4().hex[:8]}"
             work.mkdir()
             if model_file.parent == self.staging:
-                os.replace(model_file, work / MODEL_FILE)
+                os.replace(model_file, work / name)
             else:
-                shutil.copyfile(model_file, work / MODEL_FILE)
-            fsync_file(work / MODEL_FILE)
+                shutil.copyfile(model_file, work / name)
+            fsync_file(work / name)
             record = ModelVersion(
-                version=version, path=str(self.root / version),
+                version=version, path=str(self.root / version), model_file=name,
                 created_at=metadata.get("created_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                model_sha256=metadata.get("model_sha256") or sha256_file(work / MODEL_FILE),
+                model_sha256=metadata.get("model_sha256") or sha256_file(work / name),
                 **{k: v for k, v in metadata.items()
-                   if k not in ("version", "path", "created_at", "model_sha256")},
+                   if k not in ("version", "path", "created_at", "model_sha256", "model_file")},
             )
             self._write_metadata(work, record)
             fsync_dir(work)
             try:
                 os.rename(work, self.root / version)  # fails if another writer took the number
             except OSError:
-                model_file = work / MODEL_FILE
+                model_file = work / name
                 continue
             fsync_dir(self.root)
             return record
@@ -216,6 +259,11 @@ class ModelRegistry:
         except FileNotFoundError:
             return None
 
+    def model_file(self, version: str) -> ModelFile:
+        """A version's model file, with the sha256 recorded in its metadata."""
+        record = self.get(version)
+        return ModelFile(str(self.root / version / record.model_file), record.model_sha256, f"model {version}")
+
     # -- retention -------------------------------------------------------------------------
     def rollback_target(self, versions: list[ModelVersion] | None = None) -> str | None:
         """The newest deployed version older than current (any, when nothing is current):
@@ -250,9 +298,7 @@ class ModelRegistry:
     def load_model(self, version: str, trusted_types: list[str] | None = None):
         """Load a version's model after checking its sha256 against the metadata (the
         only way a registered model is loaded)."""
-        record = self.get(version)
-        return load_model_file(self.root / version / MODEL_FILE, record.model_sha256,
-                               trusted_types, what=f"model {version}")
+        return self.model_file(version).load(trusted_types)
 
     def clean_staging(self) -> list[str]:
         """Remove half-written entries (crash leftovers); returns what was removed."""

@@ -29,6 +29,29 @@ ESTIMATORS: dict[str, dict[str, str]] = {
         "regression": "sklearn.ensemble:HistGradientBoostingRegressor",
     },
     "linear_regression": {"regression": "sklearn.linear_model:LinearRegression"},
+    # Not a scikit-learn estimator: trained across the Dask cluster by flows.xgb.
+    "xgboost": {"classification": "flows.xgb:train_xgboost", "regression": "flows.xgb:train_xgboost"},
+}
+# Estimators trained across the whole cluster (their own step), not inside one task.
+DISTRIBUTED_ESTIMATORS = frozenset({"xgboost"})
+
+# A sensible model search per task, for `[[model.candidates]]` (see config/retrain.toml):
+# the default gradient boosting, a slower-learning deeper one, a linear model and a forest.
+DEFAULT_CANDIDATES: dict[TaskType, list[dict[str, Any]]] = {
+    "classification": [
+        {"estimator": "hist_gradient_boosting", "params": {}},
+        {"estimator": "hist_gradient_boosting",
+         "params": {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 63}},
+        {"estimator": "logistic_regression", "params": {"C": 1.0, "max_iter": 500}},
+        {"estimator": "random_forest", "params": {"n_estimators": 50, "min_samples_leaf": 20}},
+    ],
+    "regression": [
+        {"estimator": "hist_gradient_boosting", "params": {}},
+        {"estimator": "hist_gradient_boosting",
+         "params": {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 63}},
+        {"estimator": "ridge", "params": {"alpha": 1.0}},
+        {"estimator": "random_forest", "params": {"n_estimators": 50, "min_samples_leaf": 20}},
+    ],
 }
 
 # metric name -> (task, greater_is_better)
@@ -68,8 +91,27 @@ class SchemaSpec(_Section):
         return self
 
 
+def _known(value: str) -> str:
+    if value not in ESTIMATORS:
+        raise ValueError(f"expected one of {', '.join(sorted(ESTIMATORS))}")
+    return value
+
+
+class CandidateSpec(_Section):
+    """One candidate of a model search: an estimator of the menu and its parameters."""
+
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, value: str) -> str:
+        return _known(value)
+
+
 class ModelSpec(_Section):
-    """Which estimator to fit: a name from the menu, or a user's `module:function` factory."""
+    """Which estimator to fit: a name from the menu, or a user's `module:function` factory;
+    or, with ``candidates``, the best of several on a validation split."""
 
     estimator: str = "hist_gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -80,13 +122,30 @@ class ModelSpec(_Section):
     # Threads for fitting and scoring; 0: every core of the machine the task runs on. Dask
     # workers give numeric libraries one thread each, but nothing else runs beside training.
     threads: int = Field(0, ge=0)
+    # A model search: each candidate is trained (in parallel) on the training rows outside
+    # the validation split, the best on that split goes to the gate. Empty: one estimator,
+    # the one above, trained on every training row.
+    candidates: list[CandidateSpec] = Field(default_factory=list)
+    # Share of the training rows that validates candidates (never the gate's holdout).
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
 
     @field_validator("estimator")
     @classmethod
     def _known_estimator(cls, value: str) -> str:
-        if value not in ESTIMATORS:
-            raise ValueError(f"expected one of {', '.join(sorted(ESTIMATORS))}")
-        return value
+        return _known(value)
+
+    def candidate_specs(self) -> list["ModelSpec"]:
+        """What the train step fits: one spec per candidate (this spec with the candidate's
+        estimator and params), or this spec alone when there is no search."""
+        if not self.candidates:
+            return [self]
+        return [self.model_copy(update={"estimator": c.estimator, "params": c.params, "factory": None,
+                                        "candidates": []})
+                for c in self.candidates]
+
+    @property
+    def distributed(self) -> bool:
+        return self.factory is None and self.estimator in DISTRIBUTED_ESTIMATORS
 
     @field_validator("factory")
     @classmethod
@@ -160,9 +219,10 @@ class PipelineSpec(_Section):
         metric = self.evaluation.metric_for(task)
         if METRICS[metric][0] != task:
             raise ValueError(f"evaluation.metric {metric!r} is not a {task} metric")
-        if self.model.factory is None and task not in ESTIMATORS[self.model.estimator]:
-            raise ValueError(
-                f"model.estimator {self.model.estimator!r} has no {task} variant; choose one of "
-                + ", ".join(sorted(n for n, v in ESTIMATORS.items() if task in v))
-            )
+        names = [("model.estimator", self.model.estimator)] if self.model.factory is None else []
+        names += [(f"model.candidates[{i}].estimator", c.estimator) for i, c in enumerate(self.model.candidates)]
+        for key, name in names:
+            if task not in ESTIMATORS[name]:
+                raise ValueError(f"{key} {name!r} has no {task} variant; choose one of "
+                                 + ", ".join(sorted(n for n, v in ESTIMATORS.items() if task in v)))
         return self

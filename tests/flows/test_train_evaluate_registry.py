@@ -300,21 +300,26 @@ def test_rollback_restores_the_previous_current(tmp_path: Path, trained) -> None
 
 
 def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: Path) -> None:
+    import shutil
+
     from flows.evaluate import score_window
+    from flows.registry import ModelFile
 
     paths = partitions(tmp_path / "a", CLASSIFY, rows=3000, seed=8) + partitions(tmp_path / "b", CLASSIFY, rows=3000, seed=9)
     window = Window(paths, CLASSIFY)
-    model = load(train_candidate(window, FAST, tmp_path / "m.skops"))
-    whole = score(model, window.holdout_rows(), CLASSIFY)
-    parts = window.holdout_parts()
+    trained = train_candidate(window, FAST, tmp_path / "m.skops")
+    whole = score(load(trained), window.holdout_rows(), CLASSIFY)
+    model = ModelFile(trained.model_path, trained.model_sha256, "m")
     kept = tmp_path / "outputs"
-    assert score_window(model, "m", parts, CLASSIFY, None) == whole
-    assert score_window(model, "m", parts, CLASSIFY, kept) == whole
-    assert len(list((kept / "m").glob("*.npz"))) == len(paths)
+    assert score_window(window, [model], []) == (len(window.holdout_rows()), {model.key: whole})
+    assert score_window(window, [model], [], str(kept))[1][model.key] == whole
+    assert len(list((kept / model.key).glob("*.npz"))) == len(paths)
     # Kept outputs are used as they are: a model that would score differently is not asked.
-    other = load(train_candidate(Window(paths[:1], CLASSIFY), FAST, tmp_path / "o.skops"))
-    assert score_window(other, "m", parts, CLASSIFY, kept) == whole
-    assert score_window(other, "o", parts, CLASSIFY, kept) != whole
+    other = train_candidate(Window(paths[:1], CLASSIFY), FAST, tmp_path / "o.skops")
+    other_model = ModelFile(other.model_path, other.model_sha256, "o")
+    assert score_window(window, [other_model], [])[1][other_model.key] != whole
+    shutil.copytree(kept / model.key, kept / other_model.key)
+    assert score_window(window, [other_model], [], str(kept))[1][other_model.key] == whole
 
 
 def test_only_the_lease_holder_switches_current(tmp_path: Path, trained) -> None:
