@@ -4,17 +4,19 @@ chart and a table), as artifacts of the flow run."""
 from __future__ import annotations
 
 import base64
+import json
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.records import EvaluationResult, RunOutcome
+from flows.records import EvaluationResult, RunOutcome, TrainResult
 from flows.registry import ModelRegistry
 from flows.specs import METRICS
 
 
-def publish_summary(outcome: RunOutcome, evaluation: EvaluationResult | None) -> None:
-    create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(outcome, evaluation),
+def publish_summary(outcome: RunOutcome, evaluation: EvaluationResult | None,
+                    trained: TrainResult | None = None) -> None:
+    create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(outcome, evaluation, trained),
                              description=f"retrain: {outcome.decision}")
 
 
@@ -38,7 +40,8 @@ def publish_history(registry: ModelRegistry, threshold: float) -> None:
         get_run_logger().warning("history artifacts not created: %s", exc)
 
 
-def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None) -> str:
+def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None,
+                     trained: TrainResult | None = None) -> str:
     """The run's artifact: files, rows, metrics and the decision, readable in the Prefect UI."""
     lines = [f"# Retrain: {outcome.decision}", "", f"**Why:** {outcome.reason}", ""]
     if outcome.model_version:
@@ -53,6 +56,8 @@ def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None) -
               f"{outcome.holdout_rows} holdout rows.", ""]
     if evaluation is not None:
         lines += _metrics_lines(evaluation)
+    if trained is not None and trained.candidates:
+        lines += _candidate_lines(trained, evaluation.metric if evaluation else None)
     if outcome.stage_seconds:
         lines += ["", "Time per stage: " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds
                                                     in outcome.stage_seconds.items()) + "."]
@@ -70,4 +75,16 @@ def _metrics_lines(evaluation: EvaluationResult) -> list[str]:
         lines.append(f"| {name} | {value:.4f} | {'' if other is None else f'{other:.4f}'} |")
     if evaluation.champion_version:
         lines += ["", f"Champion: `{evaluation.champion_version}`."]
+    return lines
+
+
+def _candidate_lines(trained: TrainResult, metric: str | None) -> list[str]:
+    """The model search: every candidate's configuration and validation score."""
+    lines = ["", f"## Model search ({trained.validation_rows} validation rows, never the holdout)", "",
+             f"| candidate | params | validation {metric or ''} | fit seconds | |", "|---|---|---:|---:|---|"]
+    for c in trained.candidates:
+        value = (c.validation or {}).get(metric) if metric else None
+        shown = "" if value is None else f"{value:.4f}"
+        mark = "chosen" if c.chosen else (f"failed: {c.error}" if c.error else "")
+        lines.append(f"| {c.estimator} | `{json.dumps(c.params, sort_keys=True)}` | {shown} | {c.fit_seconds:.2f} | {mark} |")
     return lines

@@ -204,7 +204,7 @@ def version_metadata(plan: RunPlan, request: RetrainRequest, schema: ResolvedSch
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("scikit-learn", "pandas", "numpy", "pyarrow", "skops", "prefect", "dask"):
+    for name in ("scikit-learn", "pandas", "numpy", "pyarrow", "skops", "prefect", "dask", "xgboost"):
         try:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:

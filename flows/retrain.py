@@ -1,6 +1,7 @@
 """The ``retrain`` flow: the pipeline diagram, and the ``@task`` wrappers of its steps.
 
-plan -> preprocess (one task per partition group, mapped) -> train -> evaluate -> register -> deploy
+plan -> preprocess (one task per partition group, mapped) -> train (one task per candidate,
+mapped; XGBoost as its own step across the cluster) -> evaluate -> register -> deploy
 
 Tasks exchange paths and small summaries; the cached parquet partitions stay on disk. The
 run's bookkeeping is the plan's (``flows.plan``), reading data is the data layer's
@@ -43,7 +44,9 @@ from flows.records import (
 )
 from flows.registry import ModelRegistry
 from flows.specs import ModelSpec, PipelineSpec
+from flows.search import choose, staged_path
 from flows.train import train_candidate
+from flows.xgb import train_xgboost
 
 __all__ = ["RetrainRequest", "retrain"]
 
@@ -57,8 +60,14 @@ def preprocess_partitions_task(plans: list[PartitionPlan], schema: ResolvedSchem
 
 
 @task(name="train_candidate", cache_policy=NO_CACHE, persist_result=False)
-def train_candidate_task(window: Window, spec: ModelSpec, out_path: str) -> TrainResult:
-    return train_candidate(window, spec, out_path)
+def train_candidate_task(window: Window, spec: ModelSpec, out_path: str, validate: bool) -> TrainResult:
+    return train_candidate(window, spec, out_path, validate)
+
+
+@task(name="train_xgboost", cache_policy=NO_CACHE, persist_result=False)
+def train_xgboost_task(window: Window, spec: ModelSpec, out_path: str, validate: bool) -> TrainResult:
+    """Runs on one worker and trains on all of them (see flows.xgb)."""
+    return train_xgboost(window, spec, out_path, validate)
 
 
 @task(name="evaluate_against_champion", cache_policy=NO_CACHE, persist_result=False)
@@ -114,7 +123,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         return finish(plan, stages, "no_valid_data", "every file of this batch was rejected; see each file's reason")
 
     window, champion = Window(plan.parquet_paths(), schema), registry.current()
-    staged = str(registry.staging_path(f"candidate-{flow_run.id or uuid.uuid4()}.skops"))
+    staged = str(registry.staging_path(f"candidate-{flow_run.id or uuid.uuid4()}"))
     try:
         trained, evaluation = train_and_evaluate(window, champion, staged, request, stages)
     except TrainingError as exc:
@@ -122,7 +131,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         return finish(plan, stages, "not_trained", str(exc))
 
     metadata = version_metadata(plan, request, schema, trained, evaluation, flow_run.id)
-    version = register_task(request.registry_dir, staged, metadata).version
+    version = register_task(request.registry_dir, trained.model_path, metadata).version
     stages.lap("register")
     decision, reason = deploy_if_better(registry, version, window, evaluation, spec, lease)
     stages.lap("deploy")
@@ -134,15 +143,38 @@ def retrain(request: RetrainRequest) -> RunOutcome:
 
 def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: str, request: RetrainRequest,
                        stages: "Stopwatch") -> tuple[TrainResult, EvaluationResult]:
-    """Train the candidate into ``staged``, then score it and the champion on the same
-    holdout rows. Raises TrainingError when the window cannot be trained on."""
+    """Train the candidate (the best of a search) into files named after ``staged``, then
+    score it and the champion on the same holdout rows. Raises TrainingError when the
+    window cannot be trained on."""
     progress.report("train", 0, 1)
-    trained = train_candidate_task.submit(window, request.pipeline.model, staged).result()
+    pipeline = request.pipeline
+    trained = train_models(window, pipeline.model, staged, pipeline.evaluation.metric_for(window.schema.task))
     stages.lap("train")
     evaluation = evaluate_task.submit(trained, champion, window, request.pipeline, request.registry_dir,
                                       request.cache_dir).result()
     stages.lap("evaluate")
     return trained, evaluation
+
+
+def train_models(window: Window, spec: ModelSpec, staged: str, metric: str) -> TrainResult:
+    """Every candidate at once, as Dask tasks: scikit-learn ones mapped, one task each;
+    XGBoost as its own task, which trains across the cluster. With a search the best on
+    the validation split is kept (flows.search); without, the one model."""
+    specs = spec.candidate_specs()
+    validate = bool(spec.candidates)
+    local = [i for i, s in enumerate(specs) if not s.distributed]
+    futures = dict(zip(local, train_candidate_task.map(
+        unmapped(window), [specs[i] for i in local], [staged_path(staged, i) for i in local], unmapped(validate))))
+    for i, candidate in enumerate(specs):
+        if candidate.distributed:
+            futures[i] = train_xgboost_task.submit(window, candidate, staged_path(staged, i), validate)
+    results: list[TrainResult | BaseException] = []
+    for i in range(len(specs)):
+        try:
+            results.append(futures[i].result())
+        except Exception as exc:  # a candidate that fails is recorded; the search goes on
+            results.append(exc)
+    return choose(specs, results, metric)
 
 
 def register_task(registry_dir: str, staged: str, metadata: dict[str, Any]) -> ModelVersion:
@@ -211,7 +243,7 @@ def finish(plan: RunPlan, stages: "Stopwatch", decision: str, reason: str, *, ve
                            reason=reason, stage_seconds=stages.seconds, version=version,
                            evaluation=evaluation, trained=trained)
     get_run_logger().info("decision: %s (%s) in %.1fs", decision, reason, stages.total())
-    publish_summary(outcome, evaluation)
+    publish_summary(outcome, evaluation, trained)
     return outcome
 
 

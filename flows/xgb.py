@@ -258,15 +258,24 @@ def train_xgboost(window: Window, spec: ModelSpec, out_path: str | Path, validat
         tracker.wait_for(timeout=60)
     fit_seconds = time.perf_counter() - started
     import xgboost
+    from flows.evaluate import score_window
+    from flows.registry import ModelFile
 
     booster = xgboost.Booster()
     booster.load_model(bytearray(model))
     data = XGBModel(booster, layout).to_bytes()
     out = write_atomically(Path(out_path).with_suffix(MODEL_SUFFIX), data)
+    validation_rows, validation = 0, None
+    if validate:  # scored where the partitions are, like the holdout
+        model = ModelFile(str(out), sha256_bytes(data), "the xgboost candidate")
+        validation_rows, scores = score_window(window, [model], [], side="validation",
+                                               fraction=spec.validation_fraction)
+        validation = scores[model.key]
     return TrainResult(model_path=str(out), model_sha256=sha256_bytes(data), estimator="xgboost:train",
                        params={**params, _BOOST_ROUNDS: rounds}, train_rows=sum(rows),
                        fit_seconds=round(fit_seconds, 3), features=schema.features,
-                       categorical=schema.categorical, classes=layout["classes"])
+                       categorical=schema.categorical, classes=layout["classes"],
+                       validation=validation, validation_rows=validation_rows)
 
 
 def tracker_host(client) -> str:
