@@ -1,69 +1,148 @@
 """Where the training step's memory goes, measured (not guessed): the service's own
-training code, step by step, on the cached partitions of a home.
+training code, step by step, on cached partitions.
 
-    python benchmarks/profile_memory.py HOME
+    python benchmarks/profile_memory.py HOME            # the cached partitions of a home
+    python benchmarks/profile_memory.py --rows 1000000  # sample data, preprocessed first
 
-Runs in its own process so nothing else is in its memory. For each step it records the
-peak of the allocations made during the step (tracemalloc, which sees numpy's and
-pandas' buffers; Arrow's own pool is read separately) and the resident size after it.
+Each measurement runs in a fresh process so nothing else is in its memory:
+
+- ``steps``: the steps of ``flows.train`` one by one (read, prepare, fit), with the peak
+  of the allocations made during each (tracemalloc sees numpy's and pandas' buffers) and
+  the resident size after it;
+- ``whole``: ``train_candidate`` as the flow calls it, its peak resident size (sampled
+  every 10 ms) minus the resident size at idle (imports done, no data): the training
+  step's growth, against the in-memory size of the training frame.
+
 Prints one JSON document.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import resource
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 
 import psutil
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def main(home: Path) -> None:
-    import pyarrow as pa
 
-    from flows.preprocess import load_partitions
+def window_of(home: Path):
+    from flows.data import Window
     from flows.records import ResolvedSchema
-    from flows.specs import ModelSpec
-    from flows.train import build_pipeline, model_threads
 
-    latest = sorted((home / "registry").glob("v*/metadata.json"))[-1]
-    metadata = json.loads(latest.read_text())["metadata"]
-    schema = ResolvedSchema.model_validate(metadata["schema"])
-    spec = ModelSpec.model_validate(metadata["config"]["model"])
-    paths = sorted(str(p) for p in (home / "cache").rglob("*.parquet"))
-    process = psutil.Process()
-    steps, frame_bytes = [], 0
+    latest = sorted((home / "registry").glob("v*/metadata.json"))
+    if latest:
+        schema = ResolvedSchema.model_validate(json.loads(latest[-1].read_text())["metadata"]["schema"])
+    else:
+        schema = ResolvedSchema.model_validate(json.loads((home / "schema.json").read_text()))
+    return Window(sorted(str(p) for p in (home / "cache").rglob("*.parquet")), schema)
+
+
+def steps(home: Path) -> dict:
+    from flows.data import model_threads
+    from flows.specs import ModelSpec
+    from flows.train import build_pipeline
+
+    window, spec = window_of(home), ModelSpec()
+    process, out = psutil.Process(), []
 
     def step(name: str, fn):
         tracemalloc.reset_peak()
         before, _ = tracemalloc.get_traced_memory()
-        arrow_before = pa.total_allocated_bytes()
         result = fn()
         _, peak = tracemalloc.get_traced_memory()
-        steps.append({"step": name, "peak_allocated": peak - before,
-                      "arrow_allocated_after": pa.total_allocated_bytes() - arrow_before,
-                      "rss_after": process.memory_info().rss})
+        out.append({"step": name, "peak_allocated": peak - before, "rss_after": process.memory_info().rss})
         return result
 
-    steps.append({"step": "imports", "peak_allocated": 0, "arrow_allocated_after": 0,
-                  "rss_after": process.memory_info().rss})
+    out.append({"step": "imports", "peak_allocated": 0, "rss_after": process.memory_info().rss})
     tracemalloc.start()
-    frame = step("read the window (parquet -> pandas)",
-                 lambda: load_partitions(paths, [*schema.features, schema.target], holdout=False))
+    frame = step("read the window (parquet -> pandas)", window.training_rows)
     frame_bytes = int(frame.memory_usage(deep=True).sum())
-    pipeline = build_pipeline(spec, schema)
+    pipeline = build_pipeline(spec, window.schema)
     prepare, estimator = pipeline.steps[0][1], pipeline.steps[-1][1]
-    X = step("prepare: impute, scale, one-hot (float64 matrix)",
-             lambda: prepare.fit_transform(frame[schema.features], frame[schema.target]))
+    y = frame[window.schema.target].to_numpy()
+    X = step(f"prepare: {type(prepare).__name__} (float32 matrix)",
+             lambda: prepare.fit_transform(frame[window.schema.features], y))
     with model_threads(spec.threads):
-        step(f"fit {type(estimator).__name__}", lambda: estimator.fit(X, frame[schema.target]))
+        step(f"fit {type(estimator).__name__}", lambda: estimator.fit(X, y))
     tracemalloc.stop()
-    print(json.dumps({"rows": len(frame), "frame_bytes": frame_bytes, "matrix_bytes": int(X.nbytes),
-                      "matrix_shape": list(X.shape), "steps": steps,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    return {"rows": len(frame), "frame_bytes": frame_bytes, "matrix_bytes": int(X.nbytes),
+            "matrix_dtype": str(X.dtype), "matrix_shape": list(X.shape), "steps": out}
+
+
+def whole(home: Path) -> dict:
+    """train_candidate's growth over idle, sampled from outside the allocations' view."""
+    from flows.specs import ModelSpec
+    from flows.train import train_candidate
+
+    window = window_of(home)
+    frame_bytes = int(window.training_rows().memory_usage(deep=True).sum())  # measured, then freed
+    process = psutil.Process()
+    time.sleep(0.5)
+    idle = process.memory_info().rss
+    peak, done = [idle], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with tempfile.TemporaryDirectory() as folder:
+        trained = train_candidate(window, ModelSpec(), Path(folder) / "m.skops")
+    done.set()
+    sampler.join()
+    return {"rows": trained.train_rows, "frame_bytes": frame_bytes, "idle_rss": idle, "peak_rss": peak[0],
+            "growth": peak[0] - idle, "growth_x_frame": round((peak[0] - idle) / frame_bytes, 2),
+            "estimator": trained.estimator}
+
+
+def sample_home(rows: int, folder: Path) -> Path:
+    """Sample data preprocessed into ``folder/cache`` (a home without a registry)."""
+    from flows.files import sha256_file
+    from flows.preprocess import plan_partitions, preprocess_partition
+    from flows.records import FileRef, ResolvedSchema
+    from service.sample import sample_frame
+
+    schema = ResolvedSchema(target="churned", task="classification",
+                            numeric=["age", "income", "tenure_months", "usage_hours", "support_calls"],
+                            categorical=["plan", "region"], max_bad_row_fraction=0.05)
+    (folder / "schema.json").write_text(schema.model_dump_json())
+    per_file = 200_000
+    for i in range(max(1, rows // per_file)):
+        csv = folder / f"f{i}.csv"
+        sample_frame(per_file, i).to_csv(csv, index=False)
+        ref = FileRef(file_id=i, name=csv.name, path=str(csv), sha256=sha256_file(csv), size=csv.stat().st_size)
+        for plan in plan_partitions(ref, 200_000):
+            preprocess_partition(plan, schema, folder / "cache", 0.2)
+        csv.unlink()
+    return folder
+
+
+def run(part: str, home: Path) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r});"
+            f"import profile_memory as p; from pathlib import Path; print(json.dumps(p.{part}(Path({str(home)!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("home", nargs="?", help="a home whose cache holds the window")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="sample rows when no home is given")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(args.home) if args.home else sample_home(args.rows, Path(folder))
+        print(json.dumps({"steps": run("steps", home), "whole": run("whole", home)}))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main()
