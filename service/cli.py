@@ -432,6 +432,8 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     version = registry.get(args.version)
     data = version.model_dump()
     data["current"] = registry.current_version() == version.version
+    # A model search: every candidate's parameters and validation score, first.
+    data = {"candidates": version.metadata.get("training", {}).get("candidates", []), **data}
     print(json.dumps(data, indent=2, default=str))
     return 0
 
