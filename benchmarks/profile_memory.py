@@ -10,8 +10,9 @@ Each measurement runs in a fresh process so nothing else is in its memory:
   of the allocations made during each (tracemalloc sees numpy's and pandas' buffers) and
   the resident size after it;
 - ``whole``: ``train_candidate`` as the flow calls it, its peak resident size (sampled
-  every 10 ms) minus the resident size at idle (imports done, no data): the training
-  step's growth, against the in-memory size of the training frame.
+  every 10 ms) minus the resident size at idle (a warm process: imports done and one
+  small window trained, as a worker after its first run): the training step's growth,
+  against the in-memory size of the training frame.
 
 Prints one JSON document.
 """
@@ -79,11 +80,18 @@ def steps(home: Path) -> dict:
 
 def whole(home: Path) -> dict:
     """train_candidate's growth over idle, sampled from outside the allocations' view."""
+    from flows.data import load_partitions
     from flows.specs import ModelSpec
-    from flows.train import train_candidate
+    from flows.train import build_pipeline, train_candidate
 
     window = window_of(home)
     frame_bytes = int(window.training_rows().memory_usage(deep=True).sum())  # measured, then freed
+    # Idle is a warm process, as a worker is after its first run: 2,000 rows read and fitted
+    # first, so that lazy imports, Arrow's memory pool and OpenMP's threads are not counted.
+    small = load_partitions(window.parquet_paths[:1], window.columns, holdout=False, limit=2000)
+    build_pipeline(ModelSpec(params={"max_iter": 5}), window.schema).fit(small[window.schema.features],
+                                                                      small[window.schema.target])
+    del small
     process = psutil.Process()
     time.sleep(0.5)
     idle = process.memory_info().rss
