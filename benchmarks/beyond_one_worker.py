@@ -125,7 +125,7 @@ def window_bytes(home: Path) -> dict:
     paths = sorted(str(p) for p in (home / "cache").rglob("*.parquet"))
     frame = load_partitions(paths)
     total = int(frame.memory_usage(deep=True).sum())
-    training = int(frame[~frame["__holdout"]].memory_usage(deep=True).sum())
+    training = int(frame[~frame["__holdout"]].reset_index(drop=True).memory_usage(deep=True).sum())
     return {"rows": len(frame), "window_bytes": total, "training_frame_bytes": training}
 
 
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=6_000_000)
     parser.add_argument("--memory-limit", default="500MiB")
     parser.add_argument("--search-rows", type=int, default=400_000)
+    parser.add_argument("--parts", default="search,memory", help="which measurements: search, memory")
     parser.add_argument("--out")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
@@ -198,9 +199,12 @@ def main() -> None:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as folder, prefect_api():
-        report = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
-                  "search": search(Path(folder), args.search_rows),
-                  "beyond_one_worker": beyond_one_worker(Path(folder), args.rows, args.memory_limit)}
+        report = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}}
+        if "search" in args.parts:
+            report["search"] = search(Path(folder), args.search_rows)
+        if "memory" in args.parts:
+            report["beyond_one_worker"] = beyond_one_worker(Path(folder), args.rows, args.memory_limit)
+        report["machine"]["load_average_at_end"] = os.getloadavg()
     report["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2, default=str)
     print(text)

@@ -278,8 +278,16 @@ def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | N
     schema = window.schema
     new = ModelFile(candidate.model_path, candidate.model_sha256, "the candidate")
     old, note = _champion_file(champion, registry, trusted_types)
-    models = [new] if old is None else [new, old]
-    holdout_rows, scores = score_window(window, models, trusted_types, outputs_dir, threads)
+    try:
+        models = [new] if old is None else [new, old]
+        holdout_rows, scores = score_window(window, models, trusted_types, outputs_dir, threads)
+    except (KeyError, ValueError) as exc:
+        if old is None:
+            raise
+        # Only the champion can fail on rows the candidate was trained on (another schema).
+        old, note = None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"
+        models = [new]
+        holdout_rows, scores = score_window(window, models, trusted_types, outputs_dir, threads)
     if holdout_rows < spec.min_holdout_rows:
         raise TrainingError(f"only {holdout_rows} holdout rows in the window, fewer than "
                             f"evaluation.min_holdout_rows={spec.min_holdout_rows}; add data")

@@ -1,13 +1,15 @@
 """`estimator = "xgboost"` on the session's real 2-worker Dask cluster: trained across the
 workers, deployed as XGBoost's own UBJSON, predicted with by `retrain predict` (a new
-process) and by `retrain serve`, picked up again after a new deploy; a forged model file is
+process) and by `retrain serve`, loaded again when `current` moves; a forged model file is
 refused without being run. And a model search through the flow, recorded with the version."""
 
 from __future__ import annotations
 
 import pickle
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -35,25 +37,46 @@ def request_for(home: Path, paths: list[Path], window: list[Path] = (), **pipeli
 
 
 def predict_cli(home: Path, csv: Path, out: Path):
+    """`retrain predict` as an operator runs it: a new process."""
     return cli("predict", str(csv), "--output", str(out), env=daemon_env(home), cwd=home.parent)
 
 
-def served(registry: ModelRegistry, csv: Path) -> tuple[int, dict]:
-    """One CSV request to a freshly started `retrain serve` app."""
+def predict_in_process(home: Path, csv: Path, out: Path, capsys) -> tuple[int, str]:
+    """The same command through its entry point in this process (a new process per case
+    would only add start-up time)."""
+    from service.cli import main
+
+    code = main(["predict", str(csv), "--output", str(out), "--home", str(home)])
+    return code, capsys.readouterr().err
+
+
+@contextmanager
+def serve_app(registry: ModelRegistry) -> Iterator[Callable[[Path], tuple[int, dict]]]:
+    """A running `retrain serve` app; yields a function that POSTs a CSV file to it."""
     from service.serve import make_server
 
     server = make_server(registry, [], "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+
+    def post(csv: Path) -> tuple[int, dict]:
         answer = httpx.post(f"http://127.0.0.1:{server.server_address[1]}/predict", content=csv.read_bytes(),
                             headers={"Content-Type": "text/csv"}, timeout=60)
         return answer.status_code, answer.json()
+
+    try:
+        yield post
     finally:
         server.shutdown()
 
 
-def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refused(tmp_path: Path,
-                                                                                    dask_address: str) -> None:
+def served(registry: ModelRegistry, csv: Path) -> tuple[int, dict]:
+    """One CSV request to a freshly started app (as after a restart)."""
+    with serve_app(registry) as post:
+        return post(csv)
+
+
+def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refused(tmp_path: Path, dask_address: str,
+                                                                                    capsys) -> None:
     home = tmp_path / "home"
     (home / "state").mkdir(parents=True)
     paths = write_samples(tmp_path / "data", files=2, rows=3000, seed=61)
@@ -74,26 +97,27 @@ def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refus
     result = predict_cli(home, csv, tmp_path / "p1.csv")
     assert result.returncode == 0, result.stderr
     predicted = pd.read_csv(tmp_path / "p1.csv")
-    code, answer = served(registry, csv)
-    assert code == 200 and answer["version"] == "v0001"
-    from_serve = pd.DataFrame(answer["predictions"])
-    assert from_serve["prediction"].astype(str).tolist() == predicted["prediction"].astype(str).tolist()
-    np.testing.assert_allclose(from_serve["probability_1"], predicted["probability_1"], rtol=1e-6)
-
-    # A new deploy is picked up: by the serve app without a restart, and by predict.
-    more = write_samples(tmp_path / "more", files=1, rows=3000, seed=62)
-    outcome = call_flow(request_for(home, more, window=paths, model={"estimator": "xgboost"},
-                                    evaluation={"tolerance": 1.0}), dask_address).outcome
-    assert outcome.decision == "deployed" and registry.current_version() == "v0002", outcome
-    assert predict_cli(home, csv, tmp_path / "p2.csv").returncode == 0
-    assert served(registry, csv)[1]["version"] == "v0002"
+    with serve_app(registry) as post:
+        code, answer = post(csv)
+        assert code == 200 and answer["version"] == "v0001"
+        from_serve = pd.DataFrame(answer["predictions"])
+        assert from_serve["prediction"].astype(str).tolist() == predicted["prediction"].astype(str).tolist()
+        np.testing.assert_allclose(from_serve["probability_1"], predicted["probability_1"], rtol=1e-6)
+        # A new deploy is picked up by the running app without a restart: the model is
+        # loaded again from disk (the same content as v0001 here, so the same answers).
+        registry.register(home / "registry" / "v0001" / "model.ubj",
+                          {"model_sha256": version.model_sha256, "metadata": version.metadata})
+        registry.promote("v0002")
+        code, answer = post(csv)
+        assert code == 200 and answer["version"] == "v0002"
+        assert pd.DataFrame(answer["predictions"]).equals(from_serve)
 
     # A forged file in place of the deployed one: refused on its hash, by predict and serve.
     model_path = home / "registry" / "v0002" / "model.ubj"
-    model_path.write_bytes((home / "registry" / "v0001" / "model.ubj").read_bytes())
-    refused = predict_cli(home, csv, tmp_path / "p3.csv")
-    assert refused.returncode != 0 and "does not match its recorded sha256" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "p3.csv").exists()
+    model_path.write_bytes(model_path.read_bytes()[:-1] + b"\x00")
+    code, err = predict_in_process(home, csv, tmp_path / "p3.csv", capsys)
+    assert code != 0 and "does not match its recorded sha256" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "p3.csv").exists()
     assert served(registry, csv)[0] == 503
 
     # A file that is not a model at all, even with its hash recorded: refused, never run.
@@ -105,8 +129,8 @@ def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refus
 
     model_path.write_bytes(pickle.dumps(Payload()))
     registry.update("v0002", model_sha256=sha256_file(model_path))
-    refused = predict_cli(home, csv, tmp_path / "p4.csv")
-    assert refused.returncode != 0 and "is not a readable XGBoost model file" in refused.stderr
+    code, err = predict_in_process(home, csv, tmp_path / "p4.csv", capsys)
+    assert code != 0 and "is not a readable XGBoost model file" in err
     assert served(registry, csv)[0] == 503
     assert not marker.exists()
 
