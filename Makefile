@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick bench-serve soak soak-quick server clean
+.PHONY: install run test bench bench-quick bench-serve bench-cluster soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ soak-quick: $(STAMP)
 ## make bench-serve: retrain serve under load while three versions are deployed (a few minutes)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_load.py
+
+## make bench-cluster: XGBoost beyond one worker's memory, and the model search (benchmarks/beyond_one_worker.json)
+bench-cluster: $(STAMP)
+	$(BIN)/python benchmarks/beyond_one_worker.py --out benchmarks/beyond_one_worker.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

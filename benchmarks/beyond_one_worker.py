@@ -1,6 +1,6 @@
 """Training beyond one worker, and the model search, measured in one run.
 
-    python benchmarks/beyond_one_worker.py [--rows 6000000] [--memory-limit 500MiB] [--search-rows 400000]
+    python benchmarks/beyond_one_worker.py [--rows 3000000] [--memory-limit 700MiB] [--search-rows 400000]
 
 1. **A window larger than one task can train.** Sample data preprocessed by the flow on
    a LocalCluster of two single-threaded workers, each limited to ``--memory-limit``
@@ -185,8 +185,8 @@ def search(work: Path, rows: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=6_000_000)
-    parser.add_argument("--memory-limit", default="500MiB")
+    parser.add_argument("--rows", type=int, default=3_000_000)
+    parser.add_argument("--memory-limit", default="700MiB")
     parser.add_argument("--search-rows", type=int, default=400_000)
     parser.add_argument("--parts", default="search,memory", help="which measurements: search, memory")
     parser.add_argument("--out")
