@@ -6,7 +6,7 @@ refused without being run. And a model search through the flow, recorded with th
 from __future__ import annotations
 
 import pickle
-import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,20 +53,16 @@ def predict_in_process(home: Path, csv: Path, out: Path, capsys) -> tuple[int, s
 @contextmanager
 def serve_app(registry: ModelRegistry) -> Iterator[Callable[[Path], tuple[int, dict]]]:
     """A running `retrain serve` app; yields a function that POSTs a CSV file to it."""
-    from service.serve import make_server
+    from service.config import ServeSpec
+    from service.serve import create_app, running_server
 
-    server = make_server(registry, [], "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with running_server(create_app(registry, [], ServeSpec())) as base, httpx.Client(base_url=base) as client:
+        def post(csv: Path) -> tuple[int, dict]:
+            answer = client.post("/predict", content=csv.read_bytes(), headers={"Content-Type": "text/csv"},
+                                 timeout=60)
+            return answer.status_code, answer.json()
 
-    def post(csv: Path) -> tuple[int, dict]:
-        answer = httpx.post(f"http://127.0.0.1:{server.server_address[1]}/predict", content=csv.read_bytes(),
-                            headers={"Content-Type": "text/csv"}, timeout=60)
-        return answer.status_code, answer.json()
-
-    try:
         yield post
-    finally:
-        server.shutdown()
 
 
 def served(registry: ModelRegistry, csv: Path) -> tuple[int, dict]:
@@ -108,8 +104,10 @@ def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refus
         registry.register(home / "registry" / "v0001" / "model.ubj",
                           {"model_sha256": version.model_sha256, "metadata": version.metadata})
         registry.promote("v0002")
-        code, answer = post(csv)
-        assert code == 200 and answer["version"] == "v0002"
+        deadline = time.monotonic() + 60  # the app loads the new version in the background
+        while (answer := post(csv)[1]).get("version") != "v0002" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answer["version"] == "v0002", answer
         assert pd.DataFrame(answer["predictions"]).equals(from_serve)
 
     # A forged file in place of the deployed one: refused on its hash, by predict and serve.
