@@ -20,6 +20,15 @@ def publish_summary(outcome: RunOutcome, evaluation: EvaluationResult | None,
                              description=f"retrain: {outcome.decision}")
 
 
+def publish_monitoring(outcome: RunOutcome) -> None:
+    """The deployed model on this batch's new rows (live metric, drift) and the policy's
+    verdict, as the run's ``retrain-live`` artifact."""
+    if outcome.live is None and outcome.policy is None:
+        return
+    create_markdown_artifact(key="retrain-live", markdown="\n".join(monitoring_lines(outcome)) + "\n",
+                             description="the deployed model on the new rows, and the policy's verdict")
+
+
 def publish_history(registry: ModelRegistry, threshold: float) -> None:
     """Attach the history of every version to this run: the chart of the gate's metric
     (a PNG inside a markdown artifact) and the metrics table. A chart that cannot be drawn
@@ -54,6 +63,7 @@ def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None,
         lines.append(f"| {f.name} | {status} | {f.rows} | {f.rejected_rows} | {why} |")
     lines += ["", f"Training window: {outcome.window_files} files, {outcome.train_rows} training rows, "
               f"{outcome.holdout_rows} holdout rows.", ""]
+    lines += monitoring_lines(outcome)
     if evaluation is not None:
         lines += _metrics_lines(evaluation)
     if trained is not None and trained.candidates:
@@ -62,6 +72,33 @@ def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None,
         lines += ["", "Time per stage: " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds
                                                     in outcome.stage_seconds.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def monitoring_lines(outcome: RunOutcome) -> list[str]:
+    """Markdown: the live metric, the largest drifts and the policy's verdict."""
+    lines: list[str] = []
+    live, drift, policy = outcome.live, outcome.drift, outcome.policy
+    if live is not None:
+        judged = "" if live.enough else " (too few rows to judge; scored again with the next batches)"
+        lines += [f"## Live metric of the deployed model `{live.version}`", "",
+                  f"On {live.rows:,} rows it had never seen (files {', '.join(map(str, live.file_ids))})"
+                  f"{judged}:", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {name}{' (gate)' if name == live.metric else ''} | {value:.4f} |"
+                  for name, value in live.metrics.items()]
+        lines.append("")
+    if drift is not None and drift.scores:
+        lines += [f"## Drift from its training rows ({drift.statistic})", "", "| feature | drift |", "|---|---:|"]
+        lines += [f"| {name} | {score:.3f} |" for name, score in list(drift.scores.items())[:10]]
+        if drift.label is not None:
+            lines.append(f"| (label) | {drift.label:.3f} |")
+        lines.append("")
+    if policy is not None:
+        verdict = "retrain" if policy.retrain else "keep"
+        text = f"**Policy:** {verdict} ({', '.join(policy.triggers) or 'no trigger'}): {policy.reason}"
+        if policy.when_needed:
+            text += f"; with `when_needed` it would {policy.when_needed}"
+        lines += [text, ""]
+    return lines
 
 
 def _metrics_lines(evaluation: EvaluationResult) -> list[str]:
@@ -75,6 +112,11 @@ def _metrics_lines(evaluation: EvaluationResult) -> list[str]:
         lines.append(f"| {name} | {value:.4f} | {'' if other is None else f'{other:.4f}'} |")
     if evaluation.champion_version:
         lines += ["", f"Champion: `{evaluation.champion_version}`."]
+    c = evaluation.comparison
+    if c is not None:
+        lines += ["", f"Paired comparison on the same {evaluation.holdout_rows:,} holdout rows: {c.metric} "
+                  f"difference {c.difference:+.4f}, {c.confidence:.0%} interval {c.low:+.4f} to {c.high:+.4f} "
+                  f"({c.samples} bootstrap resamples); the candidate must show: {c.must_show}."]
     return lines
 
 

@@ -77,6 +77,10 @@ class Window:
         keep = is_validation(frame, self.columns, fraction)
         return frame[keep if validation else ~keep].reset_index(drop=True)
 
+    def training_column(self, column: str) -> pd.Series:
+        """One column of the rows outside the holdout (a column at a time keeps memory small)."""
+        return load_partitions(self.parquet_paths, [column], holdout=False)[column]
+
     def holdout_rows(self, limit: int | None = None) -> pd.DataFrame:
         """The holdout rows in window order (the first ``limit`` of them when given: only
         the partitions that hold them are read)."""

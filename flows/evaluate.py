@@ -1,4 +1,5 @@
-"""Evaluation: score candidate and champion on the same holdout rows; the gate."""
+"""Evaluation: score candidate and champion on the same holdout rows, compare them row by
+row (``flows.compare``); the gate."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
+from flows.compare import paired_comparison, row_statistics
 from flows.data import Window, cluster_client, model_threads
 from flows.errors import RegistryIntegrityError, TrainingError
 from flows.files import write_atomically
-from flows.records import EvaluationResult, ModelVersion, ResolvedSchema, TrainResult
+from flows.records import EvaluationResult, ModelVersion, PairedComparison, ResolvedSchema, TrainResult
 from flows.registry import ModelFile, ModelRegistry
 from flows.specs import METRICS, EvaluationSpec
 
@@ -26,7 +28,7 @@ def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float
     f1 (binary: of the positive class, the second of the sorted classes; multiclass:
     macro), roc_auc (omitted when only one class is present or the model has no scores).
     Regression: r2, rmse, mae."""
-    return metrics(model_outputs(model, frame, schema), frame[schema.target], schema, _classes(model))
+    return metrics(model_outputs(model, frame, schema), frame[schema.target], schema, classes_of(model))
 
 
 def model_outputs(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, np.ndarray]:
@@ -74,7 +76,7 @@ def metrics(outputs: dict[str, np.ndarray], y: pd.Series, schema: ResolvedSchema
     return result
 
 
-def _classes(model) -> list[str]:
+def classes_of(model) -> list[str]:
     return [str(c) for c in getattr(model, "classes_", [])]
 
 
@@ -95,13 +97,13 @@ def partition_outputs(path: str, schema: ResolvedSchema, models: list[ModelFile]
         return None
     outputs = {}
     for model in models:
-        kept = Path(outputs_dir) / model.key / f"{Path(path).stem}.npz" if outputs_dir and side == "holdout" else None
-        found = _load_outputs(kept) if kept else None
+        kept = kept_outputs_path(outputs_dir, model.key, path) if outputs_dir and side == "holdout" else None
+        found = load_outputs(kept) if kept else None
         if found is None:
             with model_threads(threads):
                 found = model_outputs(loaded(model, tuple(trusted_types)), rows, schema)
             if kept:
-                _save_outputs(kept, found)
+                save_outputs(kept, found)
         outputs[model.key] = found
     return rows[schema.target].astype(object), outputs
 
@@ -145,11 +147,16 @@ def score_window(window: Window, models: list[ModelFile], trusted_types: list[st
     y, outputs = window_outputs(window, models, trusted_types, side, fraction, outputs_dir, threads)
     if y.empty:
         return 0, {m.key: {} for m in models}
-    return len(y), {m.key: metrics(outputs[m.key], y, window.schema, _classes(loaded(m, tuple(trusted_types))))
+    return len(y), {m.key: metrics(outputs[m.key], y, window.schema, classes_of(loaded(m, tuple(trusted_types))))
                     for m in models}
 
 
-def _load_outputs(path: Path) -> dict[str, np.ndarray] | None:
+def kept_outputs_path(outputs_dir: str | Path, model_key: str, parquet_path: str) -> Path:
+    """Where a model's outputs on one partition's holdout rows are kept."""
+    return Path(outputs_dir) / model_key / f"{Path(parquet_path).stem}.npz"
+
+
+def load_outputs(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
@@ -157,7 +164,7 @@ def _load_outputs(path: Path) -> dict[str, np.ndarray] | None:
         return None  # missing or unreadable: compute again
 
 
-def _save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+def save_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
     # Not fsynced: a kept output lost in a power cut is computed again.
     write_atomically(path, lambda fh: np.savez(fh, **outputs), durable=False)
 
@@ -217,9 +224,10 @@ def _roc_auc(scores: np.ndarray, model_classes: list[str], y: pd.Series) -> floa
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None,
            spec: EvaluationSpec, task: str, holdout_rows: int,
-           champion_version: str | None = None) -> EvaluationResult:
-    """The gate: deploy when the candidate meets the threshold AND is not worse than the
-    champion by more than the tolerance (lower is better for rmse and mae)."""
+           champion_version: str | None = None, comparison: PairedComparison | None = None) -> EvaluationResult:
+    """The gate: deploy when the candidate meets the threshold AND shows against the champion
+    what ``spec.must_show`` asks, judged on the paired ``comparison`` when there is one (on
+    the point difference and ``tolerance`` otherwise). Lower is better for rmse and mae."""
     metric = spec.metric_for(task)
     higher = METRICS[metric][1]
     value = candidate.get(metric, float("nan"))
@@ -235,6 +243,8 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
         not_worse = True
         why_champion = "no champion to compare with" if champion_version is None else \
             f"champion {champion_version} has no {metric}"
+    elif comparison is not None and not math.isnan(comparison.low):
+        not_worse, why_champion = _judge_interval(comparison, spec, higher, value, champ_value, champion_version)
     else:
         bound = champ_value - spec.tolerance if higher else champ_value + spec.tolerance
         not_worse = value >= bound - 1e-12 if higher else value <= bound + 1e-12
@@ -242,19 +252,41 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None,
         sign = "-" if higher else "+"
         why_champion = (f"{metric} {value:.4f} {op} champion {champion_version} {champ_value:.4f} "
                         f"{sign} tolerance {spec.tolerance:.4f}")
+        if not not_worse:
+            why_champion = f"worse than the champion, {why_champion}"
     deploy = passed and not_worse
     if deploy:
         reason = f"deploy: {why_threshold} and {why_champion}"
     elif not passed:
         reason = f"not deployed: {why_threshold}"
     else:
-        reason = f"not deployed: worse than the champion, {why_champion}"
+        reason = f"not deployed: {why_champion}"
     return EvaluationResult(
         metric=metric, greater_is_better=higher, threshold=spec.threshold, tolerance=spec.tolerance,
         holdout_rows=holdout_rows, candidate=candidate, champion=champion,
         champion_version=champion_version, passed_threshold=passed, not_worse_than_champion=not_worse,
-        deploy=deploy, reason=reason,
+        deploy=deploy, reason=reason, comparison=comparison,
     )
+
+
+def _judge_interval(comparison: PairedComparison, spec: EvaluationSpec, higher: bool, value: float,
+                    champ_value: float, champion_version: str | None) -> tuple[bool, str]:
+    """(passes, why): "not_worse" passes unless the whole interval of the improvement lies
+    below -tolerance; "better" passes only when it lies wholly above +tolerance."""
+    sign = 1.0 if higher else -1.0
+    worst, best = sorted((sign * comparison.low, sign * comparison.high))
+    tol, confidence = spec.tolerance, f"{comparison.confidence:.0%}"
+    if spec.must_show == "not_worse":
+        ok = best >= -tol - 1e-12
+        verdict = (f"not worse by more than tolerance {tol:.4f}" if ok else
+                   f"worse by more than tolerance {tol:.4f} with {confidence} confidence")
+    else:
+        ok = worst > tol + 1e-12
+        verdict = (f"better by more than tolerance {tol:.4f} with {confidence} confidence" if ok else
+                   f"not shown better by more than tolerance {tol:.4f} with {confidence} confidence")
+    return ok, (f"{comparison.metric} {value:.4f} vs champion {champion_version} {champ_value:.4f}: "
+                f"difference {comparison.difference:+.4f} ({confidence} interval {comparison.low:+.4f} "
+                f"to {comparison.high:+.4f}), {verdict}")
 
 
 def check_score(model, first_rows: pd.DataFrame, schema: ResolvedSchema, metric: str,
@@ -272,30 +304,33 @@ def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | N
                               check_rows: int = 1000, threads: int = 0,
                               outputs_dir: str | None = None) -> EvaluationResult:
     """Score candidate and champion on the same holdout rows of the window, one partition
-    at a time (on the cluster's workers when there is one), and decide. Both models are
-    loaded hash-checked; with ``outputs_dir`` their outputs per partition are kept there,
-    under their sha256, so a champion only scores partitions new since it was a candidate."""
+    at a time (on the cluster's workers when there is one), compare them row by row, and
+    decide. Both models are loaded hash-checked; with ``outputs_dir`` their outputs per
+    partition are kept there, under their sha256, so a champion only scores partitions new
+    since it was a candidate."""
     schema = window.schema
     new = ModelFile(candidate.model_path, candidate.model_sha256, "the candidate")
     old, note = _champion_file(champion, registry, trusted_types)
     try:
         models = [new] if old is None else [new, old]
-        holdout_rows, scores = score_window(window, models, trusted_types, outputs_dir, threads)
+        y, outputs = window_outputs(window, models, trusted_types, outputs_dir=outputs_dir, threads=threads)
     except (KeyError, ValueError) as exc:
         if old is None:
             raise
         # Only the champion can fail on rows the candidate was trained on (another schema).
         old, note = None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"
         models = [new]
-        holdout_rows, scores = score_window(window, models, trusted_types, outputs_dir, threads)
-    if holdout_rows < spec.min_holdout_rows:
-        raise TrainingError(f"only {holdout_rows} holdout rows in the window, fewer than "
+        y, outputs = window_outputs(window, models, trusted_types, outputs_dir=outputs_dir, threads=threads)
+    if len(y) < spec.min_holdout_rows:
+        raise TrainingError(f"only {len(y)} holdout rows in the window, fewer than "
                             f"evaluation.min_holdout_rows={spec.min_holdout_rows}; add data")
     if outputs_dir:
         prune_outputs(outputs_dir, {m.key for m in models})
-    champion_scores = scores[old.key] if old is not None else None
-    result = decide(scores[new.key], champion_scores, spec, schema.task, holdout_rows,
-                    champion.version if old is not None else None)
+    scores = {m.key: metrics(outputs[m.key], y, schema, classes_of(loaded(m, tuple(trusted_types))))
+              for m in models}
+    comparison = None if old is None else _compare(spec, schema, y, outputs, scores, [new, old], trusted_types)
+    result = decide(scores[new.key], scores[old.key] if old is not None else None, spec, schema.task, len(y),
+                    champion.version if old is not None else None, comparison)
     # What the post-deploy check will reproduce from the deployed file: the same call
     # on the same first rows of the holdout.
     first_rows = window.holdout_rows(limit=check_rows)
@@ -304,6 +339,21 @@ def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | N
                                   lambda: scores[new.key].get(result.metric, float("nan")))
     return result.model_copy(update={"reason": result.reason + note, "check_rows": len(first_rows),
                                      "check_value": check_value})
+
+
+def _compare(spec: EvaluationSpec, schema: ResolvedSchema, y: pd.Series, outputs: dict[str, dict[str, np.ndarray]],
+             scores: dict[str, dict[str, float]], models: list[ModelFile],
+             trusted_types: list[str]) -> PairedComparison | None:
+    """The paired comparison of candidate and champion (``models``), when the gate's metric
+    exists for both."""
+    metric = spec.metric_for(schema.task)
+    new, old = models
+    rows = [row_statistics(metric, outputs[m.key], y, schema, classes_of(loaded(m, tuple(trusted_types))))
+            for m in models]
+    difference = scores[new.key].get(metric, float("nan")) - scores[old.key].get(metric, float("nan"))
+    if rows[0] is None or rows[1] is None or math.isnan(difference):
+        return None
+    return paired_comparison(metric, difference, rows[0], rows[1], spec.confidence, spec.must_show)
 
 
 def _champion_file(champion: ModelVersion | None, registry: ModelRegistry,

@@ -18,12 +18,15 @@ from typing import Any
 from flows.errors import InvalidDataError
 from flows.preprocess import cached_summary, plan_partitions, read_sample
 from flows.records import (
+    DriftReport,
     EvaluationResult,
     FileOutcome,
     FileRef,
+    LiveMetric,
     ModelVersion,
     PartitionPlan,
     PartitionSummary,
+    PolicyDecision,
     Rejection,
     ResolvedSchema,
     RetrainRequest,
@@ -47,18 +50,39 @@ class RunPlan:
     window_files: list[FileRef]  # accepted by earlier runs, oldest first
     rejected: dict[int, Rejection] = field(default_factory=dict)  # new files, by id
     skipped: dict[int, Rejection] = field(default_factory=dict)  # window files, by id
+    # Archived files of earlier small batches the champion has not been scored on yet
+    # (policy.min_live_rows): monitored with this batch, whether in the window or not.
+    unscored_files: list[FileRef] = field(default_factory=list)
     summaries: dict[int, list[PartitionSummary]] = field(default_factory=dict)
     partitions: int = 0  # planned partitions of the files not rejected
     cached: int = 0  # of which already in the cache
+    # What the monitor found and what the policy made of it (None until they ran).
+    live: LiveMetric | None = None
+    drift: DriftReport | None = None
+    policy: PolicyDecision | None = None
+    requested_by: str | None = None
 
     @classmethod
     def of(cls, request: RetrainRequest) -> "RunPlan":
-        return cls(new_files=list(request.new_files), window_files=list(request.window_files))
+        return cls(new_files=list(request.new_files), window_files=list(request.window_files),
+                   unscored_files=list(request.unscored_files), requested_by=request.requested_by)
 
     @property
     def files(self) -> list[FileRef]:
-        """Every file of the run in window order: the window, then the new files."""
+        """Every file the run trains on, in window order: the window, then the new files."""
         return [*self.window_files, *self.new_files]
+
+    @property
+    def monitored_files(self) -> list[FileRef]:
+        """The files whose rows the champion has never seen: earlier small batches carried
+        over, then this batch's."""
+        new = {ref.file_id for ref in self.new_files}
+        return [*(ref for ref in self.unscored_files if ref.file_id not in new), *self.new_files]
+
+    def _all_files(self) -> list[FileRef]:
+        """What the run reads: the window and new files, and carried files outside the window."""
+        known = {ref.file_id for ref in self.files}
+        return [*(ref for ref in self.unscored_files if ref.file_id not in known), *self.files]
 
     def is_new(self, file_id: int) -> bool:
         return any(ref.file_id == file_id for ref in self.new_files)
@@ -93,7 +117,7 @@ class RunPlan:
         from their parquet footers here and recorded at once, so only the others become
         tasks, in groups of about TASK_BYTES. Files that cannot be cut are refused."""
         plans: list[PartitionPlan] = []
-        for ref in self.files:
+        for ref in self._all_files():
             if self.refused(ref.file_id):
                 continue
             try:
@@ -118,10 +142,11 @@ class RunPlan:
                 self.refuse(summary.file_id, summary.rejection)
 
     # -- what the run trains on -----------------------------------------------------------
-    def usable(self) -> dict[int, list[PartitionSummary]]:
-        """Partitions of the usable files, by file id in window order, partitions in order."""
+    def usable(self, files: list[FileRef] | None = None) -> dict[int, list[PartitionSummary]]:
+        """Partitions of the usable files (of the window, unless ``files`` is given), by file
+        id in window order, partitions in order."""
         return {ref.file_id: sorted(self.summaries[ref.file_id], key=lambda s: s.index)
-                for ref in self.files
+                for ref in (self.files if files is None else files)
                 if not self.refused(ref.file_id) and ref.file_id in self.summaries}
 
     def parquet_paths(self) -> list[str]:
@@ -131,6 +156,29 @@ class RunPlan:
     def has_new_data(self) -> bool:
         usable = self.usable()
         return any(ref.file_id in usable for ref in self.new_files)
+
+    # -- what the monitor scores ------------------------------------------------------------
+    def monitored(self) -> tuple[list[int], list[str]]:
+        """(file ids, partitions) of the usable files the champion has never seen."""
+        usable = self.usable(self.monitored_files)
+        return list(usable), [s.parquet_path for parts in usable.values() for s in parts if s.parquet_path]
+
+    def new_rows(self) -> int:
+        """Rows of this batch's usable new files."""
+        usable = self.usable(self.new_files)
+        return sum(p.rows for parts in usable.values() for p in parts)
+
+    def unscored_file_ids(self, decision: str) -> list[int]:
+        """The files no live metric judged yet, for the next run to score: none once a new
+        model is deployed (it was trained on them) or when there is no champion to judge.
+        A run that stopped before its monitor carries the files it was given."""
+        if decision == "deployed":
+            return []
+        if self.policy is None:
+            return [ref.file_id for ref in self.unscored_files]
+        if self.live is None or self.live.enough:
+            return []
+        return self.live.file_ids
 
     # -- records ----------------------------------------------------------------------------
     def lineage(self) -> list[dict[str, Any]]:
@@ -155,13 +203,17 @@ class RunPlan:
                 rejection=self.rejected.get(ref.file_id)))
         return RunOutcome(
             flow_run_id=flow_run_id, decision=decision, reason=reason, files=files, model_version=version,
-            metric=evaluation.metric if evaluation else None,
+            metric=evaluation.metric if evaluation else (self.live.metric if self.live else None),
             candidate_metrics=evaluation.candidate if evaluation else None,
             champion_metrics=evaluation.champion if evaluation else None,
             train_rows=trained.train_rows if trained else 0,
             holdout_rows=evaluation.holdout_rows if evaluation else 0,
             window_files=len(self.usable()), stage_seconds=stage_seconds,
-            window_partitions=self.parquet_paths())
+            # Carried files' partitions are kept too: the next run scores them.
+            window_partitions=[*self.parquet_paths(), *self.monitored()[1]],
+            live=self.live, drift=self.drift, policy=self.policy,
+            comparison=evaluation.comparison if evaluation else None,
+            unscored_file_ids=self.unscored_file_ids(decision), requested_by=self.requested_by)
 
 
 def group_plans(plans: list[PartitionPlan], task_bytes: int = TASK_BYTES) -> list[list[PartitionPlan]]:
@@ -182,7 +234,8 @@ def group_plans(plans: list[PartitionPlan], task_bytes: int = TASK_BYTES) -> lis
 
 
 def version_metadata(plan: RunPlan, request: RetrainRequest, schema: ResolvedSchema, trained: TrainResult,
-                     evaluation: EvaluationResult, flow_run_id: str | None) -> dict[str, Any]:
+                     evaluation: EvaluationResult, flow_run_id: str | None,
+                     reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Lineage and context recorded with a version: which data, which config, which code."""
     return {
         "flow_run_id": flow_run_id,
@@ -196,6 +249,8 @@ def version_metadata(plan: RunPlan, request: RetrainRequest, schema: ResolvedSch
             "training": trained.model_dump(exclude={"model_path"}),
             "schema": schema.model_dump(),
             "files": plan.lineage(),
+            # Statistics of the training rows, that later batches' drift is measured against.
+            "reference": reference,
             "config": request.pipeline.model_dump(by_alias=True),
             "libraries": library_versions(),
         },

@@ -35,6 +35,14 @@ class RetrainRequest(_Record):
     pipeline: PipelineSpec
     registry_dir: str
     cache_dir: str
+    # Archived files of earlier kept batches too small for a live metric on their own
+    # (fewer than policy.min_live_rows rows): the champion scores them with this batch.
+    unscored_files: list[FileRef] = []
+    # Rows that arrived since the champion was trained, before this batch (policy.max_new_rows).
+    rows_since_champion: int = 0
+    # Who asked for this run when it is not a batch of new files: it trains whatever the
+    # policy says ("an operator" for `retrain run` without files).
+    requested_by: str | None = None
 
 
 class PartitionPlan(_Record):
@@ -124,6 +132,19 @@ class TrainResult(_Record):
     candidates: list[CandidateScore] = []
 
 
+class PairedComparison(_Record):
+    """Candidate against champion on the same holdout rows: the metric's difference and a
+    bootstrap interval of it (the rows resampled in pairs, seeded)."""
+
+    metric: str
+    difference: float  # candidate minus champion
+    low: float  # the interval of the difference at `confidence`
+    high: float
+    confidence: float
+    samples: int  # bootstrap resamples
+    must_show: Literal["not_worse", "better"]
+
+
 class EvaluationResult(_Record):
     """Candidate and champion scored on the same holdout rows, and the gate's decision."""
 
@@ -143,6 +164,8 @@ class EvaluationResult(_Record):
     # order): what the post-deploy check must reproduce from the deployed file.
     check_rows: int = 0
     check_value: float | None = None
+    # The paired comparison the gate judged the champion by (None without a champion).
+    comparison: PairedComparison | None = None
 
 
 class ModelVersion(_Record):
@@ -163,6 +186,40 @@ class ModelVersion(_Record):
     removed_at: str | None = None
 
 
+class LiveMetric(_Record):
+    """The champion scored on rows it has never seen: every row of the batch's new files
+    (and of earlier small batches carried over), before any training."""
+
+    version: str  # the champion
+    metric: str  # the gate's metric
+    value: float | None  # None when it cannot be computed (one class for roc_auc)
+    rows: int
+    metrics: dict[str, float]  # every metric of the task
+    file_ids: list[int]  # the files whose rows were scored
+    enough: bool  # rows >= policy.min_live_rows: the policy may act on it
+
+
+class DriftReport(_Record):
+    """How far the scored rows moved from the champion's training rows, per feature."""
+
+    statistic: str = "psi"  # population stability index over the reference's bins
+    scores: dict[str, float]  # feature -> drift, largest first
+    label: float | None = None  # the same statistic for the label's distribution
+    rows: int
+
+
+class PolicyDecision(_Record):
+    """Whether this batch trains, and why."""
+
+    retrain: bool
+    # What called for training: no_champion, live_metric, drift, new_rows, age, operator,
+    # always (the policy). Empty when the champion is kept.
+    triggers: list[str] = Field(default_factory=list)
+    reason: str  # one line with the numbers
+    # When the policy is "always": what "when_needed" would have decided, with its reason.
+    when_needed: str | None = None
+
+
 class FileOutcome(_Record):
     file_id: int
     name: str
@@ -176,7 +233,7 @@ class RunOutcome(_Record):
     """What the flow returns to the service."""
 
     flow_run_id: str | None
-    decision: Literal["deployed", "rejected", "no_valid_data", "not_trained", "deploy_failed"]
+    decision: Literal["deployed", "rejected", "kept", "no_valid_data", "not_trained", "deploy_failed"]
     reason: str
     files: list[FileOutcome]
     model_version: str | None = None
@@ -191,3 +248,11 @@ class RunOutcome(_Record):
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     # The window's cached partitions: retention keeps these and removes the others.
     window_partitions: list[str] = Field(default_factory=list)
+    live: LiveMetric | None = None
+    drift: DriftReport | None = None
+    policy: PolicyDecision | None = None
+    comparison: PairedComparison | None = None
+    # Files whose rows no live metric has judged yet (a kept batch below min_live_rows):
+    # the next run scores them with its own.
+    unscored_file_ids: list[int] = Field(default_factory=list)
+    requested_by: str | None = None

@@ -1,7 +1,11 @@
 """The ``retrain`` flow: the pipeline diagram, and the ``@task`` wrappers of its steps.
 
-plan -> preprocess (one task per partition group, mapped) -> train (one task per candidate,
-mapped; XGBoost as its own step across the cluster) -> evaluate -> register -> deploy
+plan -> preprocess (one task per partition group, mapped) -> monitor -> policy -> train (one
+task per candidate, mapped; XGBoost as its own step across the cluster; beside it, the
+reference statistics of its rows) -> evaluate -> register -> deploy
+
+Every batch first scores the deployed model on its new rows (``flows.monitor``); the policy
+(``flows.policy``) then keeps it, or goes on to train a candidate.
 
 Tasks exchange paths and small summaries; the cached parquet partitions stay on disk. The
 run's bookkeeping is the plan's (``flows.plan``), reading data is the data layer's
@@ -25,15 +29,19 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows import progress
-from flows.artifacts import publish_history, publish_summary
+from flows.artifacts import publish_history, publish_monitoring, publish_summary
 from flows.data import Window
 from flows.deploy import deploy_version
 from flows.errors import TrainingError
 from flows.evaluate import evaluate_against_champion
+from flows.monitor import monitor_champion, reference_statistics
 from flows.plan import RunPlan, version_metadata
+from flows.policy import decide_policy
 from flows.preprocess import preprocess_partition
 from flows.records import (
+    DriftReport,
     EvaluationResult,
+    LiveMetric,
     ModelVersion,
     PartitionPlan,
     PartitionSummary,
@@ -57,6 +65,21 @@ __all__ = ["RetrainRequest", "retrain"]
 def preprocess_partitions_task(plans: list[PartitionPlan], schema: ResolvedSchema, cache_dir: str,
                                holdout_fraction: float) -> list[PartitionSummary]:
     return [preprocess_partition(plan, schema, cache_dir, holdout_fraction) for plan in plans]
+
+
+@task(name="monitor_champion", cache_policy=NO_CACHE, persist_result=False)
+def monitor_task(champion: ModelVersion, file_ids: list[int], paths: list[str], schema: ResolvedSchema,
+                 pipeline: PipelineSpec, registry_dir: str, cache_dir: str
+                 ) -> tuple[LiveMetric | None, DriftReport | None, str]:
+    return monitor_champion(champion, file_ids, paths, schema, pipeline.evaluation.metric_for(schema.task),
+                            pipeline.policy.min_live_rows, ModelRegistry(registry_dir),
+                            pipeline.model.trusted_types, threads=pipeline.model.threads,
+                            outputs_dir=str(Path(cache_dir) / "outputs"))
+
+
+@task(name="reference_statistics", cache_policy=NO_CACHE, persist_result=False)
+def reference_task(window: Window) -> dict[str, Any]:
+    return reference_statistics(window)
 
 
 @task(name="train_candidate", cache_policy=NO_CACHE, persist_result=False)
@@ -110,27 +133,33 @@ def retrain(request: RetrainRequest) -> RunOutcome:
     schema = plan.resolve_schema(spec.schema_, registry.latest())
     stages.lap("schema")
     if schema is None:
-        return finish(plan, stages, "no_valid_data", "no file of this batch could be read; see each file's reason")
+        return finish(plan, stages, "no_valid_data", "no file of this batch could be read; see each file's reason"
+                      if plan.new_files else "nothing to train on: the training window holds no data yet")
 
-    fraction = spec.evaluation.holdout_fraction
-    groups = plan.plan_work(spec.preprocess.rows_per_partition, schema, request.cache_dir, fraction)
-    futures = preprocess_partitions_task.map(groups, unmapped(schema), unmapped(request.cache_dir),
-                                             unmapped(fraction))
-    plan.add_summaries(gather_with_progress(futures, groups, plan.cached, plan.partitions))
+    preprocess(plan, schema, request)
     stages.lap("preprocess")
-    log_preprocessing(plan, schema)
-    if not plan.has_new_data():
-        return finish(plan, stages, "no_valid_data", "every file of this batch was rejected; see each file's reason")
+    if not plan.has_new_data() and not (request.requested_by and plan.parquet_paths()):
+        return finish(plan, stages, "no_valid_data", "every file of this batch was rejected; see each file's reason"
+                      if plan.new_files else "the training window holds no usable data")
 
-    window, champion = Window(plan.parquet_paths(), schema), registry.current()
+    champion = registry.current()
+    note = monitor(plan, champion, schema, request)
+    stages.lap("monitor")
+    plan.policy = decide_policy(spec, champion, plan.live, plan.drift, note, plan.new_rows(),
+                                request.rows_since_champion, request.requested_by)
+    get_run_logger().info("policy: %s (%s)", plan.policy.reason, ", ".join(plan.policy.triggers) or "no trigger")
+    if not plan.policy.retrain:
+        return finish(plan, stages, "kept", plan.policy.reason)
+
+    window = Window(plan.parquet_paths(), schema)
     staged = str(registry.staging_path(f"candidate-{flow_run.id or uuid.uuid4()}"))
     try:
-        trained, evaluation = train_and_evaluate(window, champion, staged, request, stages)
+        trained, evaluation, reference = train_and_evaluate(window, champion, staged, request, stages)
     except TrainingError as exc:
         get_run_logger().warning("not trained: %s", exc)
         return finish(plan, stages, "not_trained", str(exc))
 
-    metadata = version_metadata(plan, request, schema, trained, evaluation, flow_run.id)
+    metadata = version_metadata(plan, request, schema, trained, evaluation, flow_run.id, reference)
     version = register_task(request.registry_dir, trained.model_path, metadata).version
     stages.lap("register")
     decision, reason = deploy_if_better(registry, version, window, evaluation, spec, lease)
@@ -141,19 +170,57 @@ def retrain(request: RetrainRequest) -> RunOutcome:
 
 # -- the steps' orchestration, each named after what it does ----------------------------------
 
+def preprocess(plan: RunPlan, schema: ResolvedSchema, request: RetrainRequest) -> None:
+    """Preprocess every partition the cache does not hold yet, one task per group."""
+    fraction = request.pipeline.evaluation.holdout_fraction
+    groups = plan.plan_work(request.pipeline.preprocess.rows_per_partition, schema, request.cache_dir, fraction)
+    futures = preprocess_partitions_task.map(groups, unmapped(schema), unmapped(request.cache_dir),
+                                             unmapped(fraction))
+    plan.add_summaries(gather_with_progress(futures, groups, plan.cached, plan.partitions))
+    log_preprocessing(plan, schema)
+
+
+def monitor(plan: RunPlan, champion: ModelVersion | None, schema: ResolvedSchema,
+            request: RetrainRequest) -> str:
+    """Score the champion on every row it has never seen (``plan.live``) and measure their
+    drift (``plan.drift``); returns a note when the champion cannot score them."""
+    file_ids, paths = plan.monitored()
+    if champion is None or not paths:
+        return ""
+    plan.live, plan.drift, note = monitor_task.submit(
+        champion, file_ids, paths, schema, request.pipeline, request.registry_dir, request.cache_dir).result()
+    logger = get_run_logger()
+    if note:
+        logger.warning(note)
+    if plan.live is not None:
+        logger.info("live %s of %s: %s on %d new rows (%s)", plan.live.metric, champion.version,
+                    "n/a" if plan.live.value is None else f"{plan.live.value:.4f}", plan.live.rows,
+                    "judged" if plan.live.enough else "too few rows to judge; scored again with the next batches")
+    if plan.drift is not None and plan.drift.scores:
+        logger.info("drift (%s), largest: %s", plan.drift.statistic,
+                    ", ".join(f"{k} {v:.3f}" for k, v in list(plan.drift.scores.items())[:3]))
+    return note
+
+
 def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: str, request: RetrainRequest,
-                       stages: "Stopwatch") -> tuple[TrainResult, EvaluationResult]:
-    """Train the candidate (the best of a search) into files named after ``staged``, then
-    score it and the champion on the same holdout rows. Raises TrainingError when the
-    window cannot be trained on."""
+                       stages: "Stopwatch") -> tuple[TrainResult, EvaluationResult, dict[str, Any] | None]:
+    """Train the candidate (the best of a search) into files named after ``staged`` (while
+    another task takes the reference statistics of the same rows), then score it and the
+    champion on the same holdout rows. Raises TrainingError when the window cannot be
+    trained on."""
     progress.report("train", 0, 1)
     pipeline = request.pipeline
+    reference = reference_task.submit(window)
     trained = train_models(window, pipeline.model, staged, pipeline.evaluation.metric_for(window.schema.task))
     stages.lap("train")
     evaluation = evaluate_task.submit(trained, champion, window, request.pipeline, request.registry_dir,
                                       request.cache_dir).result()
     stages.lap("evaluate")
-    return trained, evaluation
+    try:
+        return trained, evaluation, reference.result()
+    except Exception as exc:  # without them only the drift of later batches is missing
+        get_run_logger().warning("reference statistics not taken, later batches get no drift: %s", exc)
+        return trained, evaluation, None
 
 
 def train_models(window: Window, spec: ModelSpec, staged: str, metric: str) -> TrainResult:
@@ -244,6 +311,7 @@ def finish(plan: RunPlan, stages: "Stopwatch", decision: str, reason: str, *, ve
                            evaluation=evaluation, trained=trained)
     get_run_logger().info("decision: %s (%s) in %.1fs", decision, reason, stages.total())
     publish_summary(outcome, evaluation, trained)
+    publish_monitoring(outcome)
     return outcome
 
 

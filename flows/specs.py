@@ -7,6 +7,7 @@ service. Every field has a default; ``config/retrain.toml`` documents each one.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -164,6 +165,12 @@ class EvaluationSpec(_Section):
     tolerance: float = Field(0.0, ge=0.0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     min_holdout_rows: int = Field(20, ge=1)
+    # What the candidate must show against the champion, judged by a paired bootstrap of the
+    # metric's difference on the shared holdout rows: "not_worse" (deployed unless it is
+    # worse by more than `tolerance` with `confidence`) or "better" (deployed only when it
+    # is better by more than `tolerance` with `confidence`).
+    must_show: Literal["not_worse", "better"] = "not_worse"
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
 
     @field_validator("metric")
     @classmethod
@@ -202,6 +209,50 @@ class DeploySpec(_Section):
     hook_timeout_seconds: float = Field(30.0, gt=0.0)
 
 
+# "7d", "12h", "30m", "45s", "2w": a duration as the config writes it.
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds of a duration such as "7d" or "12h"; None for "" (off)."""
+    if not text.strip():
+        return None
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"expected a duration such as '7d', '12h', '30m' or '' (off), got {text!r}")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+class PolicySpec(_Section):
+    """When a batch leads to training: every batch, or only when the deployed model needs it."""
+
+    # "always": every batch with new data trains a candidate. "when_needed": only when a
+    # trigger below holds; otherwise the batch is kept (archived into the window, no version).
+    retrain: Literal["always", "when_needed"] = "always"
+    # The bar of the champion's live metric (the gate's metric on the batch's new rows).
+    # None: the gate's threshold. For rmse and mae it is a ceiling.
+    min_live_metric: float | None = None
+    # Fewer new rows than this give no verdict: they are kept and scored with the next batches.
+    min_live_rows: int = Field(200, ge=1)
+    # Retrain when a feature's drift (population stability index) is above this. None: off.
+    max_drift: float | None = Field(None, gt=0.0)
+    # Retrain once this many rows arrived since the champion was trained. 0: off.
+    max_new_rows: int = Field(0, ge=0)
+    # Retrain when the champion is older than this ("7d", "12h"...). "": off.
+    max_age: str = ""
+
+    @field_validator("max_age")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+    @property
+    def max_age_seconds(self) -> float | None:
+        return duration_seconds(self.max_age)
+
+
 class PipelineSpec(_Section):
     """Everything the flow needs to know from the config."""
 
@@ -211,6 +262,7 @@ class PipelineSpec(_Section):
     window: WindowSpec = Field(default_factory=WindowSpec)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -74,10 +74,13 @@ def _add_run_commands(sub, common: argparse.ArgumentParser, cluster: argparse.Ar
 
     run = sub.add_parser("run", parents=[common, cluster], help="run one batch of files through the flow, no daemon",
                          description="Copy FILEs into the home and run them through the flow as one "
-                                     "batch. The originals are never moved. Exit 0: the run completed "
-                                     "(deployed or not) and every file was used; 3: it completed but a "
-                                     "file was quarantined; 1: it failed.")
-    run.add_argument("files", nargs="+", metavar="FILE", help="CSV files")
+                                     "batch. The originals are never moved. With no FILE: retrain on the "
+                                     "current window now, whatever [policy] says (through the daemon when "
+                                     "one holds the home). Exit 0: the run completed (deployed or not) "
+                                     "and every file was used; 3: it completed but a file was quarantined; "
+                                     "1: it failed.")
+    run.add_argument("files", nargs="*", metavar="FILE",
+                     help="CSV files (none: retrain on the current window, as an operator's request)")
     run.set_defaults(func=cmd_run)
 
 
@@ -138,8 +141,11 @@ def _add_serve(sub, common: argparse.ArgumentParser) -> None:
 
 def _add_report(sub, common: argparse.ArgumentParser) -> None:
     report = sub.add_parser("report", parents=[common], help="PNG chart of the metric of every version",
-                            description="The gate's metric of every trained version over time, "
-                                        "with the threshold; deployed and rejected versions told apart.")
+                            description="Two panels: each trained version's metric next to the "
+                                        "champion's on the same holdout rows (what its gate compared; "
+                                        "deployed and rejected told apart, with the threshold), and the "
+                                        "deployed model's live metric on each batch's new rows, with the "
+                                        "policy's bar and the moments a new version took over.")
     report.add_argument("--out", default=None, metavar="PATH", help="default: HOME/report.png")
     report.add_argument("--metric", help="another metric than the gate's")
     report.set_defaults(func=cmd_report)
@@ -156,6 +162,13 @@ def _add_sample(sub, common: argparse.ArgumentParser) -> None:
     sample.add_argument("--label-noise", type=float, default=0.0, metavar="P",
                         help="share of labels replaced by noise; 0.5 leaves nothing to learn")
     sample.add_argument("--task", choices=["classification", "regression"], default="classification")
+    sample.add_argument("--covariate-shift", type=float, default=0.0, metavar="S",
+                        help="covariate shift: move the distribution of income by S standard deviations "
+                             "(log scale); the relation between features and label stays the same")
+    sample.add_argument("--concept-shift", type=float, default=0.0, metavar="C",
+                        help="concept shift: change the relation between features and label, from 0 "
+                             "(unchanged) through 0.5 (no relation left) to 1 (every feature acts the "
+                             "other way); the features' distribution stays the same")
     sample.set_defaults(func=cmd_sample)
 
 
@@ -256,16 +269,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     for source in sources:
         if not source.is_file():
             raise RetrainError(f"{source}: no such file; give paths of CSV files")
-    from service.handoff import daemon_holds, hand_to_daemon
+    from service.handoff import ask_daemon_to_retrain, daemon_holds, hand_to_daemon
     from service.inbox import Home
 
     if daemon_holds(Path(settings.home)):
-        return hand_to_daemon(sources, Home(Path(settings.home)))
+        home = Home(Path(settings.home))
+        return hand_to_daemon(sources, home) if sources else ask_daemon_to_retrain(home)
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))
     from service.ledger import FileState
-    from service.runs import build_request, call_flow, record_result
+    from service.runs import OPERATOR, build_request, call_flow, record_result
     from service.session import RunSession
 
     log = logging.getLogger("retrain.run")
@@ -279,10 +293,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # answer, the files are left alone.
         address = session.start_runtime()
         claimed = claim_copies(sources, session.home, ledger, settings)
-        if not claimed:
+        if sources and not claimed:
             raise RetrainError("no file to run on; see the lines above")
-        run = ledger.start_run(claimed)
-        request = build_request(settings, session.home, ledger, run)
+        run = ledger.start_run(claimed)  # no file: a run on the window, asked for by an operator
+        request = build_request(settings, session.home, ledger, run,
+                                requested_by=None if sources else OPERATOR)
         # The flow run's id is recorded as soon as it runs: a cut run can be marked Crashed.
         record_flow_run_id = functools.partial(ledger.set_flow_run_id, run.id)
         with show_progress(log):
@@ -368,6 +383,8 @@ def report_run(ledger, run, result) -> int:
             print(f"retrain: error: {f.rejection.reason if f.rejection else 'rejected'} "
                   f"(quarantined as {where})", file=sys.stderr)
     if outcome.decision == "no_valid_data":
+        if not outcome.files:  # a run on the window alone: nothing else says why
+            print(f"retrain: error: run {run.id}: {outcome.reason}", file=sys.stderr)
         return 1
     print(outcome_line(run.id, outcome))
     states = {ledger.get(f.file_id).state for f in outcome.files}
@@ -497,8 +514,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise RetrainError("--files and --rows must be at least 1")
     if not 0.0 <= args.label_noise <= 1.0:
         raise RetrainError("--label-noise must be between 0 and 1")
+    if args.covariate_shift < 0 or not 0.0 <= args.concept_shift <= 1.0:
+        raise RetrainError("--covariate-shift must be at least 0 and --concept-shift between 0 and 1")
     paths = write_samples(Path(args.out), files=args.files, rows=args.rows, seed=args.seed,
-                          label_noise=args.label_noise, task=args.task)
+                          label_noise=args.label_noise, task=args.task,
+                          covariate_shift=args.covariate_shift, concept_shift=args.concept_shift)
     for path in paths:
         print(path)
     return 0
@@ -523,11 +543,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import write_report
+    from service.status import live_history
 
     settings, registry = _registry(args)
     out = Path(args.out) if args.out else Path(settings.home) / "report.png"
     threshold = settings.evaluation.threshold if not args.metric else None
-    write_report(_history(settings, registry), out, threshold, registry.current_version(), args.metric)
+    write_report(_history(settings, registry), out, threshold, registry.current_version(), args.metric,
+                 live=live_history(Path(settings.home), settings, args.metric))
     print(out)
     return 0
 

@@ -26,7 +26,8 @@ from service.batcher import Batcher
 from service.config import Settings
 from service.inbox import Home, claim_file, fail_run_files
 from service.ledger import FileState, Ledger, RunRecord
-from service.runs import FlowResult, build_request, call_flow, outcome_line, record_result
+from service.requests import OPERATOR_RUN, take_run_request
+from service.runs import OPERATOR, FlowResult, build_request, call_flow, outcome_line, record_result
 from service.session import RunSession
 from service.watcher import InboxWatcher
 
@@ -133,15 +134,23 @@ class RetrainDaemon:
             self.batcher.add(claimed, time.monotonic())
 
     def start_run_if_ready(self) -> None:
+        """Start a run for a ready batch, or else for an operator's request (``retrain run``
+        with no file: the current window, whatever the policy says)."""
         assert self.ledger is not None and self.scheduler_address is not None
         now = time.monotonic()
-        if self.run_future is not None or now < self.hold_until or not self.batcher.ready(now):
+        if self.run_future is not None or now < self.hold_until:
             return
-        file_ids = self.batcher.take()
-        run = self.ledger.start_run(file_ids)
-        request = build_request(self.settings, self.home, self.ledger, run)
-        log.info("run %d started: %d new file(s), %d in the window", run.id,
-                 len(request.new_files), len(request.window_files) + len(request.new_files))
+        asked = None if self.batcher.ready(now) else take_run_request(self.home.state)
+        if asked is None and not self.batcher.ready(now):
+            return
+        run = self.ledger.start_run([] if asked else self.batcher.take())
+        if asked:
+            self.ledger.record_event(OPERATOR_RUN, {"request": asked, "run": run.id})
+        request = build_request(self.settings, self.home, self.ledger, run,
+                                requested_by=OPERATOR if asked else None)
+        log.info("run %d started: %d new file(s), %d in the window%s", run.id,
+                 len(request.new_files), len(request.window_files) + len(request.new_files),
+                 f" (requested by {OPERATOR})" if asked else "")
         self.current_run = run
         self.run_future = Future()
         ledger, run_id = self.ledger, run.id

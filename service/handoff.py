@@ -6,6 +6,9 @@ them, batches them and records them in the ledger. This process only watches the
 (read-only) for their outcome and prints the same result line and exit code as a run of
 its own; it needs neither the Prefect API nor a cluster, so it answers in the time of
 the daemon's warm run.
+
+``retrain run`` with no file asks the daemon for a run on its current window instead
+(``service.requests``), and waits for that run the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flows.errors import RetrainError
 from flows.files import sha256_file
 from service.inbox import Home
 from service.ledger import FileRecord, FileState, Ledger, RunRecord
+from service.requests import OPERATOR_RUN, ask_for_run, withdraw_run_request
 from service.status import daemon_status
 
 FINAL = (FileState.ARCHIVED, FileState.QUARANTINED, FileState.DUPLICATE, FileState.EXPIRED)
@@ -54,6 +58,30 @@ def hand_to_daemon(sources: list[Path], home: Home, poll_seconds: float = 0.2) -
         return report_handed(ledger, handed)
     finally:
         ledger.close()
+
+
+def ask_daemon_to_retrain(home: Home, poll_seconds: float = 0.2) -> int:
+    """Ask the daemon for a run on its current window and wait for its end: exit 0 when it
+    completed (deployed, rejected or kept), 1 otherwise."""
+    request_id = ask_for_run(home.state)
+    print(f"retrain: a daemon holds {home.root}; it retrains on its current window now", file=sys.stderr)
+    ledger = Ledger(home.ledger_path, readonly=True)
+    try:
+        run_id, run = None, None
+        while run is None or run.state == "running":
+            time.sleep(poll_seconds)
+            if run_id is None:
+                run_id = next((e["run"] for e in ledger.events(OPERATOR_RUN, limit=50)
+                               if e.get("request") == request_id), None)
+            run = ledger.get_run(run_id) if run_id is not None else None
+            if (run is None or run.state == "running") and not daemon_status(home.root)["alive"]:
+                if run is None and withdraw_run_request(home.state, request_id):
+                    raise RetrainError("the daemon stopped before it took the request; run `retrain run` again")
+                raise RetrainError("the daemon stopped during the run; run `retrain run` again")
+        print(_run_line(ledger, run), file=sys.stdout if run.state == "completed" else sys.stderr)
+    finally:
+        ledger.close()
+    return 0 if run.state == "completed" and run.decision != "no_valid_data" else 1
 
 
 def drop_copy(source: Path, inbox: Path) -> Path:
@@ -105,8 +133,12 @@ def report_handed(ledger: Ledger, handed: list[HandedFile]) -> int:
 
 def _run_line(ledger: Ledger, run: RunRecord) -> str:
     """The line ``service.runs.outcome_line`` prints, from the ledger's record of the run."""
+    if run.state != "completed":
+        return f"retrain: error: run {run.id} {run.state}: {run.reason}"
     states = [ledger.get(fid).state for fid in run.file_ids]
     archived = sum(s == FileState.ARCHIVED for s in states)
     version = f" {run.model_version}" if run.model_version else ""
-    return (f"run {run.id}: {run.decision}{version}: {run.reason} ({archived} file(s) archived, "
+    asked = (f" (requested by {run.metrics['requested_by']}: retrained on the current window)"
+             if (run.metrics or {}).get("requested_by") else "")
+    return (f"run {run.id}{asked}: {run.decision}{version}: {run.reason} ({archived} file(s) archived, "
             f"{len(states) - archived} quarantined; flow run {run.flow_run_id})")

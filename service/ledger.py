@@ -333,6 +333,16 @@ class Ledger:
         rows = self._read("SELECT COALESCE(decision, state) AS outcome, COUNT(*) AS n FROM runs GROUP BY outcome")
         return {row["outcome"]: row["n"] for row in rows}
 
+    def last_completed_run(self) -> RunRecord | None:
+        rows = self._read("SELECT * FROM runs WHERE state='completed' ORDER BY id DESC LIMIT 1")
+        return _run(rows[0]) if rows else None
+
+    def rows_since(self, started_after: float) -> int:
+        """New rows of the completed runs that started after a moment (their ``rows`` metric)."""
+        rows = self._read("SELECT COALESCE(SUM(json_extract(metrics, '$.rows')), 0) AS n FROM runs "
+                          "WHERE state='completed' AND started_at>?", (started_after,))
+        return int(rows[0]["n"])
+
     def runs(self, limit: int = 20) -> list[RunRecord]:
         return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
 

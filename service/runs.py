@@ -12,12 +12,13 @@ import functools
 import logging
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from datetime import datetime
+from typing import Any, Callable
 
 from flows.records import FileRef, RunOutcome
 from service.config import Settings
 from service.inbox import Home, archive_files, fail_run_files
-from service.ledger import FileRecord, Ledger, RunRecord
+from service.ledger import FileRecord, FileState, Ledger, RunRecord
 from service.retention import apply_retention
 
 log = logging.getLogger("retrain.runs")
@@ -30,8 +31,14 @@ class FlowResult:
     error: str | None = None  # one line, when it failed
 
 
-def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord):
-    """The flow's parameter for this run: its new files and the training window."""
+OPERATOR = "an operator"  # who asks for a run with `retrain run` and no file
+
+
+def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord,
+                  requested_by: str | None = None):
+    """The flow's parameter for this run: its new files, the training window, and what the
+    policy needs from earlier runs (small batches not scored yet, rows since the champion)."""
+    from flows.registry import ModelRegistry
     from flows.retrain import RetrainRequest
 
     new_files = [_ref(ledger.get(fid)) for fid in run.file_ids]
@@ -40,13 +47,31 @@ def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord
         window = ledger.window(max(last - len(new_files), 0)) if last > len(new_files) else []
     else:
         window = ledger.window(0)
+    champion = ModelRegistry(home.registry).current()
     return RetrainRequest(
         new_files=new_files,
         window_files=[_ref(r) for r in window],
         pipeline=settings.pipeline(),
         registry_dir=str(home.registry.resolve()),
         cache_dir=str(home.cache.resolve()),
+        unscored_files=[_ref(r) for r in unscored_files(ledger)],
+        rows_since_champion=rows_since(ledger, champion.created_at) if champion else 0,
+        requested_by=requested_by,
     )
+
+
+def unscored_files(ledger: Ledger) -> list[FileRecord]:
+    """Archived files of kept batches too small for a live metric, that no run has judged
+    since: the last completed run carries them (``unscored_file_ids`` of its metrics)."""
+    last = ledger.last_completed_run()
+    ids = (last.metrics or {}).get("unscored_file_ids", []) if last else []
+    records = [ledger.get(fid) for fid in ids]
+    return [r for r in records if r.state == FileState.ARCHIVED]
+
+
+def rows_since(ledger: Ledger, created_at: str) -> int:
+    """Rows of the batches that started after a model was trained (its own run's excluded)."""
+    return ledger.rows_since(datetime.fromisoformat(created_at).timestamp())
 
 
 def _ref(record: FileRecord) -> FileRef:
@@ -116,6 +141,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     rejected = {f.file_id: f.rejection.model_dump() for f in outcome.files
                 if not f.accepted and f.rejection is not None}
     metrics = {
+        **_monitoring(outcome),
         "candidate": outcome.candidate_metrics,
         "champion": outcome.champion_metrics,
         "train_rows": outcome.train_rows,
@@ -133,12 +159,30 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
 
 
 def outcome_line(run_id: int, outcome: RunOutcome) -> str:
-    """How a completed run ended, in one line: decision, version, why, files used."""
+    """How a completed run ended, in one line: decision, version, why, files used (and who
+    asked for it, when it is a run on the window alone)."""
     used = sum(1 for f in outcome.files if f.accepted)
     version = f" {outcome.model_version}" if outcome.model_version else ""
-    return (f"run {run_id}: {outcome.decision}{version}: {outcome.reason} "
+    asked = (f" (requested by {outcome.requested_by}: retrained on the current window)"
+             if outcome.requested_by else "")
+    return (f"run {run_id}{asked}: {outcome.decision}{version}: {outcome.reason} "
             f"({used} file(s) archived, {len(outcome.files) - used} quarantined; "
             f"flow run {outcome.flow_run_id})")
+
+
+def _monitoring(outcome: RunOutcome) -> dict[str, Any]:
+    """What the monitor and the policy found, as the run's ledger record keeps it."""
+    drift = outcome.drift
+    return {
+        "live": outcome.live.model_dump() if outcome.live else None,
+        "drift": None if drift is None else {
+            "statistic": drift.statistic, "rows": drift.rows, "label": drift.label,
+            "top": list(drift.scores.items())[:5], "scores": drift.scores},
+        "policy": outcome.policy.model_dump() if outcome.policy else None,
+        "comparison": outcome.comparison.model_dump() if outcome.comparison else None,
+        "unscored_file_ids": outcome.unscored_file_ids,
+        "requested_by": outcome.requested_by,
+    }
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flows.policy import live_bar
 from flows.records import ModelVersion
 from flows.registry import ModelRegistry
 from service.ledger import FileState, Ledger
 from service.lock import lock_holder
+from service.requests import OPERATOR_RUN
 
 
 MAIN_STATES = ("queued", "running", "archived", "quarantined", "duplicate")
@@ -92,6 +94,8 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
                 "champion": (r.metrics or {}).get("champion"),
                 "rows": (r.metrics or {}).get("rows"),
                 "train_rows": (r.metrics or {}).get("train_rows"),
+                **{key: (r.metrics or {}).get(key) for key in ("live", "policy", "comparison")},
+                "drift": _drift_summary((r.metrics or {}).get("drift")),
             }
             for r in recent
         ],
@@ -100,6 +104,8 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
             "deployed_at": _iso(registry.switched_at()),
             "metric": current.metadata.get("metric"), "metrics": current.metrics,
             "flow_run_id": current.flow_run_id,
+            # Its latest live metric, and the drift measured with it.
+            **_latest_live(recent, current.version),
         },
         "quarantined": [
             {"name": Path(f.path).name, "reason": (f.error or {}).get("reason"), "file_id": f.id}
@@ -108,8 +114,61 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
         "operator_actions": [{**e, "at": _iso(e["at"])} for e in events],
         "gate": {"metric": settings.evaluation.metric_for(settings.schema_.task),
                  "threshold": settings.evaluation.threshold,
-                 "tolerance": settings.evaluation.tolerance},
+                 "tolerance": settings.evaluation.tolerance,
+                 "must_show": settings.evaluation.must_show,
+                 "confidence": settings.evaluation.confidence},
+        "policy": {**settings.policy.model_dump(), "live_bar": live_bar(settings)},
     }
+
+
+def _drift_summary(drift: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The drift of a run for status: the largest features' scores (the ledger keeps all)."""
+    if not drift:
+        return None
+    return {"statistic": drift.get("statistic"), "rows": drift.get("rows"), "label": drift.get("label"),
+            "top": dict(drift.get("top") or [])}
+
+
+def _latest_live(runs, version: str) -> dict[str, Any]:
+    for r in runs:
+        live = (r.metrics or {}).get("live")
+        if live and live.get("version") == version and live.get("enough"):
+            return {"live": live, "live_run": r.id, "drift": _drift_summary((r.metrics or {}).get("drift"))}
+    return {"live": None, "live_run": None, "drift": None}
+
+
+def live_history(home: Path, settings, metric: str | None = None, runs: int = 2000):
+    """The deployed model's live metric run by run (the last ``runs`` runs), and the moments
+    a new version took over (deploys, rollbacks), for the report's live panel."""
+    from datetime import datetime, timezone
+
+    from flows.report import LiveHistory
+
+    ledger_path = home / "state" / "ledger.sqlite"
+    if not ledger_path.exists():
+        return None
+    ledger = Ledger(ledger_path, readonly=True)
+    try:
+        records = list(reversed(ledger.runs(limit=runs)))
+        rollbacks = ledger.events("rollback", limit=runs)
+    finally:
+        ledger.close()
+    gate = settings.evaluation.metric_for(settings.schema_.task)
+    # By default the metric the runs' gates judged by (the latest run's), as in the report's first panel.
+    metric = metric or next((r.metrics["live"]["metric"] for r in reversed(records)
+                             if (r.metrics or {}).get("live")), gate)
+    history = LiveHistory(metric=metric, bar=live_bar(settings) if metric == gate else None)
+    when = lambda ts: datetime.fromtimestamp(ts, timezone.utc)  # noqa: E731
+    for r in records:
+        live = (r.metrics or {}).get("live")
+        value = (live or {}).get("metrics", {}).get(metric)
+        if live and live.get("enough") and value is not None and r.finished_at:
+            history.points.append({"time": when(r.finished_at), "value": value, "rows": live["rows"],
+                                   "version": live["version"]})
+        if r.decision == "deployed" and r.model_version and r.finished_at:
+            history.takeovers.append({"time": when(r.finished_at), "version": r.model_version})
+    history.takeovers += [{"time": when(e["at"]), "version": e["to"]} for e in rollbacks if e.get("to")]
+    return history
 
 
 def _iso(ts: float | None) -> str | None:
@@ -128,7 +187,6 @@ def render_status(status: dict[str, Any]):
     """The status as one rich renderable (printed once, or refreshed by ``--watch``)."""
     from rich.console import Group
     from rich.table import Table
-    from rich.text import Text
 
     parts: list[Any] = []
     d = status["daemon"]
@@ -144,27 +202,8 @@ def render_status(status: dict[str, Any]):
     parts.append(f"files: {files['total']} in all — "
                  + ", ".join(f"{state} {count}" for state, count in shown.items()))
 
-    model = status["current_model"]
-    gate = status["gate"]
-    if model:
-        parts.append(f"current model [bold]{model['version']}[/] (trained {model['created_at']}, "
-                     f"current since {model['deployed_at']}): "
-                     f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
-                     f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}")
-    else:
-        parts.append(f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}")
-
-    runs = Table(title="Last runs", title_justify="left")
-    for col in ("run", "finished", "files", "rows", "decision", "version", "candidate", "champion"):
-        runs.add_column(col, no_wrap=True)
-    for r in status["runs"]:
-        runs.add_row(str(r["id"]), r["finished_at"] or r["state"], str(r["files"]),
-                     str(r["rows"] or ""), r["decision"] or r["state"], r["model_version"] or "",
-                     _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]))
-    parts.append(runs)
-    for r in status["runs"][:3]:  # why the last decisions were taken, in full
-        if r["reason"]:
-            parts.append(Text(f"  run {r['id']}: {r['reason']}"))
+    parts += _model_lines(status)
+    parts += _runs_parts(status)
 
     if status["quarantined"]:
         q = Table(title="Last quarantined files", title_justify="left")
@@ -184,14 +223,69 @@ def render_status(status: dict[str, Any]):
     return Group(*parts)
 
 
+def _model_lines(status: dict[str, Any]) -> list[str]:
+    """The current model against the gate, its live metric, the policy."""
+    model, gate, policy = status["current_model"], status["gate"], status["policy"]
+    if model:
+        lines = [f"current model [bold]{model['version']}[/] (trained {model['created_at']}, "
+                 f"current since {model['deployed_at']}): "
+                 f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
+                 f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}"]
+    else:
+        lines = [f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}"]
+    if model and model.get("live"):
+        lines.append(_live_line(model["live"], model.get("drift"), model["live_run"]))
+    lines.append(f"policy: retrain {policy['retrain']}; live bar {policy['live_bar']:g} on at least "
+                 f"{policy['min_live_rows']} rows, max_drift {policy['max_drift'] or 'off'}, "
+                 f"max_new_rows {policy['max_new_rows'] or 'off'}, max_age {policy['max_age'] or 'off'}")
+    return lines
+
+
+def _runs_parts(status: dict[str, Any]) -> list[Any]:
+    """The last runs as a table (live metric and triggers included), then why the last
+    decisions were taken, in full."""
+    from rich.table import Table
+    from rich.text import Text
+
+    runs = Table(title="Last runs", title_justify="left")
+    for col in ("run", "finished", "files", "rows", "decision", "version", "live", "trigger",
+                "candidate", "champion"):
+        runs.add_column(col, no_wrap=True)
+    for r in status["runs"]:
+        live, policy = r.get("live") or {}, r.get("policy") or {}
+        runs.add_row(str(r["id"]), r["finished_at"] or r["state"], str(r["files"]),
+                     str(r["rows"] or ""), r["decision"] or r["state"], r["model_version"] or "",
+                     "" if live.get("value") is None else f"{live['value']:.4f}" + ("" if live["enough"] else "?"),
+                     ", ".join(t for t in policy.get("triggers", []) if t != "always"),
+                     _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]))
+    parts: list[Any] = [runs]
+    for r in status["runs"][:3]:
+        if r["reason"]:
+            parts.append(Text(f"  run {r['id']}: {r['reason']}"))
+        if (r.get("policy") or {}).get("retrain") and r["policy"]["reason"] != r["reason"]:
+            parts.append(Text(f"    trained because: {r['policy']['reason']}"))
+    return parts
+
+
 def describe_event(event: dict[str, Any]) -> str:
     """One ledger event (see Ledger.record_event) in words."""
     if event["kind"] == "rollback":
         return f"current {event.get('from') or 'none'} -> {event.get('to')} ({event.get('by', '')})"
     if event["kind"] == "requeue":
         return f"'{event.get('name')}' (file {event.get('file_id')}) back into the inbox"
+    if event["kind"] == OPERATOR_RUN:
+        return f"retrain run on the window (run {event.get('run')})"
     detail = {k: v for k, v in event.items() if k not in ("id", "at", "kind")}
     return ", ".join(f"{k} {v}" for k, v in detail.items())
+
+
+def _live_line(live: dict[str, Any], drift: dict[str, Any] | None, run_id: int) -> str:
+    line = (f"live {live['metric']} of {live['version']}: {live['value']:.4f} on {live['rows']:,} new rows "
+            f"(run {run_id})" if live.get("value") is not None else
+            f"live {live['metric']} of {live['version']}: not computable on {live['rows']:,} rows (run {run_id})")
+    if drift and drift.get("top"):
+        line += "; largest drift " + ", ".join(f"{k} {v:.3f}" for k, v in list(drift["top"].items())[:3])
+    return line
 
 
 def print_status(status: dict[str, Any]) -> None:
