@@ -9,7 +9,9 @@ What it measures (see benchmarks/README.md for the method):
   2. end to end for N rows in 10 files: warm daemon vs the plain script;
   3. an 11th file on top: the warm daemon (incremental) vs the script re-run over all 11;
   4. preprocessing throughput with 1 and 2 Dask workers;
-  5. peak memory of the daemon and its workers vs the training frame's in-memory size.
+  5. peak memory of the daemon and its workers vs the training frame's in-memory size;
+  6. under policy.retrain = "when_needed": an 11th file the champion handles (kept), and a
+     12th that triggers a retraining (benchmarks/policy.py).
 
 Data comes from `retrain sample`; daemons are real `retrain watch` processes on the
 repository's config/retrain.toml (only the home, the gate's tolerance and, for the
@@ -36,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 
 import psutil
+from policy import measure_policy, render_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -232,7 +235,7 @@ def measure_end_to_end(work: Path, big: list[Path]) -> dict:
     same files (ten, then all eleven with the ten's model as champion)."""
     first_ten, eleventh = big[:10], big[10]
     script_ten = plain_script(first_ten, work / "script-model")
-    script_eleven = plain_script(big, work / "script-model")
+    script_eleven = plain_script(big[:11], work / "script-model")
 
     daemon = Daemon(work / "e2e-home", {"evaluation__tolerance": "1.0"})
     try:
@@ -330,7 +333,7 @@ def verdict(ok: bool, value: float, target: float, lower_is_better: bool = True)
     return f"missed ({miss:.2f}x the target)"
 
 
-def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: float) -> str:
+def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: float, policy: dict) -> str:
     e2e_ratio = e2e["service_ten"] / e2e["script_ten"]
     inc_ratio = e2e["service_eleven"] / e2e["script_eleven"]
     frame = e2e["frame_bytes"]
@@ -359,10 +362,12 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
          f"{mib(growth)} = {growth / frame:.1f}x", f"<= {TARGETS['memory_ratio']}x",
          verdict(peak / frame <= TARGETS["memory_ratio"], peak / frame, TARGETS["memory_ratio"])),
     ]
+    policy_rows, policy_section = render_policy(policy, e2e, verdict)
+    rows += policy_rows
     out = [f"# Benchmark results ({mode})", "",
            f"Machine: {machine()}.", "",
            f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/run.py"
-           f"{' --quick' if mode == 'quick' else ''}` in {elapsed:.0f} s. Big files: 10 (+1) x "
+           f"{' --quick' if mode == 'quick' else ''}` in {elapsed:.0f} s. Big files: 10 (+2) x "
            f"{sizes['big_rows']:,} rows; latency files: {sizes['latency_rows']:,} rows.", "",
            "| measurement | result | target | |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
@@ -382,6 +387,7 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
             f"workers {mib(e2e['peak_all']['workers'])}, Prefect API {mib(e2e['peak_all']['prefect api'])}; "
             f"the plain script's peak {mib(e2e['script_peak'])} ({e2e['script_peak'] / frame:.1f}x the frame).",
             f"- Decisions of the service's runs: {', '.join(e2e['decisions'])}.", ""]
+    out += policy_section
     profile = e2e["profile"]
     out += ["## Memory profile of the training step", "",
             f"`benchmarks/profile_memory.py` re-runs the service's training code alone on the "
@@ -454,15 +460,17 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     try:
         print(f"[bench] {mode}: generating data in {work}", flush=True)
-        big = sample(work / "data" / "big", 11, sizes["big_rows"], seed=1)
+        big = sample(work / "data" / "big", 12, sizes["big_rows"], seed=1)
         latency_files = sample(work / "data" / "latency", sizes["drops"] + 1, sizes["latency_rows"], seed=2)
         print("[bench] preprocessing throughput, 1 and 2 workers", flush=True)
         pre = measure_preprocessing(work, big)
         print("[bench] end to end: plain script, then the daemon", flush=True)
         e2e = measure_end_to_end(work, big)
+        print("[bench] when_needed: a kept 11th file, a triggering 12th", flush=True)
+        policy = measure_policy(work, big, sizes, Daemon, plain_script, stage_seconds)
         print("[bench] drop-to-deployed latency", flush=True)
         lat = measure_latency(work, latency_files)
-        report = render(mode, sizes, lat, e2e, pre, time.perf_counter() - started)
+        report = render(mode, sizes, lat, e2e, pre, time.perf_counter() - started, policy)
     finally:
         if args.keep:
             print(f"[bench] kept {work}")

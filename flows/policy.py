@@ -67,7 +67,7 @@ def _champion_triggers(spec: PipelineSpec, champion: ModelVersion, live: LiveMet
     if judged and drift is not None and drift.scores and policy.max_drift is not None:
         feature, score = next(iter(drift.scores.items()))
         if score > policy.max_drift:
-            found["drift"] = f"drift {score:.2f} ({feature}) > max_drift {policy.max_drift:g}"
+            found["drift"] = f"drift {score:.3f} ({feature}) > max_drift {policy.max_drift:g}"
     if policy.max_new_rows and rows_since >= policy.max_new_rows:
         found["new_rows"] = (f"{rows_since:,} rows arrived since {champion.version} was trained "
                              f">= max_new_rows {policy.max_new_rows:,}")
@@ -99,7 +99,7 @@ def _why_kept(spec: PipelineSpec, champion: ModelVersion | None, live: LiveMetri
     if drift is not None and drift.scores:
         feature, score = next(iter(drift.scores.items()))
         bar = spec.policy.max_drift
-        reason += f"; largest drift {score:.2f} ({feature})" + (
+        reason += f"; largest drift {score:.3f} ({feature})" + (
             f" <= {bar:g}" if bar is not None else " (policy.max_drift not set)")
     return reason
 

@@ -34,7 +34,7 @@ MOVED = DriftReport(scores={"income": 0.31, "age": 0.01}, label=0.0, rows=5000)
 def test_nothing_triggers_the_champion_is_kept_with_the_numbers() -> None:
     decision = decide_policy(spec(max_drift=0.2), CHAMPION, live(), DRIFT, now=NOW)
     assert not decision.retrain and decision.triggers == []
-    assert decision.reason == "kept v0003: accuracy 0.951 on 5,000 new rows >= 0.8; largest drift 0.04 (income) <= 0.2"
+    assert decision.reason == "kept v0003: accuracy 0.951 on 5,000 new rows >= 0.8; largest drift 0.040 (income) <= 0.2"
 
 
 def test_no_champion_trains() -> None:
@@ -62,9 +62,9 @@ def test_lower_is_better_metrics_have_a_ceiling() -> None:
 
 def test_drift_trains_only_when_max_drift_is_set() -> None:
     decision = decide_policy(spec(max_drift=0.2), CHAMPION, live(), MOVED, now=NOW)
-    assert decision.triggers == ["drift"] and decision.reason == "drift 0.31 (income) > max_drift 0.2"
+    assert decision.triggers == ["drift"] and decision.reason == "drift 0.310 (income) > max_drift 0.2"
     unset = decide_policy(spec(), CHAMPION, live(), MOVED, now=NOW)
-    assert not unset.retrain and "largest drift 0.31 (income) (policy.max_drift not set)" in unset.reason
+    assert not unset.retrain and "largest drift 0.310 (income) (policy.max_drift not set)" in unset.reason
 
 
 def test_new_rows_since_the_champion_train() -> None:

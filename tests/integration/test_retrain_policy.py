@@ -1,7 +1,7 @@
 """Retraining when it is needed, for real: a `retrain watch` daemon (on the session's Prefect
 API and Dask cluster) keeps its model on a batch like the last, retrains on a concept shift
-and on an operator's request; the flow acts on drift only when max_drift is set; small
-batches are scored together; `retrain run` with no file retrains in-process too."""
+and on an operator's request (through the daemon, then in-process once it stopped); the
+flow scores small batches together and acts on drift only when max_drift is set."""
 
 from __future__ import annotations
 
@@ -86,10 +86,16 @@ def test_when_needed_deploys_keeps_retrains_on_concept_shift_and_on_request(
         chart = tmp_path / "report.png"
         assert cli("report", "--out", str(chart), env=env, cwd=tmp_path).returncode == 0
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert "live" in cli("status", env=env, cwd=tmp_path).stdout
     finally:
         code = daemon.stop(signal.SIGTERM)
     assert code == 0, daemon.log()
+
+    # With no daemon, `retrain run` with no file retrains in its own process.
+    asked = cli("run", env=env, cwd=tmp_path)
+    assert asked.returncode == 0, asked.stderr
+    assert "requested by an operator: retrained on the current window" in asked.stdout
+    run = status_json(home, env)["runs"][0]
+    assert run["policy"]["triggers"] == ["operator"] and run["model_version"] == "v0004"
     check_invariant(home)
 
 
@@ -134,19 +140,3 @@ def test_small_batches_are_scored_together_and_drift_triggers_only_when_max_drif
     assert drifted.policy.triggers == ["drift"] and "(income) > max_drift 0.2" in drifted.policy.reason
     assert drifted.comparison is not None and drifted.comparison.low <= drifted.comparison.difference
     assert len(ModelRegistry(tmp_path / "registry").versions()) == 2
-
-
-def test_retrain_run_with_no_file_retrains_in_process(tmp_path: Path, prefect_api_url: str,
-                                                      dask_address: str) -> None:
-    home = tmp_path / "home"
-    env = daemon_env(home, prefect_api_url, dask__address=dask_address)
-    paths = [str(p) for p in write_samples(tmp_path / "data", rows=2000, seed=31)]
-    assert cli("run", *paths, env=env, cwd=tmp_path).returncode == 0
-
-    asked = cli("run", env=env, cwd=tmp_path)
-    assert asked.returncode == 0, asked.stderr
-    assert "requested by an operator: retrained on the current window" in asked.stdout
-    run = status_json(home, env)["runs"][0]
-    assert run["policy"]["triggers"] == ["always", "operator"] and run["model_version"] == "v0002"
-    assert run["policy"]["when_needed"].startswith("retrain: requested by an operator")
-    check_invariant(home)
