@@ -71,7 +71,8 @@ def render_policy(policy: dict, e2e: dict, verdict) -> tuple[list[tuple[str, str
         f"{', '.join(f'{k} {v:.2f} s' for k, v in triggered['stages'].items())}. Monitoring "
         f"({triggered['stages'].get('monitor', 0):.2f} s) is the only step a retraining adds; the "
         f"champion's outputs on the new holdout rows it computes are the ones evaluation then reuses.",
-        f"- Script over twelve files: {', '.join(f'{k} {v:.2f} s' for k, v in policy['script_twelve_stages'].items())}.",
+        "- Script over twelve files: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in policy["script_twelve_stages"].items()) + ".",
         "",
     ]
     return rows, section

@@ -76,7 +76,7 @@ def _add_run_commands(sub, common: argparse.ArgumentParser, cluster: argparse.Ar
                          description="Copy FILEs into the home and run them through the flow as one "
                                      "batch. The originals are never moved. With no FILE: retrain on the "
                                      "current window now, whatever [policy] says (through the daemon when "
-                                     "one holds the home). Exit 0: the run completed (deployed or not) "
+                                     "one holds the home). Exit 0: the run completed (deployed, rejected or kept) "
                                      "and every file was used; 3: it completed but a file was quarantined; "
                                      "1: it failed.")
     run.add_argument("files", nargs="*", metavar="FILE",

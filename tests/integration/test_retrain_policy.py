@@ -5,7 +5,6 @@ flow scores small batches together and acts on drift only when max_drift is set.
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 

@@ -67,7 +67,8 @@ def test_small_kept_batches_are_carried_until_a_run_judges_them(home: Home, ledg
     assert [r.file_id for r in request.unscored_files] == [first]
     assert request.unscored_files[0].path == ledger.get(first).path
     ledger.fail_run(run.id, "crash", 3, {})  # a failed run does not lose what was carried
-    assert [r.file_id for r in build_request(settings, home, ledger, ledger.start_run([second])).unscored_files] == [first]
+    again = build_request(settings, home, ledger, ledger.start_run([second]))
+    assert [r.file_id for r in again.unscored_files] == [first]
 
 
 def test_rows_since_the_champion_count_the_runs_after_it(home: Home, ledger: Ledger, tmp_path: Path) -> None:
