@@ -242,28 +242,30 @@ def _model_lines(status: dict[str, Any]) -> list[str]:
 
 
 def _runs_parts(status: dict[str, Any]) -> list[Any]:
-    """The last runs as a table (live metric and triggers included), then why the last
-    decisions were taken, in full."""
+    """The last runs as a table (the live metric included; "?": too few rows to judge), then
+    why the last decisions were taken, in full, and what triggered training."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    runs = Table(title="Last runs", title_justify="left")
-    for col in ("run", "finished", "files", "rows", "decision", "version", "live", "trigger",
-                "candidate", "champion"):
+    # No vertical borders: the table fits an 80-column terminal with the live metric in it.
+    runs = Table(title="Last runs", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                 padding=(0, 0), pad_edge=False)
+    for col in ("run", "finished", "files", "rows", "decision", "version", "live", "candidate", "champion"):
         runs.add_column(col, no_wrap=True)
     for r in status["runs"]:
-        live, policy = r.get("live") or {}, r.get("policy") or {}
+        live = r.get("live") or {}
         runs.add_row(str(r["id"]), r["finished_at"] or r["state"], str(r["files"]),
                      str(r["rows"] or ""), r["decision"] or r["state"], r["model_version"] or "",
                      "" if live.get("value") is None else f"{live['value']:.4f}" + ("" if live["enough"] else "?"),
-                     ", ".join(t for t in policy.get("triggers", []) if t != "always"),
                      _fmt_metric(r["candidate"], r["metric"]), _fmt_metric(r["champion"], r["metric"]))
     parts: list[Any] = [runs]
     for r in status["runs"][:3]:
         if r["reason"]:
             parts.append(Text(f"  run {r['id']}: {r['reason']}"))
-        if (r.get("policy") or {}).get("retrain") and r["policy"]["reason"] != r["reason"]:
-            parts.append(Text(f"    trained because: {r['policy']['reason']}"))
+        triggers = [t for t in (r.get("policy") or {}).get("triggers", []) if t != "always"]
+        if triggers and r["policy"]["reason"] != r["reason"]:
+            parts.append(Text(f"    trained because ({', '.join(triggers)}): {r['policy']['reason']}"))
     return parts
 
 
