@@ -32,9 +32,10 @@ def csv(folder: Path, name: str, seed: int, rows: int = 300, broken: bool = Fals
     return path
 
 
-def run_plan(tmp_path: Path, window: list[FileRef], new: list[FileRef]) -> RunPlan:
+def run_plan(tmp_path: Path, window: list[FileRef], new: list[FileRef], unscored: list[FileRef] = ()) -> RunPlan:
     request = RetrainRequest(new_files=new, window_files=window, pipeline=PipelineSpec(),
-                             registry_dir=str(tmp_path / "registry"), cache_dir=str(tmp_path / "cache"))
+                             registry_dir=str(tmp_path / "registry"), cache_dir=str(tmp_path / "cache"),
+                             unscored_files=list(unscored))
     plan = RunPlan.of(request)
     for group in plan.plan_work(200_000, SCHEMA, request.cache_dir, 0.2):
         plan.add_summaries([preprocess_partition(p, SCHEMA, request.cache_dir, 0.2) for p in group])
@@ -104,3 +105,27 @@ def test_groups_hold_small_partitions_together(tmp_path: Path) -> None:
     plans = [p for f in files for p in plan_partitions(f, 200_000)]
     assert group_plans(plans) == [plans]
     assert [len(g) for g in group_plans(plans, task_bytes=1)] == [1] * 5
+
+
+def test_small_batches_carried_over_are_monitored_not_trained_on_outside_the_window(tmp_path: Path) -> None:
+    from flows.records import LiveMetric, PolicyDecision
+
+    carried = ref(csv(tmp_path / "a", "small.csv", seed=1, rows=120), file_id=1)
+    in_window = ref(csv(tmp_path / "b", "window.csv", seed=2), file_id=2)
+    new = ref(csv(tmp_path / "c", "new.csv", seed=3), file_id=3)
+    plan = run_plan(tmp_path, [in_window], [new], unscored=[carried, in_window])
+    file_ids, paths = plan.monitored()
+    assert file_ids == [1, 2, 3] and len(paths) == 3  # preprocessed although outside the window
+    assert list(plan.usable()) == [2, 3] and len(plan.parquet_paths()) == 2  # trained on: the window
+    assert plan.new_rows() == 300
+    # Not judged yet (too few rows): carried again; judged, or a new model deployed: done.
+    plan.policy = PolicyDecision(retrain=False, reason="kept")
+    plan.live = LiveMetric(version="v0001", metric="roc_auc", value=0.8, rows=720, metrics={},
+                           file_ids=file_ids, enough=False)
+    assert plan.unscored_file_ids("kept") == [1, 2, 3] and plan.unscored_file_ids("deployed") == []
+    plan.live = plan.live.model_copy(update={"enough": True})
+    assert plan.unscored_file_ids("kept") == []
+    stopped = run_plan(tmp_path, [], [new], unscored=[carried])  # no monitor ran (no valid data...)
+    assert stopped.unscored_file_ids("no_valid_data") == [1]
+    outcome = plan.outcome(flow_run_id=None, decision="kept", reason="x", stage_seconds={})
+    assert set(paths) <= set(outcome.window_partitions)  # retention keeps what the next run scores
