@@ -50,6 +50,7 @@ SIZES = {
     "full": {"big_rows": 100_000, "drops": 10, "latency_rows": 10_000},
     "quick": {"big_rows": 10_000, "drops": 3, "latency_rows": 10_000},
 }
+LOAD_AT_START = 0.0  # the machine's load average when the run started, for the report
 TARGETS = {
     "latency_p50": 2.0, "detection_p50": 0.25, "e2e_ratio": 1.3, "incremental_ratio": 0.8,
     "speedup": 1.6, "memory_ratio": 3.0,
@@ -366,6 +367,9 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
     rows += policy_rows
     out = [f"# Benchmark results ({mode})", "",
            f"Machine: {machine()}.", "",
+           f"Load average (1 min) of the machine: {LOAD_AT_START:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+           f"the end, on {os.cpu_count()} cores: other processes share them, and a training with every "
+           "core (`model.threads = 0`) slows down far more than its share when cores are oversubscribed.", "",
            f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `benchmarks/run.py"
            f"{' --quick' if mode == 'quick' else ''}` in {elapsed:.0f} s. Big files: 10 (+2) x "
            f"{sizes['big_rows']:,} rows; latency files: {sizes['latency_rows']:,} rows.", "",
@@ -456,6 +460,8 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
+    global LOAD_AT_START
+    LOAD_AT_START = os.getloadavg()[0]
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     try:
