@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flows.files import sha256_file
@@ -64,6 +65,9 @@ def test_when_needed_deploys_keeps_retrains_on_concept_shift_and_on_request(
         assert run["drift"]["top"] and all(score < 0.1 for score in run["drift"]["top"].values())
         assert status["current_model"]["live"]["value"] == live["value"]
         assert status["files"]["archived"] == 2
+        artifacts = httpx.post(f"{prefect_api_url}/artifacts/filter", timeout=30,
+                               json={"artifacts": {"key": {"any_": ["retrain-live"]}}}).json()
+        assert any(a["flow_run_id"] == run["flow_run_id"] and "Live metric" in a["data"] for a in artifacts)
 
         # Labels that follow another relation: the live metric falls, the run says so, retrains.
         shifted.rename(home / "inbox" / shifted.name)
