@@ -1,4 +1,4 @@
-"""Measurement 6 of run.py: what a batch costs under `[policy] retrain = "when_needed"`.
+"""Measurement 9 (of run.py's run): what a batch costs under `[policy] retrain = "when_needed"`.
 
 A second warm daemon, on the same big files as measurements 2 and 3, with
 `policy.retrain = "when_needed"` and `policy.max_new_rows` at one and a half files:
@@ -50,7 +50,7 @@ def render_policy(policy: dict, e2e: dict, verdict) -> tuple[list[tuple[str, str
     always_ratio = e2e["service_eleven"] / e2e["script_eleven"]
     triggered_ratio = triggered["seconds"] / policy["script_twelve"]
     rows = [
-        ("6. the 11th file, when_needed, champion holds",
+        ("9. the 11th file, when_needed, champion holds",
          f"{kept['decision']} in {kept['seconds']:.2f} s vs script re-run {e2e['script_eleven']:.1f} s: "
          f"{kept_ratio:.2f}x", f"<= {TARGETS['kept_ratio']}x",
          verdict(kept_ratio <= TARGETS["kept_ratio"] and kept["decision"] == "kept", kept_ratio,
@@ -62,7 +62,7 @@ def render_policy(policy: dict, e2e: dict, verdict) -> tuple[list[tuple[str, str
     ]
     live = kept["live"] or {}
     section = [
-        "## Retraining when needed (measurement 6)", "",
+        "## Retraining when needed (measurement 9)", "",
         f"- The kept 11th file: {', '.join(f'{k} {v:.2f} s' for k, v in kept['stages'].items())}; "
         f"the rest is detection, the batch window and recording the run. The champion scored all "
         f"{live.get('rows', 0):,} new rows ({live.get('metric')} {live.get('value') or float('nan'):.4f}). "

@@ -10,7 +10,7 @@ What it measures (see benchmarks/README.md for the method):
   3. an 11th file on top: the warm daemon (incremental) vs the script re-run over all 11;
   4. preprocessing throughput with 1 and 2 Dask workers;
   5. peak memory of the daemon and its workers vs the training frame's in-memory size;
-  6. under policy.retrain = "when_needed": an 11th file the champion handles (kept), and a
+  9. under policy.retrain = "when_needed": an 11th file the champion handles (kept), and a
      12th that triggers a retraining (benchmarks/policy.py).
 
 Data comes from `retrain sample`; daemons are real `retrain watch` processes on the
