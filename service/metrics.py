@@ -159,13 +159,7 @@ class DaemonCollector(Collector):
             yield GaugeMetricFamily("retrain_seconds_since_last_run", "Seconds since the newest run started",
                                     value=now - runs[0].started_at)
         yield from self._model_metrics(now)
-        for key, name, doc in (("live_metric", "retrain_live_metric", "The deployed model's metric on the "
-                                "newest rows, as the last run that measured it found it"),
-                               ("drift", "retrain_drift", "Drift of the newest rows, as the last run that "
-                                "measured it found it")):
-            measured = next((r.metrics[key] for r in runs if r.metrics.get(key) is not None), None)
-            if measured is not None:
-                yield from _measurement(name, doc, measured)
+        yield from _monitoring_metrics(runs)
 
     def _model_metrics(self, now: float) -> Iterator[Metric]:
         registry = ModelRegistry(self.home.registry)
@@ -179,6 +173,24 @@ class DaemonCollector(Collector):
             yield GaugeMetricFamily("retrain_seconds_since_last_deployment",
                                     "Seconds since `current` last changed (a deployment or a rollback)",
                                     value=now - switched)
+
+
+def _monitoring_metrics(runs: list) -> Iterator[Metric]:
+    """The deployed model's live metric and the drift of the newest rows, as the last run
+    that measured them recorded them (``live`` and ``drift`` in its ledger metrics)."""
+    live = next((r.metrics["live"] for r in runs
+                 if isinstance(r.metrics.get("live"), Mapping) and r.metrics["live"].get("value") is not None), None)
+    if live is not None:
+        family = GaugeMetricFamily("retrain_live_metric", "The deployed model's metric on the newest rows "
+                                   "it never saw, as the last run that measured it found it",
+                                   labels=["metric", "version"])
+        family.add_metric([str(live.get("metric")), str(live.get("version"))], float(live["value"]))
+        yield family
+    drift = next((r.metrics["drift"].get("scores") for r in runs
+                  if isinstance(r.metrics.get("drift"), Mapping)), None)
+    if drift:
+        yield from _measurement("retrain_drift", "Drift of the newest rows per feature (population "
+                                "stability index), as the last run that measured it found it", drift)
 
 
 def _measurement(name: str, doc: str, value: Any) -> Iterator[Metric]:

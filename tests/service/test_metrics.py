@@ -41,12 +41,13 @@ def test_daemon_metrics_from_the_ledger_and_the_registry(tmp_path: Path) -> None
                             quarantined={})
         run = ledger.start_run([second])
         ledger.complete_run(run.id, decision="rejected", reason="worse", flow_run_id=None, model_version="v0002",
-                            metric="roc_auc", metrics={"live_metric": 0.81, "drift": {"age": 0.2, "plan": 0.05}},
+                            metric="roc_auc", metrics={"live": {"metric": "roc_auc", "version": "v0001", "value": 0.81},
+                                                       "drift": {"statistic": "psi", "scores": {"age": 0.2, "plan": 0.05}}},
                             archived={second: "archive/b"}, quarantined={})
         ledger.fail_run(ledger.start_run([waiting]).id, "crashed", max_attempts=3, quarantine_path={})
     finally:
         ledger.close()
-    model = tmp_path / "model.bin"
+    model = tmp_path / "model.skops"
     model.write_bytes(b"model")
     registry = ModelRegistry(home.registry)
     registry.promote(registry.register(model, {"decision": "deployed"}).version)
@@ -61,7 +62,7 @@ def test_daemon_metrics_from_the_ledger_and_the_registry(tmp_path: Path) -> None
     assert 0 <= found["retrain_seconds_since_last_run"][()] < 600
     assert 0 <= found["retrain_seconds_since_last_deployment"][()] < 600
     assert found["retrain_current_model"] == {(("version", "v0001"),): 1}
-    assert found["retrain_live_metric"] == {(): 0.81}
+    assert found["retrain_live_metric"] == {(("metric", "roc_auc"), ("version", "v0001")): 0.81}
     assert found["retrain_drift"] == {(("name", "age"),): 0.2, (("name", "plan"),): 0.05}
 
 

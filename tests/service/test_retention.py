@@ -33,7 +33,7 @@ def settings(home: Home, **values):
 
 
 def test_newest_kept_and_current_rollback_target_protected_never_removed(home: Home, tmp_path: Path) -> None:
-    model = tmp_path / "m.bin"
+    model = tmp_path / "m.skops"
     model.write_bytes(b"model")
     registry = ModelRegistry(home.registry)
     fill(registry, model, "ddrrrrrrrdrr")  # v0001..v0012
