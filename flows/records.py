@@ -179,7 +179,8 @@ class ModelVersion(_Record):
     model_sha256: str
     metrics: dict[str, float] = Field(default_factory=dict)
     champion_metrics: dict[str, float] | None = None
-    decision: Literal["deployed", "rejected", "deploy_failed", "pending"] = "pending"
+    # "cancelled": its run was cancelled by an operator (rolled back if it had been deployed).
+    decision: Literal["deployed", "rejected", "deploy_failed", "cancelled", "pending"] = "pending"
     reason: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     # When retention removed the version's files (its record lives on in the ledger).

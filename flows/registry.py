@@ -126,16 +126,19 @@ class ModelRegistry:
         self.staging.mkdir(parents=True, exist_ok=True)
         return self.staging / name
 
-    def register(self, model_file: str | Path, metadata: dict[str, Any]) -> ModelVersion:
+    def register(self, model_file: str | Path, metadata: dict[str, Any],
+                 version: str | None = None) -> ModelVersion:
         """Move the staged model into a new version directory with its metadata; the
         directory becomes visible complete, by one rename. ``metadata["model_sha256"]`` is
         the hash the model was checked against when it was evaluated; it is what every
-        later load verifies."""
+        later load verifies. ``version``: the number to take (the run announced it as its
+        asset before registering); without it, the next free one."""
         model_file = Path(model_file)
         name = model_file_name(model_file)
         self.staging.mkdir(parents=True, exist_ok=True)
+        wanted = version
         while True:
-            version = self._next_version()
+            version = wanted or self.next_version()
             work = self.staging / f"{version}-{uuid.uuid4().hex[:8]}"
             work.mkdir()
             if model_file.parent == self.staging:
@@ -155,12 +158,16 @@ class ModelRegistry:
             try:
                 os.rename(work, self.root / version)  # fails if another writer took the number
             except OSError:
+                if wanted:  # the staged copy stays in .staging/, removed at the next start
+                    raise RegistryIntegrityError(f"model version {wanted} already exists; only "
+                                                 "one run at a time may register") from None
                 model_file = work / name
                 continue
             fsync_dir(self.root)
             return record
 
-    def _next_version(self) -> str:
+    def next_version(self) -> str:
+        """The number the next registered version takes."""
         numbers = [int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name))]
         return f"v{max(numbers, default=0) + 1:04d}"
 

@@ -28,6 +28,7 @@ DECISION_STYLE = {
     "deployed": ("tab:green", "o", "deployed"),
     "rejected": ("tab:red", "x", "rejected"),
     "deploy_failed": ("tab:orange", "s", "deploy failed"),
+    "cancelled": ("tab:purple", "^", "cancelled"),
     "pending": ("tab:gray", ".", "pending"),
 }
 

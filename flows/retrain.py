@@ -12,20 +12,28 @@ run's bookkeeping is the plan's (``flows.plan``), reading data is the data layer
 (``flows.data``). The flow itself runs in the caller's process (the daemon, or
 ``retrain run``); its tasks run on whatever Dask cluster the caller's ``DaskTaskRunner``
 points at.
+
+The run ends in a state named after its decision (Completed ``Deployed``, ``Rejected``...;
+Failed ``DeployFailed``), with the reason as its message and the ``RunOutcome`` as its
+result, so that Prefect's runs list alone tells decisions apart. When its Dask tasks are
+cancelled (an operator cancelled the run) it ends Cancelled.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
+from concurrent.futures import CancelledError
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows import progress
@@ -104,26 +112,46 @@ def evaluate_task(trained: TrainResult, champion: ModelVersion | None, window: W
 
 @materialize("retrain://models/candidate", name="register_candidate", cache_policy=NO_CACHE,
              persist_result=False)
-def register_candidate_task(registry_dir: str, staged: str, metadata: dict[str, Any]) -> ModelVersion:
-    """Every candidate becomes a registry version. As a Prefect asset materialization (the
-    assets are set per run), the UI draws the data files -> model lineage."""
-    version = ModelRegistry(registry_dir).register(staged, metadata)
+def register_candidate_task(registry_dir: str, staged: str, metadata: dict[str, Any],
+                            version: str) -> ModelVersion:
+    """Every candidate becomes a registry version, an asset of its own (the assets are set
+    per run): the UI draws the data files -> version lineage."""
+    record = ModelRegistry(registry_dir).register(staged, metadata, version=version)
     for asset in materialized_assets():
-        add_asset_metadata(asset, {"version": version.version, "metrics": version.metrics,
-                                   "path": version.path, "sha256": version.model_sha256})
-    return version
+        add_asset_metadata(asset, {"version": record.version, "metrics": record.metrics,
+                                   "path": record.path, "sha256": record.model_sha256})
+    return record
 
 
-@task(name="deploy_model", cache_policy=NO_CACHE, persist_result=False)
+@materialize("retrain://models/current", name="deploy_model", cache_policy=NO_CACHE, persist_result=False)
 def deploy_task(registry_dir: str, version: str, window: Window, evaluation: EvaluationResult,
                 pipeline: PipelineSpec, lease: str) -> str | None:
-    return deploy_version(ModelRegistry(registry_dir), version, window, evaluation, pipeline, lease)
+    """A deploy materializes the registry's deployed model (the assets are set per run),
+    downstream of the version: deployed versions lead to it, rejected candidates do not."""
+    previous = deploy_version(ModelRegistry(registry_dir), version, window, evaluation, pipeline, lease)
+    for asset in materialized_assets():
+        add_asset_metadata(asset, {"version": version, "previous": previous})
+    return previous
 
 
 # -- the flow -------------------------------------------------------------------------------
 
+def ends_cancelled_when_its_tasks_are(pipeline: Callable[[RetrainRequest], State]) -> Callable[[RetrainRequest], State]:
+    """Cancelled Dask tasks mean an operator cancelled the run: the flow then ends in a
+    Cancelled state instead of failing with the tasks' CancelledError."""
+    @functools.wraps(pipeline)
+    def run(request: RetrainRequest) -> State:
+        try:
+            return pipeline(request)
+        except CancelledError:
+            get_run_logger().warning("the run's tasks were cancelled; it stops here")
+            return Cancelled(message="its tasks were cancelled")
+    return run
+
+
 @flow(name="retrain", persist_result=False, validate_parameters=True)
-def retrain(request: RetrainRequest) -> RunOutcome:
+@ends_cancelled_when_its_tasks_are
+def retrain(request: RetrainRequest) -> State:
     spec, registry, stages = request.pipeline, ModelRegistry(request.registry_dir), Stopwatch()
     # This run may switch `current` until the service releases the lease or a later run
     # takes it (see ModelRegistry.take_lease).
@@ -160,7 +188,7 @@ def retrain(request: RetrainRequest) -> RunOutcome:
         return finish(plan, stages, "not_trained", str(exc))
 
     metadata = version_metadata(plan, request, schema, trained, evaluation, flow_run.id, reference)
-    version = register_task(request.registry_dir, trained.model_path, metadata).version
+    version = register_task(registry, trained.model_path, metadata).version
     stages.lap("register")
     decision, reason = deploy_if_better(registry, version, window, evaluation, spec, lease)
     stages.lap("deploy")
@@ -244,12 +272,14 @@ def train_models(window: Window, spec: ModelSpec, staged: str, metric: str) -> T
     return choose(specs, results, metric)
 
 
-def register_task(registry_dir: str, staged: str, metadata: dict[str, Any]) -> ModelVersion:
-    """Register the candidate, with the data files it was trained on as upstream assets."""
+def register_task(registry: ModelRegistry, staged: str, metadata: dict[str, Any]) -> ModelVersion:
+    """Register the candidate as the next version, with the data files it was trained on as
+    upstream assets. (This run holds the registry's lease: no other run registers now.)"""
+    version = registry.next_version()
     return register_candidate_task.with_options(
-        assets=[model_asset(registry_dir)],
+        assets=[model_asset(registry.root, version)],
         asset_deps=[data_asset(f) for f in metadata["metadata"]["files"]],
-    ).submit(registry_dir, staged, metadata).result()
+    ).submit(registry.root.as_posix(), staged, metadata, version).result()
 
 
 def deploy_if_better(registry: ModelRegistry, version: str, window: Window, evaluation: EvaluationResult,
@@ -263,10 +293,13 @@ def deploy_if_better(registry: ModelRegistry, version: str, window: Window, eval
         deploy = deploy_task.with_options(
             retries=spec.deploy.retries,
             retry_delay_seconds=exponential_backoff(spec.deploy.retry_delay_seconds),
+            assets=[model_asset(registry.root, "current")], asset_deps=[model_asset(registry.root, version)],
         )
         try:
             deploy.submit(registry.root.as_posix(), version, window, evaluation, spec, lease).result()
             decision = "deployed"
+        except CancelledError:
+            raise  # the run was cancelled: not a failed deploy
         except Exception as exc:  # the deploy was rolled back inside the task
             decision = "deploy_failed"
             reason = (f"deploy of {version} failed after {spec.deploy.retries + 1} attempts and was "
@@ -304,15 +337,25 @@ def log_preprocessing(plan: RunPlan, schema: ResolvedSchema) -> None:
 
 
 def finish(plan: RunPlan, stages: "Stopwatch", decision: str, reason: str, *, version: str | None = None,
-           evaluation: EvaluationResult | None = None, trained: TrainResult | None = None) -> RunOutcome:
-    """The run's outcome for the service, and its summary artifact."""
+           evaluation: EvaluationResult | None = None, trained: TrainResult | None = None) -> State:
+    """The run's summary artifact, and its final state: the outcome for the service as its
+    result, the decision as its name."""
     outcome = plan.outcome(flow_run_id=str(flow_run.id) if flow_run.id else None, decision=decision,
                            reason=reason, stage_seconds=stages.seconds, version=version,
                            evaluation=evaluation, trained=trained)
     get_run_logger().info("decision: %s (%s) in %.1fs", decision, reason, stages.total())
     publish_summary(outcome, evaluation, trained)
     publish_monitoring(outcome)
-    return outcome
+    return decision_state(outcome)
+
+
+def decision_state(outcome: RunOutcome) -> State:
+    """Completed named after the decision (``Deployed``, ``Rejected``, ``Kept``,
+    ``NoValidData``...) with its reason as message; a deploy that failed and was rolled back
+    is Failed (``DeployFailed``): an operator has something to fix."""
+    name = "".join(word.capitalize() for word in outcome.decision.split("_"))
+    end = Failed if outcome.decision == "deploy_failed" else Completed
+    return end(name=name, message=outcome.reason, data=outcome)
 
 
 class Stopwatch:
@@ -336,9 +379,12 @@ class Stopwatch:
 
 # -- lineage: Prefect assets ------------------------------------------------------------------
 
-def model_asset(registry_dir: str) -> Asset:
-    return Asset(key=f"retrain://models{Path(registry_dir).resolve().as_posix()}",
-                 properties=AssetProperties(name="retrain model", description=f"registry at {registry_dir}"))
+def model_asset(registry_dir: str | Path, version: str) -> Asset:
+    """A model version of a registry (``current``: whichever version is deployed), so that a
+    deployed model and a rejected candidate are different assets."""
+    registry = Path(registry_dir).resolve().as_posix()
+    return Asset(key=f"retrain://models{registry}/{version}",
+                 properties=AssetProperties(name=f"retrain model {version}", description=f"registry at {registry}"))
 
 
 def data_asset(file: dict[str, Any]) -> Asset:

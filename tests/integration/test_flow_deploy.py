@@ -66,20 +66,25 @@ def test_deploy_that_fails_twice_then_succeeds(tmp_path: Path, dask_address: str
 
 def test_lineage_is_recorded_as_asset_materializations(tmp_path: Path, dask_address: str,
                                                        prefect_api_url: str) -> None:
+    """data files -> the version (every candidate) -> current (deployed versions only)."""
     paths = write_samples(tmp_path / "data", files=2, rows=2000, seed=29)
     result = call_flow(request_for(tmp_path, paths), dask_address)
     assert result.outcome.decision == "deployed"
     body = {"filter": {"event": {"prefix": ["prefect.asset.materialization"]},
                        "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
+    models = f"retrain://models{(tmp_path / 'registry').resolve().as_posix()}"
     wait = __import__("harness").wait_for
-    events = wait(lambda: [e for e in httpx.post(f"{prefect_api_url}/events/filter", json=body,
-                                                 timeout=30).json()["events"]
-                           if str(tmp_path.resolve()) in e["resource"]["prefect.resource.id"]],
-                  30, "the materialization event")
-    event = events[0]
-    assert event["event"] == "prefect.asset.materialization.succeeded"
-    upstream = {r["prefect.resource.id"] for r in event["related"] if r.get("prefect.resource.role") == "asset"}
-    assert {f"retrain://data/{sha256_file(p)}" for p in paths} <= upstream
+    events = wait(lambda: (found := {e["resource"]["prefect.resource.id"]: e for e in httpx.post(
+        f"{prefect_api_url}/events/filter", json=body, timeout=30).json()["events"]
+        if e["resource"]["prefect.resource.id"].startswith(models)}) and len(found) == 2 and found,
+        30, "the materialization events")
+
+    def upstream(event: dict) -> set[str]:
+        assert event["event"] == "prefect.asset.materialization.succeeded"
+        return {r["prefect.resource.id"] for r in event["related"] if r.get("prefect.resource.role") == "asset"}
+
+    assert {f"retrain://data/{sha256_file(p)}" for p in paths} <= upstream(events[f"{models}/v0001"])
+    assert f"{models}/v0001" in upstream(events[f"{models}/current"])
 
 
 def test_deploy_that_keeps_failing_leaves_the_champion_current(tmp_path: Path, dask_address: str) -> None:
