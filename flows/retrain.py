@@ -28,7 +28,7 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_client, get_run_logger, task, unmapped
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -137,16 +137,25 @@ def deploy_task(registry_dir: str, version: str, window: Window, evaluation: Eva
 # -- the flow -------------------------------------------------------------------------------
 
 def ends_cancelled_when_its_tasks_are(pipeline: Callable[[RetrainRequest], State]) -> Callable[[RetrainRequest], State]:
-    """Cancelled Dask tasks mean an operator cancelled the run: the flow then ends in a
-    Cancelled state instead of failing with the tasks' CancelledError."""
+    """When Prefect asked to cancel the run (it is Cancelling), whoever executes it cancels
+    its Dask tasks: the flow then ends Cancelled instead of failing on their CancelledError.
+    Tasks cancelled for any other reason (a lost scheduler) still fail the run."""
     @functools.wraps(pipeline)
     def run(request: RetrainRequest) -> State:
         try:
             return pipeline(request)
         except CancelledError:
-            get_run_logger().warning("the run's tasks were cancelled; it stops here")
-            return Cancelled(message="its tasks were cancelled")
+            if not cancel_requested():
+                raise
+            get_run_logger().warning("the run was cancelled; its tasks were stopped")
+            return Cancelled(message="cancelled: its tasks were stopped")
     return run
+
+
+def cancel_requested() -> bool:
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
 
 
 @flow(name="retrain", persist_result=False, validate_parameters=True)

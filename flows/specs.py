@@ -241,6 +241,12 @@ class PolicySpec(_Section):
     max_new_rows: int = Field(0, ge=0)
     # Retrain when the champion is older than this ("7d", "12h"...). "": off.
     max_age: str = ""
+    # A cron schedule ("0 2 * * *": every night at 2:00) of retrains on the current window
+    # beside the batches, registered as the schedule of the daemon's Prefect deployment.
+    # "": none.
+    schedule: str = ""
+    # The time zone the schedule is read in (IANA name, e.g. "Europe/Paris").
+    timezone: str = "UTC"
 
     @field_validator("max_age")
     @classmethod
@@ -251,6 +257,25 @@ class PolicySpec(_Section):
     @property
     def max_age_seconds(self) -> float | None:
         return duration_seconds(self.max_age)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # The five fields only; Prefect checks each field when the daemon registers it.
+        if value.strip() and len(value.split()) != 5:
+            raise ValueError("expected a cron schedule of five fields such as '0 2 * * *', or '' (none)")
+        return value.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA time zone such as 'UTC' or 'Europe/Paris'") from None
+        return value
 
 
 class PipelineSpec(_Section):

@@ -1,0 +1,168 @@
+"""One flow run of the daemon's deployment, executed in this process on the warm Dask
+cluster: opened (created for a batch, or taken when Prefect scheduled it), claimed
+(Pending takes the deployment's concurrency slot, as a worker would), run, and stoppable.
+
+Prefect cancels a flow run by marking it Cancelling; whoever executes the run must notice
+and stop it. Here the daemon's main loop notices and calls ``RunStop.cancel``: every Dask
+future of the run is cancelled, so the flow's waits end at once and the flow ends Cancelled
+(``flows.retrain``), and futures it submits later are cancelled as they come.
+
+Nothing here touches the ledger or a file: the daemon runs ``execute`` in a thread and
+keeps every state change in its own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prefect_dask import DaskTaskRunner
+
+from flows.records import RetrainRequest, RunOutcome
+from service.deployment import DeploymentRef
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
+log = logging.getLogger("retrain.flowruns")
+
+
+@dataclass
+class FlowResult:
+    flow_run_id: str | None
+    outcome: RunOutcome | None  # None when the flow did not complete
+    error: str | None = None  # one line, when it did not
+    cancelled: bool = False  # Prefect asked to cancel it, and it stopped
+    started: bool = True  # False: it never ran (the deployment's concurrency slot was taken)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Which flow run a run is: a new one of the deployment (a batch of files), one Prefect
+    already holds (the Run button, the API, the schedule: ``flow_run_id``), or, with no
+    deployment, a flow run of its own (the flow called directly)."""
+
+    deployment: DeploymentRef | None
+    name: str  # "run-12-3-files": the run's ledger number and what it works on
+    tags: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # the deployment's parameters
+    flow_run_id: str | None = None
+
+
+class RunStop:
+    """The handle on a run in flight: its flow run once known, and its Dask futures, so
+    that a cancel stops them. A copy pickled with the flow (tasks carry it to the workers)
+    holds nothing to stop."""
+
+    def __init__(self) -> None:
+        self.flow_run_id: str | None = None
+        self.requested = False
+        self._futures: list[Any] = []
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return (RunStop, ())
+
+    def track(self, future) -> None:
+        with self._lock:
+            self._futures.append(future)
+            stopped = self.requested
+        if stopped:
+            future.cancel(reason="the run was cancelled", force=True)
+
+    def cancel(self) -> int:
+        """Cancel every Dask future of the run (and those it submits later); returns how
+        many were still pending."""
+        with self._lock:
+            self.requested = True
+            pending = [f for f in self._futures if not f.done()]
+        for future in pending:
+            future.cancel(reason="the run was cancelled", force=True)
+        return len(pending)
+
+
+class StoppableDaskTaskRunner(DaskTaskRunner):
+    """A DaskTaskRunner on a scheduler's address whose futures a RunStop can cancel."""
+
+    def __init__(self, address: str, stop: RunStop):
+        super().__init__(address=address)
+        self.stop = stop
+
+    def duplicate(self) -> "StoppableDaskTaskRunner":
+        return type(self)(self.address, self.stop)  # the engine runs the flow on a duplicate
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        future = super().submit(task, parameters, wait_for, dependencies)
+        self.stop.track(future.wrapped_future)
+        return future
+
+
+def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
+            stop: RunStop | None = None) -> FlowResult:
+    """Run the flow for ``request`` as the flow run ``start`` names; never raises."""
+    from prefect import tags
+    from prefect.flow_engine import run_flow
+
+    from flows.retrain import retrain
+
+    stop = stop or RunStop()
+    flow = retrain.with_options(task_runner=StoppableDaskTaskRunner(scheduler_address, stop))
+    try:
+        flow_run = open_flow_run(start) if start.deployment is not None else None
+        if start.deployment is not None and flow_run is None:
+            return FlowResult(start.flow_run_id, None, "the deployment's concurrency limit is reached "
+                              "(another process runs a flow run of it)", started=False)
+        if flow_run is not None:
+            stop.flow_run_id = str(flow_run.id)
+            state = run_flow(flow, flow_run=flow_run, parameters={"request": request}, return_type="state")
+        else:
+            with tags(*start.tags):
+                state = flow.with_options(flow_run_name=start.name)(request, return_state=True)
+    except Exception as exc:  # the engine itself failed (API gone, ...)
+        log.debug("%s", traceback.format_exc())  # the caller reports the one line
+        return FlowResult(stop.flow_run_id, None, f"the flow did not run: {one_line(exc)}")
+    return result_of(state)
+
+
+def open_flow_run(start: RunStart) -> "FlowRun | None":
+    """The run's flow run, named and tagged, claimed: Pending takes the deployment's
+    concurrency slot. None when the slot is taken (a new flow run is then deleted; one
+    Prefect scheduled waits in AwaitingConcurrencySlot, as Prefect does it)."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Pending
+
+    assert start.deployment is not None
+    with get_client(sync_client=True) as client:
+        if start.flow_run_id is None:
+            flow_run = client.create_flow_run_from_deployment(
+                start.deployment.id, parameters=start.parameters, name=start.name, tags=start.tags)
+        else:
+            flow_run = client.read_flow_run(start.flow_run_id)
+            client.update_flow_run(flow_run.id, name=start.name, tags=[*flow_run.tags, *start.tags])
+        claimed = client.set_flow_run_state(flow_run.id, Pending())
+        if claimed.state is None or claimed.state.type != StateType.PENDING:
+            if start.flow_run_id is None:
+                client.delete_flow_run(flow_run.id)
+            return None
+        return client.read_flow_run(flow_run.id)
+
+
+def result_of(state) -> FlowResult:
+    flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
+    if state.is_cancelled() or state.is_cancelling():
+        return FlowResult(flow_run_id, None, state.message or "cancelled", cancelled=True)
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, RunOutcome):  # Completed, or Failed "DeployFailed": the flow decided
+        return FlowResult(flow_run_id, value)
+    error = one_line(value) if isinstance(value, BaseException) else (state.message or state.name)
+    return FlowResult(flow_run_id, None, f"flow run {state.name.lower()}: {error}")
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
