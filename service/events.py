@@ -78,7 +78,9 @@ def file_event(record: FileRecord, deployment_id: str | None = None,
     payload: dict[str, Any] = {"file_id": record.id, "name": record.name, "size": record.size,
                                "path": record.path}
     if record.state == FileState.QUARANTINED:
-        payload.update(reason=(record.error or {}).get("reason", ""), hint=(record.error or {}).get("hint", ""))
+        error = record.error or {}
+        payload.update(reason=error.get("reason", ""), hint=error.get("hint", ""),
+                       requeue=f"retrain requeue '{Path(record.path).name}'")
     if record.state == FileState.DUPLICATE:
         payload["duplicate_of"] = record.duplicate_of
     if record.run_id is not None:

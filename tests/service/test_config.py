@@ -57,6 +57,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
     ({"RETRAIN_DASK__MEMORY_LIMIT": "lots"}, "'dask.memory_limit' = 'lots'"),
     ({"RETRAIN_DASK__ADAPTIVE_MINIMUM": "3", "RETRAIN_DASK__ADAPTIVE_MAXIMUM": "2"},
      "adaptive_minimum 3 is above adaptive_maximum 2"),
+    ({"RETRAIN_POLICY__SCHEDULE": "nightly"}, "'policy.schedule' = 'nightly'"),
+    ({"RETRAIN_POLICY__TIMEZONE": "Mars/Olympus"}, "expected an IANA time zone"),
 ])
 def test_invalid_values_fail_with_one_line(environ: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
