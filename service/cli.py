@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One function per command, in the order `retrain --help` lists them.
     _add_run_commands(sub, common, cluster)
-    for add in (_add_status, _add_models, _add_predict, _add_sample, _add_serve, _add_report,
+    for add in (_add_status, _add_pause, _add_models, _add_predict, _add_sample, _add_serve, _add_report,
                 _add_requeue):
         add(sub, common)
     return parser
@@ -92,6 +92,14 @@ def _add_status(sub, common: argparse.ArgumentParser) -> None:
                         help="redraw every SECONDS (default 2) until Ctrl+C")
     status.add_argument("--runs", type=int, default=10, metavar="N", help="how many runs to show")
     status.set_defaults(func=cmd_status)
+
+
+def _add_pause(sub, common: argparse.ArgumentParser) -> None:
+    for name, doing in (("pause", "take files into the queue but start no run"), ("resume", "start runs again")):
+        command = sub.add_parser(name, parents=[common], help=f"{name} the daemon's Prefect deployment: {doing}",
+                                 description=f"{name.capitalize()} the Prefect deployment the daemon runs "
+                                             f"(as `prefect deployment {name}` does): {doing}.")
+        command.set_defaults(func=cmd_pause, pause=name == "pause")
 
 
 def _add_models(sub, common: argparse.ArgumentParser) -> None:
@@ -278,8 +286,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))
+    from service.flowruns import RunStop, execute
     from service.ledger import FileState
-    from service.runs import OPERATOR, build_request, call_flow, record_result
+    from service.runs import OPERATOR, batch_start, build_request, record_cancelled, record_result, window_start
     from service.session import RunSession
 
     log = logging.getLogger("retrain.run")
@@ -292,17 +301,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Reach the scheduler and the API before taking the files: when either does not
         # answer, the files are left alone.
         address = session.start_runtime()
-        claimed = claim_copies(sources, session.home, ledger, settings)
+        claimed = claim_copies(sources, session.home, ledger, settings, str(session.deployment.id))
         if sources and not claimed:
             raise RetrainError("no file to run on; see the lines above")
-        run = ledger.start_run(claimed)  # no file: a run on the window, asked for by an operator
-        request = build_request(settings, session.home, ledger, run,
-                                requested_by=None if sources else OPERATOR)
-        # The flow run's id is recorded as soon as it runs: a cut run can be marked Crashed.
+        if sources:
+            run = ledger.start_run(claimed, {"trigger": "files"})
+            start = batch_start(session.deployment, run, ledger, "retrain run")
+        else:  # no file: a run on the window, asked for by an operator
+            run = ledger.start_run([], {"trigger": "operator", "requested_by": OPERATOR})
+            start = window_start(session.deployment, run, "operator", reason=OPERATOR)
+        request = build_request(settings, session.home, ledger, run, requested_by=None if sources else OPERATOR)
+        before, stop = session.registry.current_version(), RunStop()
+        # The flow run's id is recorded as soon as it is opened: a cut run can be marked Crashed.
         record_flow_run_id = functools.partial(ledger.set_flow_run_id, run.id)
         with show_progress(log):
-            result = call_flow(request, address, record_flow_run_id)
-        run = record_result(ledger, session.home, run, result, settings)
+            result = execute(start, request, address, stop, record_flow_run_id)
+        if result.cancelled:
+            run = record_cancelled(ledger, session.home, session.registry, run, result, before)
+        else:
+            run = record_result(ledger, session.home, run, result, settings)
+        publish_run(ledger, session, run, result)
         return report_run(ledger, run, result)
 
 
@@ -340,10 +358,11 @@ def show_progress(log: logging.Logger) -> Iterator[None]:
             progress.remove_listener(listener)
 
 
-def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
+def claim_copies(sources: list[Path], home, ledger, settings, deployment_id: str) -> list[int]:
     """Copy each source into the inbox and claim it like an inbox file; returns the ids of
     the files queued for this run (duplicates and rejected files are reported)."""
     from flows.files import write_atomically
+    from service import events
     from service.inbox import claim_file
     from service.ledger import FileState
 
@@ -356,6 +375,7 @@ def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
         record = claim_file(ledger, home, target, time.time(), settings.watcher.max_file_bytes)
         if record is None:
             continue
+        events.file_event(record, deployment_id)
         if record.state == FileState.QUEUED:
             claimed.append(record.id)
         elif record.state == FileState.DUPLICATE:
@@ -367,10 +387,24 @@ def claim_copies(sources: list[Path], home, ledger, settings) -> list[int]:
     return claimed
 
 
+def publish_run(ledger, session, run, result) -> None:
+    """The run's Prefect events, as the daemon sends them."""
+    from service import events
+    from service.ledger import FileState
+
+    files = [f for f in map(ledger.get, run.file_ids) if f.state in (FileState.ARCHIVED, FileState.QUARANTINED)]
+    events.run_events(ledger.get_run(run.id), files, session.registry.root, session.registry.current_version(),
+                      str(session.deployment.id), result.outcome)
+
+
 def report_run(ledger, run, result) -> int:
     from service.ledger import FileState
     from service.runs import outcome_line
 
+    if result.cancelled:
+        print(f"retrain: error: run {run.id} was cancelled in Prefect; its files are in quarantine",
+              file=sys.stderr)
+        return 1
     if result.outcome is None:
         print(f"retrain: error: run {run.id} failed: {result.error}", file=sys.stderr)
         return 1
@@ -389,6 +423,34 @@ def report_run(ledger, run, result) -> int:
     print(outcome_line(run.id, outcome))
     states = {ledger.get(f.file_id).state for f in outcome.files}
     return 3 if quarantined or FileState.QUARANTINED in states else 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause or resume the deployment through the API the daemon reports to (its embedded
+    one while it runs, or PREFECT_API_URL)."""
+    from service.deployment import FLOW_NAME, deployment_name, set_paused
+    from service.status import daemon_status
+
+    settings = load(args)
+    home = existing_home(settings)
+    api = daemon_status(home)["prefect_api_url"] or os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise RetrainError("no Prefect API to ask: the daemon is not running and PREFECT_API_URL is not set; "
+                           "start `retrain watch` (its embedded API holds the deployment) or set PREFECT_API_URL")
+    from service.runtime import prepare_environment
+
+    prepare_environment(home)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    name = f"{FLOW_NAME}/{deployment_name(home)}"
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        was = set_paused(name, args.pause)
+    if args.pause:
+        print(f"{name} {'was already' if was else 'is now'} paused: the daemon takes files into its queue and "
+              "starts no run until `retrain resume`")
+    else:
+        print(f"{name} {'is running again' if was else 'was not paused'}: the daemon starts runs")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

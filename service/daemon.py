@@ -2,9 +2,17 @@
 
 serve() reads as its outline: signal handlers -> startup -> main loop -> shutdown.
 
-Threads: watchdog's observer only enqueues events; one run thread calls the flow; the
-main loop does everything else (claims, batches, ledger updates, file moves), so every
-state change has a single writer and a shutdown can never race a run's bookkeeping.
+Threads: watchdog's observer only enqueues events; one run thread executes the run's flow
+run; the main loop does everything else (claims, batches, ledger updates, file moves, the
+questions to Prefect), so every state change has a single writer and a shutdown can never
+race a run's bookkeeping.
+
+Every run is a flow run of the home's Prefect deployment (``service.deployment``): a batch
+of new files, or a run Prefect holds for it (the Run button, the API, the schedule). Once a
+second the loop asks Prefect whether the deployment is paused (then files are still taken,
+but no run starts), whether the run in flight was cancelled (then its Dask tasks are
+stopped, `current` is kept or restored, its files are quarantined), and whether a run of
+the deployment is due.
 """
 
 from __future__ import annotations
@@ -21,17 +29,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
+from flows.errors import RetrainError
 from flows.files import write_atomically
+from service import events
 from service.batcher import Batcher
 from service.config import Settings
+from service.deployment import DeploymentControl, DeploymentRef, run_parameters
+from service.flowruns import FlowResult, RunStart, RunStop, execute
 from service.inbox import Home, claim_file, fail_run_files
 from service.ledger import FileState, Ledger, RunRecord
 from service.requests import OPERATOR_RUN, take_run_request
-from service.runs import OPERATOR, FlowResult, build_request, call_flow, outcome_line, record_result
+from service.runs import (
+    OPERATOR,
+    batch_start,
+    build_request,
+    outcome_line,
+    record_cancelled,
+    record_result,
+    window_start,
+)
 from service.session import RunSession
 from service.watcher import InboxWatcher
 
 log = logging.getLogger("retrain.daemon")
+
+# How often the main loop asks Prefect about the deployment (paused? cancelled? runs due?).
+PREFECT_POLL_SECONDS = 1.0
 
 
 class RetrainDaemon:
@@ -51,6 +74,13 @@ class RetrainDaemon:
         self.api_url: str | None = None
         self.current_run: RunRecord | None = None
         self.run_future: Future[FlowResult] | None = None
+        self.run_stop: RunStop | None = None
+        self.current_before_run: str | None = None  # `current` when the run started
+        self.deployment: DeploymentRef | None = None
+        self.control: DeploymentControl | None = None
+        self.paused = False
+        self._next_poll = 0.0
+        self._prefect_trouble: str | None = None
         self._next_heartbeat = 0.0
         # After a failed run, the next one waits (backoff_seconds): a broken environment
         # should not burn through every file's attempts in seconds.
@@ -91,6 +121,10 @@ class RetrainDaemon:
         self.write_heartbeat(state="starting")
         self.scheduler_address = session.start_runtime()
         self.api_url = session.api_url
+        self.deployment = session.deployment
+        assert self.deployment is not None
+        self.control = DeploymentControl(self.deployment)
+        resources.callback(self.control.close)
         log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
                  self.home.inbox.resolve(), self.settings.watcher.settle_seconds,
                  self.settings.watcher.batch_window_seconds)
@@ -117,6 +151,7 @@ class RetrainDaemon:
         while not self.should_exit:
             self.take_in_files()
             self.finish_run_if_done()
+            self.ask_prefect_if_due()
             self.start_run_if_ready()
             self.write_heartbeat_if_due()
             time.sleep(tick)
@@ -128,68 +163,165 @@ class RetrainDaemon:
             record = claim_file(self.ledger, self.home, entry.path, entry.first_seen,
                                 self.settings.watcher.max_file_bytes)
             self.watcher.forget(entry.path)
-            if record is not None and record.state == FileState.QUEUED:
+            if record is None:
+                continue
+            events.file_event(record, self.deployment_id)
+            if record.state == FileState.QUEUED:
                 claimed.append(record.id)
         if claimed:
             self.batcher.add(claimed, time.monotonic())
 
     def start_run_if_ready(self) -> None:
         """Start a run for a ready batch, or else for an operator's request (``retrain run``
-        with no file: the current window, whatever the policy says)."""
-        assert self.ledger is not None and self.scheduler_address is not None
+        with no file: the current window, whatever the policy says), as a new flow run of
+        the deployment."""
+        assert self.ledger is not None
         now = time.monotonic()
-        if self.run_future is not None or now < self.hold_until:
+        if self.run_future is not None or now < self.hold_until or self.paused:
             return
-        asked = None if self.batcher.ready(now) else take_run_request(self.home.state)
-        if asked is None and not self.batcher.ready(now):
+        if self.batcher.ready(now):
+            run = self.ledger.start_run(self.batcher.take(), {"trigger": "files"})
+            self.launch(run, batch_start(self.deployment, run, self.ledger, "new files"),
+                        build_request(self.settings, self.home, self.ledger, run))
             return
-        run = self.ledger.start_run([] if asked else self.batcher.take())
-        if asked:
+        asked = take_run_request(self.home.state)
+        if asked is not None:
+            run = self.ledger.start_run([], {"trigger": "operator", "requested_by": OPERATOR})
             self.ledger.record_event(OPERATOR_RUN, {"request": asked, "run": run.id})
-        request = build_request(self.settings, self.home, self.ledger, run,
-                                requested_by=OPERATOR if asked else None)
-        log.info("run %d started: %d new file(s), %d in the window%s", run.id,
-                 len(request.new_files), len(request.window_files) + len(request.new_files),
-                 f" (requested by {OPERATOR})" if asked else "")
-        self.current_run = run
+            self.launch(run, window_start(self.deployment, run, "operator", reason=OPERATOR),
+                        build_request(self.settings, self.home, self.ledger, run, requested_by=OPERATOR))
+
+    def start_due_run(self, flow_run) -> None:
+        """A flow run Prefect holds for the deployment is due (the Run button, the API, an
+        automation, the schedule): a retraining on the current window, as its parameters say."""
+        assert self.ledger is not None
+        trigger = "schedule" if flow_run.auto_scheduled else "operator"
+        try:
+            parameters = run_parameters(flow_run.parameters)
+        except RetrainError as exc:  # the API checks them too; a run that slipped through fails
+            log.error("flow run %s of the deployment has parameters that do not fit: %s", flow_run.id, exc)
+            assert self.control is not None
+            self.control.fail(str(flow_run.id), str(exc))
+            return
+        run = self.ledger.start_run([], {"trigger": trigger, "requested_by": parameters["reason"]})
+        self.launch(run, window_start(self.deployment, run, trigger, flow_run_id=str(flow_run.id)),
+                    build_request(self.settings, self.home, self.ledger, run, requested_by=parameters["reason"],
+                                  last_files=parameters["last_files"]))
+
+    def launch(self, run: RunRecord, start: RunStart, request) -> None:
+        """Execute the run's flow run in the run thread, stoppable."""
+        log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.metrics.get("trigger"),
+                 len(request.new_files), len(request.window_files) + len(request.new_files))
+        assert self.session is not None and self.session.registry is not None
+        self.current_run, self.run_stop = run, RunStop()
+        self.current_before_run = self.session.registry.current_version()
         self.run_future = Future()
-        ledger, run_id = self.ledger, run.id
         thread = threading.Thread(
             target=self._run_in_thread, name=f"run-{run.id}",
-            args=(request, self.scheduler_address, self.run_future,
-                  lambda flow_run_id: ledger.set_flow_run_id(run_id, flow_run_id)),
+            args=(start, request, self.scheduler_address, self.run_stop, self.run_future),
             daemon=True,  # never keeps the process alive past shutdown
         )
         thread.start()
         self.write_heartbeat()
 
     @staticmethod
-    def _run_in_thread(request, address: str, future: Future[FlowResult], on_flow_run_id) -> None:
-        future.set_result(call_flow(request, address, on_flow_run_id))
+    def _run_in_thread(start: RunStart, request, address: str, stop: RunStop, future: Future[FlowResult]) -> None:
+        future.set_result(execute(start, request, address, stop))
 
     def finish_run_if_done(self) -> None:
+        """The run thread is done: record what became of the run and of its files."""
         if self.run_future is None or not self.run_future.done():
             return
-        assert self.ledger is not None and self.current_run is not None
-        result = self.run_future.result()
-        record_result(self.ledger, self.home, self.current_run, result, self.settings)
-        if result.outcome is None:
-            log.error("run %d failed: %s", self.current_run.id, result.error)
-            self.consecutive_failures += 1
-            delay = backoff_seconds(self.consecutive_failures)
-            self.hold_until = time.monotonic() + delay
-            log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
-                        self.consecutive_failures)
+        assert self.ledger is not None and self.current_run is not None and self.run_stop is not None
+        result, run = self.run_future.result(), self.current_run
+        if self.run_stop.requested or result.cancelled:
+            assert self.session is not None and self.session.registry is not None
+            run = record_cancelled(self.ledger, self.home, self.session.registry, run, result,
+                                   self.current_before_run)
+        elif not result.started:
+            fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
+                           self.settings.daemon.max_attempts, count_attempt=False)
+            self.hold_until = time.monotonic() + PREFECT_POLL_SECONDS * 5
+            log.warning("run %d could not start: %s; its files wait for the next run", run.id, result.error)
         else:
-            log.info("%s", outcome_line(self.current_run.id, result.outcome))
-            self.consecutive_failures = 0
+            run = record_result(self.ledger, self.home, run, result, self.settings)
+            self.note_failures(run, result)
+        self.publish_run(run, result)
         # Files that failed and went back to the queue wait for the next batch.
-        requeued = [fid for fid in self.current_run.file_ids
-                    if self.ledger.get(fid).state == FileState.QUEUED]
+        requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
         if requeued:
             self.batcher.add(requeued, time.monotonic())
-        self.current_run, self.run_future = None, None
+        self.current_run, self.run_future, self.run_stop = None, None, None
         self.write_heartbeat()
+
+    def note_failures(self, run: RunRecord, result: FlowResult) -> None:
+        if result.outcome is not None:
+            log.info("%s", outcome_line(run.id, result.outcome))
+            self.consecutive_failures = 0
+            return
+        log.error("run %d failed: %s", run.id, result.error)
+        self.consecutive_failures += 1
+        delay = backoff_seconds(self.consecutive_failures)
+        self.hold_until = time.monotonic() + delay
+        log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
+                    self.consecutive_failures)
+
+    def publish_run(self, run: RunRecord, result: FlowResult) -> None:
+        """The run's events: its files that reached their place, its decision, the champion."""
+        assert self.ledger is not None and self.session is not None and self.session.registry is not None
+        registry = self.session.registry
+        files = [f for f in map(self.ledger.get, run.file_ids)
+                 if f.state in (FileState.ARCHIVED, FileState.QUARANTINED)]
+        events.run_events(self.ledger.get_run(run.id), files, registry.root, registry.current_version(),
+                          self.deployment_id, result.outcome)
+
+    # -- Prefect: pause, cancel, runs due ----------------------------------------------------
+    @property
+    def deployment_id(self) -> str | None:
+        return str(self.deployment.id) if self.deployment else None
+
+    def ask_prefect_if_due(self) -> None:
+        """Once a second: is the deployment paused? is a run of the deployment due? An API
+        that does not answer changes nothing (logged once, and again when it answers)."""
+        now = time.monotonic()
+        if now < self._next_poll or self.control is None:
+            return
+        self._next_poll = now + PREFECT_POLL_SECONDS
+        self.name_the_flow_run()
+        try:
+            paused = self.control.paused()
+            idle = self.run_future is None and not paused and now >= self.hold_until
+            due = self.control.due_runs(limit=1) if idle and not self.batcher.ready(now) else []
+        except Exception as exc:  # the API is down or slow: try again at the next poll
+            self._note_prefect_trouble(exc)
+            return
+        if self._prefect_trouble is not None:
+            log.info("the Prefect API answers again")
+            self._prefect_trouble = None
+        if paused != self.paused:
+            log.warning("deployment %s %s", self.deployment.name if self.deployment else "",
+                        "paused: files are taken into the queue, no run starts" if paused else "resumed")
+            self.paused = paused
+            self.write_heartbeat()
+        if due:
+            self.start_due_run(due[0])
+
+    def name_the_flow_run(self) -> None:
+        """Record the run's flow run in the ledger as soon as it is known, so that a crash
+        from then on can still name it (the next start marks it Crashed)."""
+        stop, run = self.run_stop, self.current_run
+        if stop is None or run is None or stop.flow_run_id is None or run.flow_run_id == stop.flow_run_id:
+            return
+        assert self.ledger is not None
+        self.ledger.set_flow_run_id(run.id, stop.flow_run_id)
+        self.current_run = self.ledger.get_run(run.id)
+
+    def _note_prefect_trouble(self, exc: Exception) -> None:
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self._prefect_trouble is None:
+            log.warning("the Prefect API did not answer (%s); pause, cancel and runs started from "
+                        "Prefect wait until it does", line)
+        self._prefect_trouble = line
 
     # -- shutdown --------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -227,7 +359,7 @@ class RetrainDaemon:
         now = time.time()
         beat = {
             "pid": os.getpid(),
-            "state": state or ("running" if self.current_run else "idle"),
+            "state": state or ("running" if self.current_run else "paused" if self.paused else "idle"),
             "started_at": _iso(self.started_at),
             "heartbeat_at": _iso(now),
             "heartbeat_unix": now,
@@ -235,6 +367,8 @@ class RetrainDaemon:
             "home": str(self.home.root.resolve()),
             "prefect_api_url": self.api_url,
             "dask_scheduler": self.scheduler_address,
+            "deployment": self.deployment.name if self.deployment else None,
+            "paused": self.paused,
             "current_run": self.current_run.id if self.current_run else None,
             "current_run_files": len(self.current_run.file_ids) if self.current_run else 0,
             "batched": len(self.batcher),

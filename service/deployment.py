@@ -44,7 +44,7 @@ TRIGGERS = ("files", "operator", "schedule")
 
 
 @validate_call
-def operator_parameters(reason: str = "started from Prefect",
+def operator_parameters(reason: str = "an operator in Prefect",
                         last_files: Annotated[int, Field(ge=0)] | None = None) -> dict[str, Any]:
     """A retraining on the current window, as the UI's Run button starts it.
 
@@ -163,6 +163,12 @@ class DeploymentControl:
     def state_type(self, flow_run_id: str) -> "StateType | None":
         run = self._client.read_flow_run(UUID(flow_run_id))
         return run.state.type if run.state is not None else None
+
+    def fail(self, flow_run_id: str, message: str) -> None:
+        """End a flow run the daemon will not run (its parameters do not fit)."""
+        from prefect.states import Failed
+
+        self._client.set_flow_run_state(UUID(flow_run_id), Failed(message=message), force=True)
 
 
 def set_paused(name: str, paused: bool) -> bool:

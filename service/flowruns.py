@@ -3,9 +3,11 @@ cluster: opened (created for a batch, or taken when Prefect scheduled it), claim
 (Pending takes the deployment's concurrency slot, as a worker would), run, and stoppable.
 
 Prefect cancels a flow run by marking it Cancelling; whoever executes the run must notice
-and stop it. Here the daemon's main loop notices and calls ``RunStop.cancel``: every Dask
-future of the run is cancelled, so the flow's waits end at once and the flow ends Cancelled
-(``flows.retrain``), and futures it submits later are cancelled as they come.
+and stop it. While the flow runs, a thread asks Prefect for its state every second; once
+it is Cancelling, the registry's deploy lease is taken away (a deploy that has not switched
+`current` yet no longer does) and ``RunStop.cancel`` cancels every Dask future of the run,
+so the flow's waits end at once and it ends Cancelled (``flows.retrain``); futures it
+submits later are cancelled as they come.
 
 Nothing here touches the ledger or a file: the daemon runs ``execute`` in a thread and
 keeps every state change in its own loop.
@@ -16,18 +18,23 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prefect_dask import DaskTaskRunner
 
 from flows.records import RetrainRequest, RunOutcome
+from flows.registry import ModelRegistry
 from service.deployment import DeploymentRef
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
 log = logging.getLogger("retrain.flowruns")
+
+# How often a run in flight asks Prefect whether it was cancelled.
+CANCEL_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -101,8 +108,9 @@ class StoppableDaskTaskRunner(DaskTaskRunner):
 
 
 def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
-            stop: RunStop | None = None) -> FlowResult:
-    """Run the flow for ``request`` as the flow run ``start`` names; never raises."""
+            stop: RunStop | None = None, on_flow_run: Callable[[str], None] | None = None) -> FlowResult:
+    """Run the flow for ``request`` as the flow run ``start`` names; never raises.
+    ``on_flow_run`` is told the flow run's id once it is opened (in this thread)."""
     from prefect import tags
     from prefect.flow_engine import run_flow
 
@@ -112,25 +120,64 @@ def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
     flow = retrain.with_options(task_runner=StoppableDaskTaskRunner(scheduler_address, stop))
     try:
         flow_run = open_flow_run(start) if start.deployment is not None else None
-        if start.deployment is not None and flow_run is None:
-            return FlowResult(start.flow_run_id, None, "the deployment's concurrency limit is reached "
-                              "(another process runs a flow run of it)", started=False)
         if flow_run is not None:
             stop.flow_run_id = str(flow_run.id)
-            state = run_flow(flow, flow_run=flow_run, parameters={"request": request}, return_type="state")
+            if on_flow_run is not None:
+                on_flow_run(stop.flow_run_id)
+            with stopped_when_cancelled(flow_run, stop, request.registry_dir):
+                state = run_flow(flow, flow_run=flow_run, parameters={"request": request}, return_type="state")
         else:
             with tags(*start.tags):
                 state = flow.with_options(flow_run_name=start.name)(request, return_state=True)
+    except NotClaimed as exc:
+        return FlowResult(start.flow_run_id, None, str(exc), started=False)
     except Exception as exc:  # the engine itself failed (API gone, ...)
         log.debug("%s", traceback.format_exc())  # the caller reports the one line
         return FlowResult(stop.flow_run_id, None, f"the flow did not run: {one_line(exc)}")
-    return result_of(state)
+    result = result_of(state)
+    close_flow_run(result)
+    return result
 
 
-def open_flow_run(start: RunStart) -> "FlowRun | None":
+@contextmanager
+def stopped_when_cancelled(flow_run: "FlowRun", stop: RunStop, registry_dir: str) -> Iterator[None]:
+    """While the block runs, stop the run as soon as Prefect marks its flow run Cancelling."""
+    done = threading.Event()
+
+    def watch() -> None:
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            while not done.wait(CANCEL_POLL_SECONDS):
+                try:
+                    state = client.read_flow_run(flow_run.id).state
+                except Exception as exc:  # the API hiccups: ask again in a second
+                    log.debug("could not read the state of flow run %s: %s", flow_run.name, exc)
+                    continue
+                if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                    ModelRegistry(registry_dir).release_lease()
+                    log.warning("flow run %s was cancelled in Prefect: stopping it (%d task(s) cancelled)",
+                                flow_run.name, stop.cancel())
+                    return
+
+    watcher = threading.Thread(target=watch, name=f"cancel-watch-{flow_run.name}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+class NotClaimed(Exception):
+    """Prefect refused to let the flow run start (its one line says why)."""
+
+
+def open_flow_run(start: RunStart) -> "FlowRun":
     """The run's flow run, named and tagged, claimed: Pending takes the deployment's
-    concurrency slot. None when the slot is taken (a new flow run is then deleted; one
-    Prefect scheduled waits in AwaitingConcurrencySlot, as Prefect does it)."""
+    concurrency slot. Raises NotClaimed when Prefect refuses (the slot is taken: a new flow
+    run is then deleted, one Prefect scheduled waits in AwaitingConcurrencySlot as Prefect
+    does it; or the flow run was cancelled meanwhile)."""
     from prefect import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.states import Pending
@@ -147,8 +194,29 @@ def open_flow_run(start: RunStart) -> "FlowRun | None":
         if claimed.state is None or claimed.state.type != StateType.PENDING:
             if start.flow_run_id is None:
                 client.delete_flow_run(flow_run.id)
-            return None
+            why = getattr(claimed.details, "reason", None) or (claimed.state.name if claimed.state else "refused")
+            raise NotClaimed(f"Prefect did not let flow run {flow_run.name} start: {why}")
         return client.read_flow_run(flow_run.id)
+
+
+def close_flow_run(result: FlowResult) -> None:
+    """Tag the flow run with how it ended (its decision, ``failed`` or ``cancelled``), so
+    the runs list tells runs apart; a cancelled run still Cancelling (its flow's own end
+    came after the cancel) ends Cancelled. Best effort: the ledger is the record."""
+    from prefect import get_client
+    from prefect.states import Cancelled
+
+    if result.flow_run_id is None:
+        return
+    tag = result.outcome.decision.replace("_", "-") if result.outcome else "cancelled" if result.cancelled else "failed"
+    try:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(result.flow_run_id)
+            client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
+            if result.cancelled and flow_run.state is not None and flow_run.state.is_cancelling():
+                client.set_flow_run_state(flow_run.id, Cancelled(message="cancelled by an operator"))
+    except Exception as exc:
+        log.warning("could not tag flow run %s as %s: %s", result.flow_run_id, tag, one_line(exc))
 
 
 def result_of(state) -> FlowResult:

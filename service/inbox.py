@@ -241,6 +241,27 @@ def fail_run_files(ledger: Ledger, home: Home, run_id: int, reason: str, max_att
             log.warning("quarantined '%s' (file %d) after %d failed runs", record.name, fid, record.attempts)
 
 
+def cancel_run_files(ledger: Ledger, home: Home, run_id: int, model_version: str | None,
+                     flow_run_id: str | None) -> list[FileRecord]:
+    """An operator cancelled the run: its files are set aside in quarantine, where an
+    operator decides (``retrain requeue``), never retried in a loop. Returns their records."""
+    running = [f for f in ledger.files(FileState.RUNNING) if f.run_id == run_id]
+    quarantined: dict[int, tuple[str, dict]] = {}
+    taken: set[Path] = set()
+    for f in running:
+        target = _free_destination(home.quarantine, f.name, f.id, taken)
+        quarantined[f.id] = (str(target), {
+            "reason": f"run {run_id} was cancelled by an operator; `retrain requeue {target.name}` to take it again",
+            "hint": "nothing is wrong with the file as far as retrain knows; requeue it when it should be trained on",
+            "details": {"run_id": run_id, "flow_run_id": flow_run_id}})
+    ledger.cancel_run(run_id, "cancelled by an operator in Prefect", model_version, quarantined)
+    for f in running:
+        record = ledger.get(f.id)
+        _rename(Path(f.path), Path(record.path))
+        _write_error_json(record, record.error or {})
+    return [ledger.get(f.id) for f in running]
+
+
 def reconcile(ledger: Ledger, home: Home, max_attempts: int) -> dict[str, int]:
     """At start, make folders and ledger agree again after any crash (see the module doc).
     Idempotent. Returns counts of what was repaired, for the start-up log line."""

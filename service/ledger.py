@@ -16,7 +16,7 @@ File states::
     vanished     deleted by someone between its event and its claim
     expired      was archived; deleted by retention (``[archive] keep_days``), record kept
 
-Run states: running, completed, failed, interrupted.
+Run states: running, completed, failed, interrupted, cancelled (by an operator, in Prefect).
 """
 
 from __future__ import annotations
@@ -259,10 +259,11 @@ class Ledger:
         return records[-last_files:] if last_files > 0 else records
 
     # -- runs ----------------------------------------------------------------------------
-    def start_run(self, file_ids: list[int]) -> RunRecord:
+    def start_run(self, file_ids: list[int], metrics: dict[str, Any] | None = None) -> RunRecord:
+        """``metrics``: what is known at the start (what started the run, who asked)."""
         with self._tx() as c:
-            cur = c.execute("INSERT INTO runs(state, started_at, file_ids) VALUES ('running', ?, ?)",
-                            (time.time(), json.dumps(file_ids)))
+            cur = c.execute("INSERT INTO runs(state, started_at, file_ids, metrics) VALUES ('running', ?, ?, ?)",
+                            (time.time(), json.dumps(file_ids), json.dumps(metrics or {}, default=str)))
             run_id = cur.lastrowid
             for fid in file_ids:
                 c.execute("UPDATE files SET state=?, run_id=?, updated_at=? WHERE id=? AND state=?",
@@ -317,6 +318,19 @@ class Ledger:
 
     def interrupted_runs(self) -> list[RunRecord]:
         return [_run(r) for r in self._read("SELECT * FROM runs WHERE state='running' ORDER BY id")]
+
+    def cancel_run(self, run_id: int, reason: str, model_version: str | None,
+                   quarantined: dict[int, tuple[str, dict]]) -> RunRecord:
+        """An operator cancelled the run: it ends ``cancelled`` and each of its files goes
+        to quarantine (``quarantined``: file id -> destination, error), in one transaction."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE runs SET state='cancelled', finished_at=?, decision='cancelled', reason=?, "
+                      "model_version=? WHERE id=?", (now, reason, model_version, run_id))
+            for fid, (path, error) in quarantined.items():
+                c.execute("UPDATE files SET state=?, path=?, error=?, updated_at=? WHERE id=? AND run_id=?",
+                          (FileState.QUARANTINED, path, _json(error), now, fid, run_id))
+        return self.get_run(run_id)
 
     def mark_interrupted(self, run_id: int) -> None:
         with self._tx() as c:

@@ -1,48 +1,64 @@
-"""One batch through the flow: build the request from the ledger, call the flow, record
-what happened. Used by the daemon and by ``retrain run`` alike; each says how the run
-ended once, in its own way (the daemon in its log, ``retrain run`` on stdout).
-
-Only ``call_flow`` talks to Prefect; it touches no ledger or file, so the daemon can run
-it in a worker thread and keep every state change in its own loop.
+"""One run through the flow: its flow run of the deployment and the flow's request built
+from the ledger, then what happened recorded. Used by the daemon and by ``retrain run``
+alike; each says how the run ended once, in its own way (the daemon in its log, ``retrain
+run`` on stdout). The flow run itself is executed by ``service.flowruns``, which touches
+no ledger or file.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import traceback
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from flows.records import FileRef, RunOutcome
+from flows.registry import ModelRegistry
 from service.config import Settings
-from service.inbox import Home, archive_files, fail_run_files
+from service.inbox import Home, archive_files, cancel_run_files, fail_run_files
 from service.ledger import FileRecord, FileState, Ledger, RunRecord
 from service.retention import apply_retention
+
+if TYPE_CHECKING:
+    from service.deployment import DeploymentRef
+    from service.flowruns import FlowResult, RunStart
 
 log = logging.getLogger("retrain.runs")
 
 
-@dataclass
-class FlowResult:
-    flow_run_id: str | None
-    outcome: RunOutcome | None  # None when the flow failed
-    error: str | None = None  # one line, when it failed
+def batch_start(deployment: "DeploymentRef | None", run: RunRecord, ledger: Ledger, by: str) -> "RunStart":
+    """The flow run of a batch of new files: a new flow run of the deployment, named after
+    the run and its files; ``by`` says who made the batch (the daemon, ``retrain run``)."""
+    from service.flowruns import RunStart
+
+    names = [ledger.get(fid).name for fid in run.file_ids]
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    count = f"{len(names)} file{'s' if len(names) != 1 else ''}"
+    return RunStart(deployment, f"run-{run.id}-{count.replace(' ', '-')}", ["files"],
+                    {"reason": f"{by}: {count} ({shown})"})
 
 
 OPERATOR = "an operator"  # who asks for a run with `retrain run` and no file
 
 
+def window_start(deployment: "DeploymentRef", run: RunRecord, trigger: str, *, flow_run_id: str | None = None,
+                 reason: str | None = None) -> "RunStart":
+    """A run on the current window: the flow run Prefect holds for it (Run button, API,
+    automation, schedule: ``flow_run_id``), or a new one asked for ``reason``."""
+    from service.flowruns import RunStart
+
+    parameters = {} if flow_run_id else {"reason": reason}
+    return RunStart(deployment, f"run-{run.id}-window", [trigger], parameters, flow_run_id=flow_run_id)
+
+
 def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord,
-                  requested_by: str | None = None):
-    """The flow's parameter for this run: its new files, the training window, and what the
-    policy needs from earlier runs (small batches not scored yet, rows since the champion)."""
-    from flows.registry import ModelRegistry
+                  requested_by: str | None = None, last_files: int | None = None):
+    """The flow's parameter for this run: its new files, the training window (of
+    ``last_files`` files when an operator chose it, else the config's), and what the policy
+    needs from earlier runs (small batches not scored yet, rows since the champion)."""
     from flows.retrain import RetrainRequest
 
     new_files = [_ref(ledger.get(fid)) for fid in run.file_ids]
-    last = settings.window.last_files
+    last = settings.window.last_files if last_files is None else last_files
     if last:
         window = ledger.window(max(last - len(new_files), 0)) if last > len(new_files) else []
     else:
@@ -79,52 +95,7 @@ def _ref(record: FileRecord) -> FileRef:
                    sha256=record.sha256 or "", size=record.size or 0)
 
 
-def call_flow(request, scheduler_address: str,
-              on_flow_run_id: Callable[[str], None] | None = None) -> FlowResult:
-    """Run the flow on the given Dask scheduler; never raises. ``on_flow_run_id`` is told
-    the flow run's id as soon as it runs, so that a crash mid-run can still name it."""
-    from prefect_dask import DaskTaskRunner
-
-    from flows.retrain import retrain
-
-    hooks = []
-    if on_flow_run_id is not None:
-        # The hook travels with the flow into task contexts that Dask pickles: it must not
-        # hold the caller's objects (a ledger connection cannot be pickled), only a key.
-        key = id(on_flow_run_id)
-        _flow_run_callbacks[key] = on_flow_run_id
-        hooks.append(functools.partial(_announce_flow_run, key))
-    flow = retrain.with_options(task_runner=DaskTaskRunner(address=scheduler_address),
-                                on_running=hooks)
-    try:
-        state = flow(request, return_state=True)
-    except Exception as exc:  # the engine itself failed (API gone, ...)
-        log.debug("%s", traceback.format_exc())  # the caller reports the one line
-        return FlowResult(None, None, f"the flow did not run: {_one_line(exc)}")
-    finally:
-        if on_flow_run_id is not None:
-            _flow_run_callbacks.pop(id(on_flow_run_id), None)
-    flow_run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
-    if state.is_completed():
-        return FlowResult(flow_run_id, state.result())
-    try:
-        state.result()  # raises the flow's exception
-        error = state.message or state.name
-    except BaseException as exc:
-        error = _one_line(exc)
-    return FlowResult(flow_run_id, None, f"flow run {state.name.lower()}: {error}")
-
-
-_flow_run_callbacks: dict[int, Callable[[str], None]] = {}
-
-
-def _announce_flow_run(key: int, flow, flow_run, state) -> None:
-    callback = _flow_run_callbacks.get(key)
-    if callback is not None:
-        callback(str(flow_run.id))
-
-
-def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
+def record_result(ledger: Ledger, home: Home, run: RunRecord, result: "FlowResult",
                   settings: Settings) -> RunRecord:
     """Archive the files the run used, quarantine the ones it rejected, apply retention;
     or, when the flow failed, hand its files back to the queue (quarantined after
@@ -141,6 +112,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     rejected = {f.file_id: f.rejection.model_dump() for f in outcome.files
                 if not f.accepted and f.rejection is not None}
     metrics = {
+        **run.metrics,  # what started the run
         **_monitoring(outcome),
         "candidate": outcome.candidate_metrics,
         "champion": outcome.champion_metrics,
@@ -155,6 +127,31 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
     apply_retention(settings, home, ledger, outcome.window_partitions)
+    return ledger.get_run(run.id)
+
+
+def record_cancelled(ledger: Ledger, home: Home, registry: ModelRegistry, run: RunRecord,
+                     result: "FlowResult", current_before: str | None) -> RunRecord:
+    """An operator cancelled the run in Prefect: `current` is what it was when the run
+    started (a deploy that had switched is rolled back), a version the run registered is
+    marked cancelled, and its files are set aside in quarantine for an operator to decide."""
+    flow_run_id = result.flow_run_id or run.flow_run_id
+    if flow_run_id:
+        ledger.set_flow_run_id(run.id, flow_run_id)
+    latest = registry.latest()
+    version = latest.version if latest is not None and flow_run_id and latest.flow_run_id == flow_run_id else None
+    switched = registry.current_version()
+    if switched != current_before:
+        registry.promote(current_before) if current_before else registry.unset_current()
+        ledger.record_event("rollback", {"from": switched, "to": current_before, "by": f"cancel of run {run.id}"})
+        log.warning("run %d was cancelled after its deploy switched current to %s: back to %s",
+                    run.id, switched, current_before)
+    if version is not None:
+        registry.update(version, decision="cancelled", reason=f"run {run.id} was cancelled by an operator")
+    files = cancel_run_files(ledger, home, run.id, version, flow_run_id)
+    log.warning("run %d was cancelled by an operator (flow run %s): %d file(s) quarantined, "
+                "`retrain requeue NAME` takes one again; current is %s", run.id, flow_run_id, len(files),
+                current_before or "none")
     return ledger.get_run(run.id)
 
 
@@ -184,8 +181,3 @@ def _monitoring(outcome: RunOutcome) -> dict[str, Any]:
         "requested_by": outcome.requested_by,
     }
 
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."

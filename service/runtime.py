@@ -88,15 +88,9 @@ class PrefectApi:
         return self.url
 
     def stop(self) -> None:
+        send_what_is_queued()  # while the API still answers
         if self.server is None:
             return
-        # Send the last log lines while the API still answers.
-        from prefect.logging.handlers import APILogWorker
-
-        try:
-            APILogWorker.drain_all(timeout=5)
-        except Exception as exc:  # losing a few log lines must not fail the stop
-            log.debug("could not send the last log lines to Prefect: %s", exc)
         os.environ.pop("PREFECT_API_URL", None)
         self.server.stop()
 
@@ -108,6 +102,18 @@ class PrefectApi:
 
         with temporary_settings(updates={PREFECT_API_URL: self.url}):
             yield self.url
+
+
+def send_what_is_queued() -> None:
+    """Send the last log lines and events of this process to the API."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception as exc:  # losing a few of them must not fail the stop
+            log.debug("could not send the last items of %s to Prefect: %s", worker.__name__, exc)
 
 
 @contextmanager

@@ -9,7 +9,8 @@ released in reverse order:
    half-written model versions removed, folders and ledger reconciled, deletions of
    expired archive files finished.
 2. ``start_runtime``: the Prefect API and the Dask cluster; flow runs that an interrupted
-   run left "Running" in Prefect are marked Crashed.
+   run left "Running" in Prefect are marked Crashed; the home's Prefect deployment is
+   registered (``service.deployment``): every run is one of its flow runs.
 
 The daemon starts its watcher between the two (intake needs neither the API nor the
 cluster); ``retrain run`` takes its files only after both, so that a scheduler or an API
@@ -24,6 +25,7 @@ from contextlib import ExitStack
 
 from flows.registry import ModelRegistry
 from service.config import Settings
+from service.deployment import DeploymentRef, register_deployment
 from service.inbox import Home, reconcile
 from service.ledger import Ledger
 from service.lock import HomeLock
@@ -47,6 +49,7 @@ class RunSession:
         self.registry: ModelRegistry | None = None
         self.api_url: str | None = None
         self.scheduler_address: str | None = None
+        self.deployment: DeploymentRef | None = None
 
     def open_home(self) -> Ledger:
         """Lock the home, open the ledger and repair what an unclean stop left."""
@@ -98,6 +101,7 @@ class RunSession:
         self.resources.enter_context(api.settings())
         quiet_libraries()  # again: importing distributed sets its loggers' levels from Dask's config
         self._report_interrupted_flow_runs()
+        self.deployment = register_deployment(self.settings, self.home.root)
         log.debug("start-up: API and cluster ready in %.1fs", time.perf_counter() - started)
         return self.scheduler_address
 

@@ -18,6 +18,8 @@ from service.requests import OPERATOR_RUN
 
 
 MAIN_STATES = ("queued", "running", "archived", "quarantined", "duplicate")
+# The names of a run's first files shown (a batch may hold a thousand).
+SHOWN_NAMES = 20
 
 
 def daemon_status(home: Path) -> dict[str, Any]:
@@ -44,6 +46,9 @@ def daemon_status(home: Path) -> dict[str, Any]:
         "settling_files": beat.get("settling", 0) if alive else 0,
         "prefect_api_url": beat.get("prefect_api_url") if alive else None,
         "dask_scheduler": beat.get("dask_scheduler") if alive else None,
+        # The Prefect deployment whose flow runs the daemon executes; paused: no run starts.
+        "deployment": beat.get("deployment") if alive else None,
+        "paused": bool(beat.get("paused")) if alive else False,
     }
 
 
@@ -74,6 +79,7 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
     try:
         counts = ledger.counts()
         recent = ledger.runs(limit=runs)
+        names = {r.id: [ledger.get(fid).name for fid in r.file_ids[:SHOWN_NAMES]] for r in recent}
         quarantined = ledger.files(FileState.QUARANTINED)[-5:]
         events = ledger.events(limit=5)
     finally:
@@ -96,6 +102,10 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
                 "train_rows": (r.metrics or {}).get("train_rows"),
                 **{key: (r.metrics or {}).get(key) for key in ("live", "policy", "comparison")},
                 "drift": _drift_summary((r.metrics or {}).get("drift")),
+                # What started it: "files", "operator" (Run button, API, automation), "schedule".
+                "trigger": (r.metrics or {}).get("trigger"),
+                "requested_by": (r.metrics or {}).get("requested_by"),
+                "file_names": names[r.id],
             }
             for r in recent
         ],
@@ -194,6 +204,10 @@ def render_status(status: dict[str, Any]):
         parts.append(f"[bold green]daemon running[/] pid {d['pid']}, up {d['uptime_seconds']:.0f}s, "
                      f"{d['state']}" + (f" (run {d['current_run']})" if d["current_run"] else "")
                      + f"; {d['batched_files']} file(s) batched, {d['settling_files']} settling")
+        if d["deployment"]:
+            parts.append(f"Prefect deployment {d['deployment']}"
+                         + (": [bold yellow]paused[/], files are queued and no run starts (`retrain resume`)"
+                            if d["paused"] else ""))
     else:
         parts.append(f"[bold yellow]daemon not running[/] (home {status['home']})")
 
@@ -262,7 +276,8 @@ def _runs_parts(status: dict[str, Any]) -> list[Any]:
     parts: list[Any] = [runs]
     for r in status["runs"][:3]:
         if r["reason"]:
-            parts.append(Text(f"  run {r['id']}: {r['reason']}"))
+            asked = f" (asked by {r['requested_by']})" if r.get("requested_by") else ""
+            parts.append(Text(f"  run {r['id']}{asked}: {r['reason']}"))
         triggers = [t for t in (r.get("policy") or {}).get("triggers", []) if t != "always"]
         if triggers and r["policy"]["reason"] != r["reason"]:
             parts.append(Text(f"    trained because ({', '.join(triggers)}): {r['policy']['reason']}"))
@@ -300,13 +315,13 @@ def watch_status(collect, interval: float) -> None:
     """Redraw the status every ``interval`` seconds until Ctrl+C."""
     from rich.live import Live
 
-    with Live(render_status(collect()), auto_refresh=False, screen=False) as live:
-        try:
+    try:  # Ctrl+C is how it ends, even during the first draw
+        with Live(render_status(collect()), auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(interval)
                 live.update(render_status(collect()), refresh=True)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def print_models(versions: list[ModelVersion], current: str | None) -> None:

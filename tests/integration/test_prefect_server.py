@@ -142,7 +142,7 @@ def test_daemon_registers_its_deployment_and_runs_batches_as_its_flow_runs(serve
     # `status --watch` redraws until interrupted, then exits 0.
     watch = subprocess.Popen([served.daemon.proc.args[0], "status", "--watch", "0.2"], env=served.env,
                              cwd=served.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    time.sleep(10.0)  # started and drawing, even on a busy machine
     watch.send_signal(signal.SIGINT)
     out, err = watch.communicate(timeout=30)
     assert watch.returncode == 0, err
@@ -189,7 +189,7 @@ def test_runs_of_a_deployed_and_a_rejected_batch_differ_in_name_tags_and_state(s
     assert (good.name, bad.name) == (f"run-{deployed['id']}-1-file", f"run-{rejected['id']}-1-file")
     assert "deployed" in good.tags and "rejected" in bad.tags and "rejected" not in good.tags
     assert (good.state.name, bad.state.name) == ("Deployed", "Rejected")
-    assert bad.state.is_completed() and "threshold" in bad.state.message
+    assert bad.state.is_completed() and bad.state.message.startswith("not deployed")
 
 
 def _events(served: Served, prefix: str) -> list:

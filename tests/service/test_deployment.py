@@ -12,7 +12,7 @@ from service.deployment import deployment_name, run_parameters
 
 
 def test_parameters_are_completed_with_their_defaults() -> None:
-    assert run_parameters({}) == {"reason": "started from Prefect", "last_files": None}
+    assert run_parameters({}) == {"reason": "an operator in Prefect", "last_files": None}
     assert run_parameters({"reason": "nightly", "last_files": 3}) == {"reason": "nightly", "last_files": 3}
 
 
