@@ -3,20 +3,21 @@
 serve() reads as its outline: signal handlers -> startup -> main loop -> shutdown.
 
 Threads: watchdog's observer only enqueues events; one run thread executes the run's flow
-run; the main loop does everything else (claims, batches, ledger updates, file moves, the
-questions to Prefect), so every state change has a single writer and a shutdown can never
-race a run's bookkeeping.
+run (recording only its id in the ledger), with a thread of its own that watches Prefect
+for a cancel (``service.flowruns``); the main loop does everything else (claims, batches,
+ledger updates, file moves, the questions to Prefect), so every state change has a single
+writer and a shutdown can never race a run's bookkeeping.
 
 Every run is a flow run of the home's Prefect deployment (``service.deployment``): a batch
 of new files, or a run Prefect holds for it (the Run button, the API, the schedule). Once a
 second the loop asks Prefect whether the deployment is paused (then files are still taken,
-but no run starts), whether the run in flight was cancelled (then its Dask tasks are
-stopped, `current` is kept or restored, its files are quarantined), and whether a run of
-the deployment is due.
+but no run starts) and whether a run of the deployment is due. A run an operator cancelled
+stops; the loop then keeps or restores `current` and quarantines its files.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
+from typing import Callable
 
 from flows.errors import RetrainError
 from flows.files import write_atomically
@@ -212,21 +214,24 @@ class RetrainDaemon:
         """Execute the run's flow run in the run thread, stoppable."""
         log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.metrics.get("trigger"),
                  len(request.new_files), len(request.window_files) + len(request.new_files))
-        assert self.session is not None and self.session.registry is not None
+        assert self.session is not None and self.session.registry is not None and self.ledger is not None
         self.current_run, self.run_stop = run, RunStop()
         self.current_before_run = self.session.registry.current_version()
         self.run_future = Future()
+        # The flow run's id is recorded as soon as it is opened: a cut run can be marked Crashed.
+        record_flow_run_id = functools.partial(self.ledger.set_flow_run_id, run.id)
         thread = threading.Thread(
             target=self._run_in_thread, name=f"run-{run.id}",
-            args=(start, request, self.scheduler_address, self.run_stop, self.run_future),
+            args=(start, request, self.scheduler_address, self.run_stop, record_flow_run_id, self.run_future),
             daemon=True,  # never keeps the process alive past shutdown
         )
         thread.start()
         self.write_heartbeat()
 
     @staticmethod
-    def _run_in_thread(start: RunStart, request, address: str, stop: RunStop, future: Future[FlowResult]) -> None:
-        future.set_result(execute(start, request, address, stop))
+    def _run_in_thread(start: RunStart, request, address: str, stop: RunStop,
+                       on_flow_run: Callable[[str], None], future: Future[FlowResult]) -> None:
+        future.set_result(execute(start, request, address, stop, on_flow_run))
 
     def finish_run_if_done(self) -> None:
         """The run thread is done: record what became of the run and of its files."""
@@ -246,7 +251,8 @@ class RetrainDaemon:
         else:
             run = record_result(self.ledger, self.home, run, result, self.settings)
             self.note_failures(run, result)
-        self.publish_run(run, result)
+        if result.started:
+            self.publish_run(run, result)
         # Files that failed and went back to the queue wait for the next batch.
         requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
         if requeued:
@@ -275,7 +281,7 @@ class RetrainDaemon:
         events.run_events(self.ledger.get_run(run.id), files, registry.root, registry.current_version(),
                           self.deployment_id, result.outcome)
 
-    # -- Prefect: pause, cancel, runs due ----------------------------------------------------
+    # -- Prefect: pause, runs due ----------------------------------------------------
     @property
     def deployment_id(self) -> str | None:
         return str(self.deployment.id) if self.deployment else None
@@ -287,7 +293,6 @@ class RetrainDaemon:
         if now < self._next_poll or self.control is None:
             return
         self._next_poll = now + PREFECT_POLL_SECONDS
-        self.name_the_flow_run()
         try:
             paused = self.control.paused()
             idle = self.run_future is None and not paused and now >= self.hold_until
@@ -305,16 +310,6 @@ class RetrainDaemon:
             self.write_heartbeat()
         if due:
             self.start_due_run(due[0])
-
-    def name_the_flow_run(self) -> None:
-        """Record the run's flow run in the ledger as soon as it is known, so that a crash
-        from then on can still name it (the next start marks it Crashed)."""
-        stop, run = self.run_stop, self.current_run
-        if stop is None or run is None or stop.flow_run_id is None or run.flow_run_id == stop.flow_run_id:
-            return
-        assert self.ledger is not None
-        self.ledger.set_flow_run_id(run.id, stop.flow_run_id)
-        self.current_run = self.ledger.get_run(run.id)
 
     def _note_prefect_trouble(self, exc: Exception) -> None:
         line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -166,7 +166,7 @@ def stopped_when_cancelled(flow_run: "FlowRun", stop: RunStop, registry_dir: str
         yield
     finally:
         done.set()
-        watcher.join()
+        watcher.join(timeout=CANCEL_POLL_SECONDS * 5)  # a watcher stuck on a slow API is left behind
 
 
 class NotClaimed(Exception):

@@ -64,12 +64,24 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         assert status["current_model"]["version"] == first["model_version"]
         assert status["files"]["archived"] == 3
 
-        # Prefect recorded both flow runs, completed, each with its summary artifact.
+        # The embedded API recorded both as flow runs of the home's deployment, completed,
+        # told apart by name, tag and state name, each with its summary artifact.
         api = status["daemon"]["prefect_api_url"]
+        assert status["daemon"]["deployment"] == "retrain/home" and not status["daemon"]["paused"]
+        deployment = httpx.get(f"{api}/deployments/name/retrain/home", timeout=30).json()
         flow_runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
         ours = {r["id"]: r for r in flow_runs}
         for run in status["runs"][:2]:
-            assert ours[run["flow_run_id"]]["state_type"] == "COMPLETED"
+            flow_run = ours[run["flow_run_id"]]
+            assert flow_run["state_type"] == "COMPLETED" and flow_run["deployment_id"] == deployment["id"]
+            assert flow_run["name"].startswith(f"run-{run['id']}-") and run["decision"] in flow_run["tags"]
+            assert flow_run["state_name"] == run["decision"].capitalize()
+
+        # Paused through the embedded API: status shows it; resumed.
+        assert cli("pause", env=env, cwd=tmp_path).returncode == 0
+        wait_for(lambda: status_json(home, env)["daemon"]["paused"], 30, "the pause")
+        assert cli("resume", env=env, cwd=tmp_path).returncode == 0
+        wait_for(lambda: not status_json(home, env)["daemon"]["paused"], 30, "the resume")
         artifacts = httpx.post(f"{api}/artifacts/filter", json={}, timeout=30).json()
         assert {a["flow_run_id"] for a in artifacts if a["key"] == "retrain-summary"} >= {
             r["flow_run_id"] for r in status["runs"][:2]}
