@@ -50,7 +50,7 @@ from service.runs import (
     record_result,
     window_start,
 )
-from service.session import RunSession
+from service.session import CRASH_REASON, RunSession
 from service.watcher import InboxWatcher
 
 log = logging.getLogger("retrain.daemon")
@@ -340,9 +340,19 @@ class RetrainDaemon:
                 # Whatever of the run still runs somewhere may no longer switch `current`.
                 assert self.session is not None and self.session.registry is not None
                 self.session.registry.release_lease()
+                self.end_abandoned_flow_run()
                 log.warning("run %d did not finish in time; its files are handed back to the queue",
                             self.current_run.id)
                 self.current_run, self.run_future = None, None
+
+    def end_abandoned_flow_run(self) -> None:
+        """The flow run of a run handed back ends Crashed now, not at the next start: it
+        gives back the deployment's concurrency slot at once."""
+        from service.runtime import mark_flow_runs_crashed
+
+        stop = self.run_stop
+        if stop is not None and stop.flow_run_id is not None:
+            mark_flow_runs_crashed([stop.flow_run_id], CRASH_REASON)
 
     # -- heartbeat (read by `retrain status`) ----------------------------------------------
     def write_heartbeat_if_due(self) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from flows.errors import RetrainError
 from invariants import check_invariant
-from service.inbox import (Home, archive_files, claim_file, destination, fail_run_files,
-                           quarantine_file, reconcile, requeue, sha256_file)
+from service.inbox import (Home, archive_files, cancel_run_files, claim_file, destination,
+                           fail_run_files, quarantine_file, reconcile, requeue, sha256_file)
 from service.ledger import FileState, Ledger
 
 MAX = 10_000
@@ -145,6 +145,32 @@ def test_failed_run_hands_files_back_then_quarantines(home: Home, ledger: Ledger
     final = ledger.get(record.id)
     assert final.state == FileState.QUARANTINED and Path(final.path).exists()
     assert "worker died" in json.loads(Path(final.path + ".error.json").read_text())["reason"]
+    check_invariant(home)
+
+
+def test_cancelled_run_sets_its_files_aside_with_the_requeue_command(home: Home, ledger: Ledger) -> None:
+    first = claim_file(ledger, home, drop(home, "a.csv"), 1.0, MAX)
+    second = claim_file(ledger, home, drop(home, "b.csv", "a,b\n3,4\n"), 1.0, MAX)
+    run = ledger.start_run([first.id, second.id], {"trigger": "files"})
+    records = cancel_run_files(ledger, home, run.id, "v0002", "flow-run-1")
+    assert [Path(r.path).parent for r in records] == [home.quarantine] * 2
+    note = json.loads(Path(records[0].path + ".error.json").read_text())
+    assert note["reason"] == f"run {run.id} was cancelled by an operator; `retrain requeue a.csv` to take it again"
+    done = ledger.get_run(run.id)
+    assert (done.state, done.decision, done.model_version) == ("cancelled", "cancelled", "v0002")
+    assert done.metrics == {"trigger": "files"}
+    check_invariant(home)
+    # Taken again, the file is a new one, not a duplicate of itself.
+    assert claim_file(ledger, home, requeue(ledger, home, "a.csv"), 2.0, MAX).state == FileState.QUEUED
+
+
+def test_crash_between_the_cancel_and_its_moves_is_finished_at_start(home: Home, ledger: Ledger) -> None:
+    record = claim_file(ledger, home, drop(home, "a.csv"), 1.0, MAX)
+    run = ledger.start_run([record.id])
+    target = home.quarantine / "a.csv"
+    ledger.cancel_run(run.id, "cancelled", None, {record.id: (str(target), {"reason": "cancelled"})})
+    reconcile(ledger, home, max_attempts=3)  # the file is still in processing/
+    assert target.exists() and ledger.get(record.id).state == FileState.QUARANTINED
     check_invariant(home)
 
 
