@@ -286,7 +286,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.runtime import prepare_environment
 
     prepare_environment(Path(settings.home))
-    from service.flowruns import RunStop, execute
     from service.ledger import FileState
     from service.runs import OPERATOR, batch_start, build_request, record_cancelled, record_result, window_start
     from service.session import RunSession
@@ -301,6 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Reach the scheduler and the API before taking the files: when either does not
         # answer, the files are left alone.
         address = session.start_runtime()
+        from service.flowruns import RunStop, execute
+
         claimed = claim_copies(sources, session.home, ledger, settings, str(session.deployment.id))
         if sources and not claimed:
             raise RetrainError("no file to run on; see the lines above")

@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from flows.errors import RetrainError
 from flows.files import write_atomically
@@ -37,7 +37,6 @@ from service import events
 from service.batcher import Batcher
 from service.config import Settings
 from service.deployment import DeploymentControl, DeploymentRef, run_parameters
-from service.flowruns import FlowResult, RunStart, RunStop, execute
 from service.inbox import Home, claim_file, fail_run_files
 from service.ledger import FileState, Ledger, RunRecord
 from service.requests import OPERATOR_RUN, take_run_request
@@ -52,6 +51,9 @@ from service.runs import (
 )
 from service.session import CRASH_REASON, RunSession
 from service.watcher import InboxWatcher
+
+if TYPE_CHECKING:  # service.flowruns imports Prefect, which must not be imported before the home exists
+    from service.flowruns import FlowResult, RunStart, RunStop
 
 log = logging.getLogger("retrain.daemon")
 
@@ -215,6 +217,8 @@ class RetrainDaemon:
         log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.metrics.get("trigger"),
                  len(request.new_files), len(request.window_files) + len(request.new_files))
         assert self.session is not None and self.session.registry is not None and self.ledger is not None
+        from service.flowruns import RunStop
+
         self.current_run, self.run_stop = run, RunStop()
         self.current_before_run = self.session.registry.current_version()
         self.run_future = Future()
@@ -231,6 +235,8 @@ class RetrainDaemon:
     @staticmethod
     def _run_in_thread(start: RunStart, request, address: str, stop: RunStop,
                        on_flow_run: Callable[[str], None], future: Future[FlowResult]) -> None:
+        from service.flowruns import execute
+
         future.set_result(execute(start, request, address, stop, on_flow_run))
 
     def finish_run_if_done(self) -> None:
