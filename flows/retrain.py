@@ -276,6 +276,8 @@ def train_models(window: Window, spec: ModelSpec, staged: str, metric: str) -> T
     for i in range(len(specs)):
         try:
             results.append(futures[i].result())
+        except CancelledError:
+            raise  # the run was cancelled: not a failed candidate
         except Exception as exc:  # a candidate that fails is recorded; the search goes on
             results.append(exc)
     return choose(specs, results, metric)

@@ -42,6 +42,7 @@ from service.ledger import FileState, Ledger, RunRecord
 from service.requests import OPERATOR_RUN, take_run_request
 from service.runs import (
     OPERATOR,
+    FlowResult,
     batch_start,
     build_request,
     outcome_line,
@@ -53,7 +54,7 @@ from service.session import CRASH_REASON, RunSession
 from service.watcher import InboxWatcher
 
 if TYPE_CHECKING:  # service.flowruns imports Prefect, which must not be imported before the home exists
-    from service.flowruns import FlowResult, RunStart, RunStop
+    from service.flowruns import RunStart, RunStop
 
 log = logging.getLogger("retrain.daemon")
 

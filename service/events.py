@@ -107,7 +107,7 @@ def run_events(run: RunRecord, files: list[FileRecord], registry: Path, current:
 def champion_events(outcome: RunOutcome, run: RunRecord, registry: Path, deployment_id: str | None) -> None:
     """``retrain.model.degraded`` when the champion's live metric fell below its bar,
     ``retrain.model.drifted`` when its inputs drifted above the policy's bar."""
-    policy, live, drift = (getattr(outcome, name, None) for name in ("policy", "live", "drift"))
+    policy, live, drift = outcome.policy, outcome.live, outcome.drift
     if policy is None or live is None:
         return
     resource = model_resource(registry, live.version)

@@ -27,6 +27,7 @@ from prefect_dask import DaskTaskRunner
 from flows.records import RetrainRequest, RunOutcome
 from flows.registry import ModelRegistry
 from service.deployment import DeploymentRef
+from service.runs import FlowResult
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -35,15 +36,6 @@ log = logging.getLogger("retrain.flowruns")
 
 # How often a run in flight asks Prefect whether it was cancelled.
 CANCEL_POLL_SECONDS = 1.0
-
-
-@dataclass
-class FlowResult:
-    flow_run_id: str | None
-    outcome: RunOutcome | None  # None when the flow did not complete
-    error: str | None = None  # one line, when it did not
-    cancelled: bool = False  # Prefect asked to cancel it, and it stopped
-    started: bool = True  # False: it never ran (the deployment's concurrency slot was taken)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ def hand_to_daemon(sources: list[Path], home: Home, poll_seconds: float = 0.2) -
     for item in handed:
         drop_copy(item.source, home.inbox)
     print(f"retrain: a daemon holds {home.root}; {len(handed)} file(s) handed to it", file=sys.stderr)
+    note_pause(home)
     ledger = Ledger(home.ledger_path, readonly=True)
     try:
         while not all(_settled(ledger, item, started) for item in handed):
@@ -65,6 +66,7 @@ def ask_daemon_to_retrain(home: Home, poll_seconds: float = 0.2) -> int:
     completed (deployed, rejected or kept), 1 otherwise."""
     request_id = ask_for_run(home.state)
     print(f"retrain: a daemon holds {home.root}; it retrains on its current window now", file=sys.stderr)
+    note_pause(home)
     ledger = Ledger(home.ledger_path, readonly=True)
     try:
         run_id, run = None, None
@@ -82,6 +84,14 @@ def ask_daemon_to_retrain(home: Home, poll_seconds: float = 0.2) -> int:
     finally:
         ledger.close()
     return 0 if run.state == "completed" and run.decision != "no_valid_data" else 1
+
+
+def note_pause(home: Home) -> None:
+    """A paused deployment starts no run: say so, or the wait would look like a hang."""
+    status = daemon_status(home.root)
+    if status.get("paused"):
+        print(f"retrain: {status['deployment']} is paused: the run starts once it is resumed "
+              "(`retrain resume`)", file=sys.stderr)
 
 
 def drop_copy(source: Path, inbox: Path) -> Path:

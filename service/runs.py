@@ -8,6 +8,7 @@ no ledger or file.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,18 @@ from service.retention import apply_retention
 
 if TYPE_CHECKING:
     from service.deployment import DeploymentRef
-    from service.flowruns import FlowResult, RunStart
+    from service.flowruns import RunStart
 
 log = logging.getLogger("retrain.runs")
+
+
+@dataclass
+class FlowResult:
+    flow_run_id: str | None
+    outcome: RunOutcome | None  # None when the flow did not complete
+    error: str | None = None  # one line, when it did not
+    cancelled: bool = False  # Prefect asked to cancel it, and it stopped
+    started: bool = True  # False: it never ran (the deployment's concurrency slot was taken)
 
 
 def batch_start(deployment: "DeploymentRef | None", run: RunRecord, ledger: Ledger, by: str) -> "RunStart":
@@ -95,7 +105,7 @@ def _ref(record: FileRecord) -> FileRef:
                    sha256=record.sha256 or "", size=record.size or 0)
 
 
-def record_result(ledger: Ledger, home: Home, run: RunRecord, result: "FlowResult",
+def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
                   settings: Settings) -> RunRecord:
     """Archive the files the run used, quarantine the ones it rejected, apply retention;
     or, when the flow failed, hand its files back to the queue (quarantined after
@@ -131,7 +141,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: "FlowResul
 
 
 def record_cancelled(ledger: Ledger, home: Home, registry: ModelRegistry, run: RunRecord,
-                     result: "FlowResult", current_before: str | None) -> RunRecord:
+                     result: FlowResult, current_before: str | None) -> RunRecord:
     """An operator cancelled the run in Prefect: `current` is what it was when the run
     started (a deploy that had switched is rolled back), a version the run registered is
     marked cancelled, and its files are set aside in quarantine for an operator to decide."""

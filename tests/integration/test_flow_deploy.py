@@ -16,15 +16,10 @@ from flows.registry import ModelRegistry
 from flows.retrain import RetrainRequest
 from flows.specs import PipelineSpec
 from flows.files import sha256_file
-from service.flowruns import FlowResult, RunStart, execute
+from harness import call_flow
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration
-
-
-def call_flow(request: RetrainRequest, address: str) -> FlowResult:
-    """The flow called directly, as a flow run of its own (no deployment)."""
-    return execute(RunStart(None, "test"), request, address)
 
 
 def request_for(tmp_path: Path, paths: list[Path], window: list[Path] = (), **pipeline) -> RetrainRequest:
