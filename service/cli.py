@@ -300,6 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Reach the scheduler and the API before taking the files: when either does not
         # answer, the files are left alone.
         address = session.start_runtime()
+        from service import events
         from service.flowruns import RunStop, execute
 
         claimed = claim_copies(sources, session.home, ledger, settings, str(session.deployment.id))
@@ -321,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             run = record_cancelled(ledger, session.home, session.registry, run, result, before)
         else:
             run = record_result(ledger, session.home, run, result, settings)
-        publish_run(ledger, session, run, result)
+        events.run_ended(ledger, session.registry, run.id, str(session.deployment.id), result.outcome, settings)
         return report_run(ledger, run, result)
 
 
@@ -386,16 +387,6 @@ def claim_copies(sources: list[Path], home, ledger, settings, deployment_id: str
             print(f"retrain: {source.name}: {(record.error or {}).get('reason', record.state)}",
                   file=sys.stderr)
     return claimed
-
-
-def publish_run(ledger, session, run, result) -> None:
-    """The run's Prefect events, as the daemon sends them."""
-    from service import events
-    from service.ledger import FileState
-
-    files = [f for f in map(ledger.get, run.file_ids) if f.state in (FileState.ARCHIVED, FileState.QUARANTINED)]
-    events.run_events(ledger.get_run(run.id), files, session.registry.root, session.registry.current_version(),
-                      str(session.deployment.id), result.outcome)
 
 
 def report_run(ledger, run, result) -> int:

@@ -259,7 +259,9 @@ class RetrainDaemon:
             run = record_result(self.ledger, self.home, run, result, self.settings)
             self.note_failures(run, result)
         if result.started:
-            self.publish_run(run, result)
+            assert self.session is not None and self.session.registry is not None
+            events.run_ended(self.ledger, self.session.registry, run.id, self.deployment_id, result.outcome,
+                             self.settings)
         # Files that failed and went back to the queue wait for the next batch.
         requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
         if requeued:
@@ -278,15 +280,6 @@ class RetrainDaemon:
         self.hold_until = time.monotonic() + delay
         log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
                     self.consecutive_failures)
-
-    def publish_run(self, run: RunRecord, result: FlowResult) -> None:
-        """The run's events: its files that reached their place, its decision, the champion."""
-        assert self.ledger is not None and self.session is not None and self.session.registry is not None
-        registry = self.session.registry
-        files = [f for f in map(self.ledger.get, run.file_ids)
-                 if f.state in (FileState.ARCHIVED, FileState.QUARANTINED)]
-        events.run_events(self.ledger.get_run(run.id), files, registry.root, registry.current_version(),
-                          self.deployment_id, result.outcome)
 
     # -- Prefect: pause, runs due ----------------------------------------------------
     @property

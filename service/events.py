@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from flows.records import RunOutcome
-from service.ledger import FileRecord, FileState, RunRecord
+from flows.registry import ModelRegistry
+from flows.specs import PipelineSpec
+from service.ledger import FileRecord, FileState, Ledger, RunRecord
 
 log = logging.getLogger("retrain.events")
 
@@ -88,35 +90,47 @@ def file_event(record: FileRecord, deployment_id: str | None = None,
     emit(f"retrain.file.{kind}", file_resource(record), related(deployment_id, flow_run_id), payload)
 
 
-def run_events(run: RunRecord, files: list[FileRecord], registry: Path, current: str | None,
-               deployment_id: str | None, outcome: RunOutcome | None = None) -> None:
-    """The events of a run that ended: each of its files (archived, quarantined), its
-    decision, and what its monitoring found of the champion."""
+def run_ended(ledger: Ledger, registry: ModelRegistry, run_id: int, deployment_id: str | None,
+              outcome: RunOutcome | None, spec: PipelineSpec) -> None:
+    """The events of a run that ended: each of its files that reached its place (archived,
+    quarantined), its decision, and what its monitoring found of the champion."""
+    run = ledger.get_run(run_id)
+    files = [f for f in map(ledger.get, run.file_ids) if f.state in (FileState.ARCHIVED, FileState.QUARANTINED)]
     for record in files:
         file_event(record, deployment_id, run.flow_run_id)
+    current = registry.current_version()
     decision = run.decision or run.state  # "failed", "cancelled" for runs without a decision
     name = "rolled-back" if decision == "deploy_failed" else decision.replace("_", "-")
     payload = {"run": run.id, "decision": decision, "reason": run.reason, "model_version": run.model_version,
                "current": current, "metric": run.metric, "metrics": run.metrics, "files": len(files)}
-    emit(f"retrain.run.{name}", model_resource(registry, run.model_version or current),
+    emit(f"retrain.run.{name}", model_resource(registry.root, run.model_version or current),
          related(deployment_id, run.flow_run_id, files), payload)
     if outcome is not None:
-        champion_events(outcome, run, registry, deployment_id)
+        champion_events(outcome, run, registry.root, deployment_id, spec)
 
 
-def champion_events(outcome: RunOutcome, run: RunRecord, registry: Path, deployment_id: str | None) -> None:
-    """``retrain.model.degraded`` when the champion's live metric fell below its bar,
-    ``retrain.model.drifted`` when its inputs drifted above the policy's bar."""
+def champion_events(outcome: RunOutcome, run: RunRecord, registry: Path, deployment_id: str | None,
+                    spec: PipelineSpec) -> None:
+    """``retrain.model.degraded`` when the policy found the champion's live metric below its
+    bar (its ``live_metric`` trigger, whatever ``policy.retrain``), ``retrain.model.drifted``
+    when it found a feature drifted above ``max_drift``."""
+    from flows.policy import live_bar
+
     policy, live, drift = outcome.policy, outcome.live, outcome.drift
     if policy is None or live is None:
         return
     resource = model_resource(registry, live.version)
     context = related(deployment_id, run.flow_run_id)
     if "live_metric" in policy.triggers:
+        bar = live_bar(spec)
+        reason = (f"live {live.metric} {live.value:.4f} on {live.rows:,} new rows, bar {bar:g}"
+                  if live.value is not None else "it cannot score the new rows")
         emit("retrain.model.degraded", resource, context,
-             {"run": run.id, "metric": live.metric, "value": live.value, "rows": live.rows,
-              "reason": policy.reason})
-    if "drift" in policy.triggers and drift is not None:
+             {"run": run.id, "metric": live.metric, "value": live.value, "rows": live.rows, "bar": bar,
+              "reason": reason})
+    if "drift" in policy.triggers and drift is not None and drift.scores:
+        feature, score = next(iter(drift.scores.items()))
         emit("retrain.model.drifted", resource, context,
              {"run": run.id, "statistic": drift.statistic, "scores": dict(list(drift.scores.items())[:10]),
-              "reason": policy.reason})
+              "bar": spec.policy.max_drift,
+              "reason": f"{drift.statistic} {score:.3f} ({feature}) above max_drift {spec.policy.max_drift:g}"})

@@ -181,14 +181,16 @@ def open_flow_run(start: RunStart) -> "FlowRun":
                 start.deployment.id, parameters=start.parameters, name=start.name, tags=start.tags)
         else:
             flow_run = client.read_flow_run(start.flow_run_id)
-            client.update_flow_run(flow_run.id, name=start.name, tags=[*flow_run.tags, *start.tags])
+            flow_run.name, flow_run.tags = start.name, [*flow_run.tags, *start.tags]
+            client.update_flow_run(flow_run.id, name=flow_run.name, tags=flow_run.tags)
         claimed = client.set_flow_run_state(flow_run.id, Pending())
         if claimed.state is None or claimed.state.type != StateType.PENDING:
             if start.flow_run_id is None:
                 client.delete_flow_run(flow_run.id)
             why = getattr(claimed.details, "reason", None) or (claimed.state.name if claimed.state else "refused")
             raise NotClaimed(f"Prefect did not let flow run {flow_run.name} start: {why}")
-        return client.read_flow_run(flow_run.id)
+        flow_run.state = claimed.state  # Pending, with the slot's lease: what the engine starts from
+        return flow_run
 
 
 def close_flow_run(result: FlowResult) -> None:

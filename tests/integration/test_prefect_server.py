@@ -238,7 +238,8 @@ def test_events_of_a_deployed_run_a_quarantined_file_and_a_duplicate(served: Ser
 
     def seen() -> dict | None:
         found = {e.event: e for e in _events(served, "retrain.")}
-        wanted = {"retrain.file.duplicate", "retrain.file.quarantined", "retrain.run.deployed", "retrain.file.archived"}
+        wanted = {"retrain.file.duplicate", "retrain.file.quarantined", "retrain.run.deployed", "retrain.file.archived",
+                  "retrain.run.rejected", "retrain.model.degraded"}
         return found if wanted <= set(found) else None
 
     events = wait_for(seen, 60, "the events on the server")
@@ -249,6 +250,11 @@ def test_events_of_a_deployed_run_a_quarantined_file_and_a_duplicate(served: Ser
     assert deployed.resource.id.endswith("/v0001") and deployed.resource.name == "v0001"
     roles = {r.role for r in deployed.related}
     assert {"deployment", "flow-run", "file"} <= roles
+    # The noisy batch: its candidate rejected, and the champion's live metric on it below the bar.
+    assert events["retrain.run.rejected"].resource.id != deployed.resource.id
+    degraded = events["retrain.model.degraded"]
+    assert degraded.resource.id.startswith(deployed.resource.id.rsplit("/", 1)[0])
+    assert degraded.payload["value"] < 0.6 and "live" in degraded.payload["reason"]
 
 
 def _cancel(served: Served, flow_run_id: str) -> float:
@@ -328,9 +334,7 @@ def test_a_paused_deployment_queues_files_and_starts_no_run_until_resumed(served
 
 def test_the_readme_automations_are_accepted_and_a_degraded_champion_starts_a_run(served: Served) -> None:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
-    from prefect.events import emit_event
     from prefect.events.schemas.automations import AutomationCore
-    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     automations = yaml.safe_load((ROOT / "config" / "automations.yaml").read_text())["automations"]
@@ -343,19 +347,17 @@ def test_the_readme_automations_are_accepted_and_a_degraded_champion_starts_a_ru
             ids = [client.create_automation(AutomationCore.model_validate(a)) for a in automations]
             assert {a.name for a in (client.read_automation(i) for i in ids)} == {a["name"] for a in automations}
             known = {r.id for r in client.read_flow_runs()}
-        # What the daemon sends when the champion's live metric falls below its bar.
-        emit_event("retrain.model.degraded",
-                   resource={"prefect.resource.id": "retrain://models/test/v0001", "prefect.resource.name": "v0001"},
-                   related=[{"prefect.resource.id": f"prefect.deployment.{deployment.id}",
-                             "prefect.resource.role": "deployment"}],
-                   payload={"reason": "live roc_auc 0.51 < 0.6"})
-        EventsWorker.drain_all(timeout=30)
 
     def started() -> str | None:
+        """A new flow run of the deployment that is not a batch's (the automation's)."""
         with served.client() as client:
-            new = [r for r in client.read_flow_runs() if r.id not in known and r.deployment_id == deployment.id]
+            new = [r for r in client.read_flow_runs()
+                   if r.id not in known and r.deployment_id == deployment.id and "files" not in r.tags]
         return str(new[0].id) if new else None
 
-    flow_run_id = wait_for(started, 120, "the automation's flow run")
+    # A batch the champion does badly on: the daemon sends retrain.model.degraded, the
+    # automation asks for a run of the deployment, the daemon executes it.
+    served.drop("--rows", "3000", "--seed", "57", "--label-noise", "0.5")
+    flow_run_id = wait_for(started, 240, "the automation's flow run")
     run = served.wait_run("the automation's run", flow_run_id=flow_run_id)
-    assert "the champion v0001 degraded: live roc_auc 0.51 < 0.6" in run["requested_by"], run
+    assert run["requested_by"].startswith("the champion v") and " degraded: live " in run["requested_by"], run
