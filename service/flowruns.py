@@ -103,13 +103,22 @@ def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
             stop: RunStop | None = None, on_flow_run: Callable[[str], None] | None = None) -> FlowResult:
     """Run the flow for ``request`` as the flow run ``start`` names; never raises.
     ``on_flow_run`` is told the flow run's id once it is opened (in this thread)."""
-    from prefect import tags
-    from prefect.flow_engine import run_flow
+    from prefect.context import SyncClientContext
 
     from flows.retrain import retrain
 
     stop = stop or RunStop()
     flow = retrain.with_options(task_runner=StoppableDaskTaskRunner(scheduler_address, stop))
+    # One client (and its open connection) for opening the flow run, the engine and its end.
+    with SyncClientContext.get_or_create():
+        return _execute(flow, start, request, stop, on_flow_run)
+
+
+def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
+             on_flow_run: Callable[[str], None] | None) -> FlowResult:
+    from prefect import tags
+    from prefect.flow_engine import run_flow
+
     try:
         flow_run = open_flow_run(start) if start.deployment is not None else None
         if flow_run is not None:
@@ -139,17 +148,21 @@ def stopped_when_cancelled(flow_run: "FlowRun", stop: RunStop, registry_dir: str
     def watch() -> None:
         from prefect import get_client
 
+        if done.wait(CANCEL_POLL_SECONDS):  # most runs of small batches end before the first look
+            return
         with get_client(sync_client=True) as client:
-            while not done.wait(CANCEL_POLL_SECONDS):
+            while True:
                 try:
                     state = client.read_flow_run(flow_run.id).state
                 except Exception as exc:  # the API hiccups: ask again in a second
                     log.debug("could not read the state of flow run %s: %s", flow_run.name, exc)
-                    continue
+                    state = None
                 if state is not None and (state.is_cancelling() or state.is_cancelled()):
                     ModelRegistry(registry_dir).release_lease()
                     log.warning("flow run %s was cancelled in Prefect: stopping it (%d task(s) cancelled)",
                                 flow_run.name, stop.cancel())
+                    return
+                if done.wait(CANCEL_POLL_SECONDS):
                     return
 
     watcher = threading.Thread(target=watch, name=f"cancel-watch-{flow_run.name}", daemon=True)
