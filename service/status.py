@@ -300,13 +300,13 @@ def watch_status(collect, interval: float) -> None:
     """Redraw the status every ``interval`` seconds until Ctrl+C."""
     from rich.live import Live
 
-    with Live(render_status(collect()), auto_refresh=False, screen=False) as live:
-        try:
+    try:  # Ctrl+C may come at any moment, the first collection included: a clean stop
+        with Live(render_status(collect()), auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(interval)
                 live.update(render_status(collect()), refresh=True)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def print_models(versions: list[ModelVersion], current: str | None) -> None:
