@@ -92,8 +92,10 @@ class RunSession:
         quiet_libraries()
         api = PrefectApi()  # its URL is in the environment now, before any worker starts
         self.resources.callback(api.stop)
+        if api.server is None:  # an existing API: checked first, quickly, before any worker starts
+            api.start()
         with ThreadPoolExecutor(1, thread_name_prefix="prefect-api") as pool:
-            api_started = pool.submit(api.start)
+            api_started = pool.submit(lambda: api.url if api.server is None else api.start())
             try:
                 self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask))
             finally:
