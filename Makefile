@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick bench-serve bench-cluster soak soak-quick server clean
+.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ bench-serve: $(STAMP)
 ## make bench-cluster: XGBoost beyond one worker's memory, and the model search (benchmarks/beyond_one_worker.json)
 bench-cluster: $(STAMP)
 	$(BIN)/python benchmarks/beyond_one_worker.py --out benchmarks/beyond_one_worker.json
+
+## make bench-deployment: drop-to-deployed with every run a flow run of the deployment vs the flow called directly (benchmarks/deployment-cost-results.md)
+bench-deployment: $(STAMP)
+	$(BIN)/python benchmarks/deployment_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -124,17 +124,24 @@ class Daemon:
 
     home: Path
     settings: dict[str, str] = field(default_factory=dict)
+    # The source tree the daemon runs from (its config/retrain.toml included): this one, or
+    # an earlier revision's (benchmarks/deployment_cost.py).
+    code: Path = ROOT
 
     def __post_init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_API_URL"))}
         env.update({"RETRAIN_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
         env.update({f"RETRAIN_{k.upper()}": v for k, v in self.settings.items()})
+        command = [RETRAIN, "watch"]
+        if self.code != ROOT:  # its modules before the installed ones
+            env["PYTHONPATH"] = str(self.code)
+            command = [sys.executable, "-m", "service.cli", "watch"]
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home.parent / f"{self.home.name}.log"
         self._log = open(self.log_path, "wb")
         started = time.perf_counter()
-        self.proc = subprocess.Popen([RETRAIN, "watch"], cwd=ROOT, env=env, stdout=self._log,
+        self.proc = subprocess.Popen(command, cwd=self.code, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         while "press Ctrl+C to stop" not in self.log_path.read_text(errors="replace"):
             if self.proc.poll() is not None:
@@ -196,11 +203,11 @@ def stage_seconds(run: sqlite3.Row) -> dict[str, float]:
 
 # -- the five measurements ---------------------------------------------------------------------
 
-def measure_latency(work: Path, files: list[Path]) -> dict:
+def measure_latency(work: Path, files: list[Path], code: Path = ROOT, home: str = "latency-home") -> dict:
     """Drop-to-deployed on a warm daemon, one file at a time. The window is the newest file,
     so every run does the work of one 10,000-row file; the first drop warms the workers up
     and is not counted."""
-    daemon = Daemon(work / "latency-home", {"evaluation__tolerance": "1.0", "window__last_files": "1"})
+    daemon = Daemon(work / home, {"evaluation__tolerance": "1.0", "window__last_files": "1"}, code)
     samples = []
     try:
         for i, path in enumerate(files):
@@ -222,7 +229,7 @@ def measure_latency(work: Path, files: list[Path]) -> dict:
     p95_index = min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))
     stages = {k: statistics.median(s["stages"].get(k, 0.0) for s in samples) for k in samples[0]["stages"]}
     return {
-        "p50": statistics.median(ordered), "p95": ordered[p95_index], "drops": len(samples),
+        "p50": statistics.median(ordered), "p95": ordered[p95_index], "drops": len(samples), "totals": ordered,
         "detection_p50": statistics.median(s["detection"] for s in samples),
         "detection_max": max(s["detection"] for s in samples),
         "batching_p50": statistics.median(s["batching"] for s in samples),
