@@ -132,7 +132,7 @@ def window_bytes(home: Path) -> dict:
 def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
     from dask.utils import parse_bytes
 
-    from service.runs import call_flow
+    from service.flowruns import call_flow
     from service.sample import write_samples
 
     files = write_samples(work / "data", files=max(1, rows // 500_000), rows=min(rows, 500_000), seed=3)
@@ -155,7 +155,7 @@ def search(work: Path, rows: int) -> dict:
     from flows.data import Window
     from flows.specs import DEFAULT_CANDIDATES, ModelSpec
     from flows.train import train_candidate
-    from service.runs import call_flow
+    from service.flowruns import call_flow
     from service.sample import write_samples
 
     files = write_samples(work / "search-data", files=2, rows=rows // 2, seed=4)

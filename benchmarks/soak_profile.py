@@ -3,7 +3,7 @@
     python benchmarks/soak_profile.py [--runs 60] [--every 20] [--frames 8]
 
 The flow runs in this process exactly as in the daemon (service.runtime's Prefect API and
-local Dask cluster, service.runs.call_flow), on 1,000-row files with a window of three
+local Dask cluster, service.flowruns.call_flow), on 1,000-row files with a window of three
 files, without the watcher and ledger around it. Every ``--every`` runs it prints, for
 this process and for each Dask worker: the resident memory, the allocations that grew
 most since the previous report (tracemalloc, grouped by traceback) and the object types
@@ -177,7 +177,7 @@ def main() -> None:
 
     from flows.retrain import RetrainRequest
     from service.config import load_settings
-    from service.runs import call_flow
+    from service.flowruns import call_flow
     from service.runtime import dask_cluster, prefect_api
     from service.sample import write_samples
 

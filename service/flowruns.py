@@ -114,6 +114,12 @@ def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
         return _execute(flow, start, request, stop, on_flow_run)
 
 
+def call_flow(request: RetrainRequest, scheduler_address: str, name: str = "direct") -> FlowResult:
+    """The flow called directly in this process, as a flow run of its own outside the
+    deployment: for tests and benchmarks that run the flow without a daemon."""
+    return execute(RunStart(None, name), request, scheduler_address)
+
+
 def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
              on_flow_run: Callable[[str], None] | None) -> FlowResult:
     from prefect import tags

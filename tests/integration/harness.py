@@ -98,10 +98,3 @@ def status_json(home: Path, env: dict[str, str]) -> dict:
     result = cli("status", "--json", env=env, cwd=home.parent)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def call_flow(request, address: str):
-    """The flow called directly in this process, as a flow run of its own (no deployment)."""
-    from service.flowruns import RunStart, execute
-
-    return execute(RunStart(None, "test"), request, address)

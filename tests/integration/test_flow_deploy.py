@@ -16,7 +16,7 @@ from flows.registry import ModelRegistry
 from flows.retrain import RetrainRequest
 from flows.specs import PipelineSpec
 from flows.files import sha256_file
-from harness import call_flow
+from service.flowruns import call_flow
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ from flows.files import sha256_file
 from flows.records import FileRef, RetrainRequest
 from flows.registry import ModelRegistry
 from flows.specs import PipelineSpec
-from harness import Daemon, call_flow, cli, daemon_env, status_json, wait_for
+from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
+from service.flowruns import call_flow
 from service.ledger import Ledger
 from service.sample import write_samples
 

@@ -21,7 +21,8 @@ from flows.records import FileRef
 from flows.registry import ModelRegistry
 from flows.retrain import RetrainRequest
 from flows.specs import PipelineSpec
-from harness import call_flow, cli, daemon_env
+from harness import cli, daemon_env
+from service.flowruns import call_flow
 from service.sample import sample_frame, write_samples
 
 pytestmark = pytest.mark.integration
