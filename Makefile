@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment soak soak-quick server clean
+.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment bench-run-command soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ bench-cluster: $(STAMP)
 ## make bench-deployment: drop-to-deployed with every run a flow run of the deployment vs the flow called directly (benchmarks/deployment-cost-results.md)
 bench-deployment: $(STAMP)
 	$(BIN)/python benchmarks/deployment_cost.py
+
+## make bench-run-command: `retrain run FILE` handed to a warm daemon and on its own, against the warm drop and the plain script (benchmarks/run-command-results.md)
+bench-run-command: $(STAMP)
+	$(BIN)/python benchmarks/run_command.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

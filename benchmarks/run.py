@@ -399,16 +399,15 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
             f"the plain script's peak {mib(e2e['script_peak'])} ({e2e['script_peak'] / frame:.1f}x the frame).",
             f"- Decisions of the service's runs: {', '.join(e2e['decisions'])}.", ""]
     out += policy_section
-    profile = e2e["profile"]
+    steps, whole = e2e["profile"]["steps"], e2e["profile"]["whole"]
     out += ["## Memory profile of the training step", "",
             f"`benchmarks/profile_memory.py` re-runs the service's training code alone on the "
-            f"{profile['rows']:,} training rows of the 11-file window: frame {mib(profile['frame_bytes'])}, "
-            f"prepared matrix {profile['matrix_shape'][0]:,} x {profile['matrix_shape'][1]} float64 = "
-            f"{mib(profile['matrix_bytes'])}; the process peaks at {mib(profile['peak_rss'])} "
-            f"({profile['peak_rss'] / profile['frame_bytes']:.1f}x the frame).", "",
-            "| step | peak allocated during the step | Arrow memory kept | resident after |", "|---|---:|---:|---:|"]
-    out += [f"| {s['step']} | {mib(s['peak_allocated'])} | {mib(s['arrow_allocated_after'])} | {mib(s['rss_after'])} |"
-            for s in profile["steps"]]
+            f"{steps['rows']:,} training rows of the 11-file window: frame {mib(steps['frame_bytes'])}, "
+            f"prepared matrix {steps['matrix_shape'][0]:,} x {steps['matrix_shape'][1]} {steps['matrix_dtype']} = "
+            f"{mib(steps['matrix_bytes'])}. The whole training step, as the flow calls it, grows the "
+            f"process by {mib(whole['growth'])} over a warm idle ({whole['growth_x_frame']:.1f}x the frame).", "",
+            "| step | peak allocated during the step | resident after |", "|---|---:|---:|"]
+    out += [f"| {s['step']} | {mib(s['peak_allocated'])} | {mib(s['rss_after'])} |" for s in steps["steps"]]
     out.append("")
     if inc_ratio > TARGETS["incremental_ratio"]:
         stages = e2e["service_eleven_stages"]
@@ -430,8 +429,8 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
                 "can make silently.", ""]
     if peak / frame > TARGETS["memory_ratio"]:
         idle = e2e["idle"]
-        steps = {s["step"].split(":")[0].split(" ")[0]: s for s in profile["steps"]}
-        out += ["## Why the memory target is missed, and what would close it", "",
+        by_step = {s["step"].split(":")[0].split(" ")[0]: s for s in steps["steps"]}
+        out += ["## Why the memory target is missed", "",
                 f"- Most of the peak is there before any data: at idle the daemon holds "
                 f"{mib(idle['daemon'])} (Python with Prefect, Dask, pandas, scikit-learn imported) and "
                 f"its workers {mib(idle['workers'])} between them, {mib(idle['daemon + workers'])} in all, "
@@ -440,17 +439,11 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
                 f"as the frame grows, and `--workers 1` saves one worker's share (at the cost of parallel "
                 f"preprocessing), but they alone put this data size out of the target's reach.",
                 f"- The growth over idle ({mib(growth)}, {growth / frame:.1f}x) is the training step's "
-                f"working copies, measured above: the frame itself is small ({mib(profile['frame_bytes'])}: "
-                f"text is held as categoricals), but preparing it allocates "
-                f"{mib(steps['prepare']['peak_allocated'])} at the peak (the imputed and scaled numeric "
-                f"block, the categorical block as Python objects for the encoder, then the stacked "
-                f"float64 matrix of {mib(profile['matrix_bytes'])}), and the fit {mib(steps['fit']['peak_allocated'])} "
-                f"more (binned features, gradients, hessians). The other worker holds what scoring "
-                f"the holdout needed, and memory that freed buffers left in the allocator.",
-                "- What would close most of the growth: a float32 prepared matrix (half of it); "
-                "HistGradientBoosting's native categorical support instead of one-hot encoding "
-                "(no object arrays, no dense one-hot columns); and training straight from Arrow "
-                "columns. None of it changes the fixed cost of the processes.", ""]
+                f"working memory, measured above: preparing the {steps['matrix_dtype']} matrix allocates "
+                f"{mib(by_step['prepare']['peak_allocated'])} and the fit {mib(by_step['fit']['peak_allocated'])} "
+                f"(HistGradientBoosting converts its input to float64, bins it, and keeps gradients and "
+                f"raw predictions per row); the workers also hold what scoring the holdout needed, and "
+                f"memory that freed buffers left in the allocator.", ""]
     return "\n".join(out)
 
 
@@ -483,6 +476,10 @@ def main() -> int:
         policy = measure_policy(work, big, sizes, Daemon, plain_script, stage_seconds)
         print("[bench] drop-to-deployed latency", flush=True)
         lat = measure_latency(work, latency_files)
+        # The measurements themselves first, so that a report can be rendered again.
+        out.with_suffix(".json").write_text(json.dumps(
+            {"mode": mode, "sizes": sizes, "latency": lat, "e2e": e2e, "preprocessing": pre, "policy": policy,
+             "load_at_start": LOAD_AT_START, "seconds": time.perf_counter() - started}, indent=1, default=str))
         report = render(mode, sizes, lat, e2e, pre, time.perf_counter() - started, policy)
     finally:
         if args.keep:

@@ -194,8 +194,9 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
                 on_sample(record)
     finally:
         daemon.stop()
+    keep = int((settings or {}).get("registry__keep_versions", 0))
     return {"start_seconds": daemon.start_seconds, "records": records, "home": str(home),
-            "log": str(daemon.log_path)}
+            "log": str(daemon.log_path), "registry": check_registry(home, keep) if keep else None}
 
 
 _stop = False
@@ -211,6 +212,41 @@ def _request_stop(signum, frame) -> None:
         raise KeyboardInterrupt
     _stop = True
     print("stopping after this file (Ctrl+C again to abort)", flush=True)
+
+
+def check_registry(home: Path, keep_versions: int) -> dict:
+    """After the soak, with the daemon stopped: what retention left in the registry and
+    whether it is all usable: versions on disk (at most keep_versions + 2: `current` and the
+    rollback target may be older), each kept one loaded hash-checked, `retrain models`
+    listing every version ever trained (removed ones marked), `retrain report` drawing
+    them, and a rollback to the previous deployed version."""
+    from flows.registry import ModelRegistry
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_"))}
+    env.update({"RETRAIN_HOME": str(home), "PYTHONPATH": str(ROOT)})
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([RETRAIN, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    registry = ModelRegistry(home / "registry")
+    on_disk = [v.version for v in registry.versions()]
+    loaded = []
+    for version in on_disk:
+        registry.load_model(version)  # raises when a file is missing or does not hash right
+        loaded.append(version)
+    listed = json.loads(cli("models", "--json").stdout)["versions"]
+    report = cli("report", "--out", str(home / "report.png"))
+    before = registry.current_version()
+    target = registry.rollback_target()
+    rollback = cli("models", "rollback")
+    return {
+        "keep_versions": keep_versions, "on_disk": len(on_disk), "loaded": len(loaded),
+        "listed": len(listed), "listed_removed": sum(1 for v in listed if v.get("removed_at")),
+        "trained": int(listed[-1]["version"][1:]) if listed else 0,
+        "report_ok": report.returncode == 0 and (home / "report.png").stat().st_size > 0,
+        "rollback_ok": rollback.returncode == 0 and registry.current_version() == target != before,
+        "rollback": f"{before} -> {registry.current_version()}",
+    }
 
 
 def linear_slope(ys: list[float]) -> float:
@@ -276,7 +312,7 @@ def plot(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def markdown(summary: dict, png: str, note: str) -> str:
+def markdown(summary: dict, png: str, note: str, registry: dict | None = None) -> str:
     verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     k = summary["first_last_k"]
     lines = [
@@ -303,8 +339,17 @@ def markdown(summary: dict, png: str, note: str) -> str:
         f"- Drop to archived, median of the first {k} files {summary['median_first']:.2f} s, of the last {k} "
         f"{summary['median_last']:.2f} s: x{summary['time_ratio']:.2f} (target <= {TARGET_TIME_RATIO}): "
         f"{verdict(summary['time_ratio'] <= TARGET_TIME_RATIO)}.",
-        "", f"![soak]({png})", "",
     ]
+    if registry:
+        r = registry
+        lines.append(
+            f"- Registry with `keep_versions = {r['keep_versions']}` after {r['trained']} trained versions: "
+            f"{r['on_disk']} on disk (target <= {r['keep_versions'] + 2}), {r['loaded']} of them loaded "
+            f"hash-checked; `retrain models` lists {r['listed']} ({r['listed_removed']} marked removed); "
+            f"`retrain report` {'drew them' if r['report_ok'] else '**failed**'}; rollback "
+            f"{r['rollback']} {'worked' if r['rollback_ok'] else '**failed**'}: "
+            f"{verdict(r['on_disk'] <= r['keep_versions'] + 2 and r['loaded'] == r['on_disk'] and r['listed'] == r['trained'] and r['report_ok'] and r['rollback_ok'])}.")
+    lines += ["", f"![soak]({png})", ""]
     return "\n".join(lines)
 
 
@@ -314,6 +359,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="files before the measured ones")
     parser.add_argument("--quick", action="store_true", help="60 files after 10 warm-up files")
     parser.add_argument("--note", default="", help="a line for the results (what this run measures)")
+    parser.add_argument("--keep-versions", type=int, default=5,
+                        help="[registry] keep_versions of the soak's daemon, checked at the end")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     args = parser.parse_args()
     if args.quick:
@@ -325,12 +372,13 @@ def main() -> None:
               + " ".join(f"{r}={record['rss'][r] / MIB:.0f}" for r in ROLES), flush=True)
 
     signal.signal(signal.SIGINT, _request_stop)
-    result = soak(args.work, args.files, args.warmup, on_sample=progress)
+    result = soak(args.work, args.files, args.warmup, {"registry__keep_versions": str(args.keep_versions)},
+                  on_sample=progress)
     (args.work / f"{name}.json").write_text(json.dumps(result, indent=1))
     summary = summarize(result)
     png = ROOT / "benchmarks" / f"{name}.png"
     plot(result, png)
-    section = markdown(summary, png.name, args.note)
+    section = markdown(summary, png.name, args.note, result["registry"])
     results = ROOT / "benchmarks" / f"{name}-results.md"
     header = "# Soak results\n\nNewest first; `make soak` writes a section here (benchmarks/soak.py).\n\n"
     old = results.read_text().split("\n", 4)[-1] if results.exists() else ""
