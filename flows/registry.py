@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio
-
 from flows.errors import ModelNotFoundError, RegistryIntegrityError
 from flows.files import fsync_dir, fsync_file, sha256_bytes, sha256_file, switch_link, write_atomically
 from flows.records import ModelVersion
@@ -96,6 +94,8 @@ def load_model_file(path: str | Path, sha256: str, trusted_types: list[str] | No
 
 
 def load_skops_bytes(data: bytes, trusted_types: list[str] | None, what: str):
+    import skops.io as sio  # here: it imports scikit-learn, which status and hand-offs never need
+
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:

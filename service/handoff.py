@@ -41,7 +41,7 @@ def daemon_holds(home: Path) -> bool:
     return (home / "state").is_dir() and daemon_status(home)["alive"]
 
 
-def hand_to_daemon(sources: list[Path], home: Home, poll_seconds: float = 0.2) -> int:
+def hand_to_daemon(sources: list[Path], home: Home, poll_seconds: float = 0.05) -> int:
     """Drop the files into the daemon's inbox and wait for their outcome."""
     started = time.time()
     handed = [HandedFile(source, sha256_file(source)) for source in sources]
@@ -61,7 +61,7 @@ def hand_to_daemon(sources: list[Path], home: Home, poll_seconds: float = 0.2) -
         ledger.close()
 
 
-def ask_daemon_to_retrain(home: Home, poll_seconds: float = 0.2) -> int:
+def ask_daemon_to_retrain(home: Home, poll_seconds: float = 0.05) -> int:
     """Ask the daemon for a run on its current window and wait for its end: exit 0 when it
     completed (deployed, rejected or kept), 1 otherwise."""
     request_id = ask_for_run(home.state)

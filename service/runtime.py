@@ -51,20 +51,20 @@ class PrefectApi:
 
     def __init__(self) -> None:
         self.external = os.environ.get("PREFECT_API_URL")
-        self.server = None
+        self.embedded = not self.external
+        self.server = None  # the embedded API's server, once started
         if self.external:
             self.url = self.external
             return
-        from prefect.server.api.server import SubprocessASGIServer
-
-        port = SubprocessASGIServer().find_available_port()
-        self.server = SubprocessASGIServer(port=port)
-        self.url = self.server.api_url
+        # The port is chosen here, the server made in ``start``: importing Prefect's server
+        # module takes seconds, which ``start`` spends beside the cluster's start.
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
         os.environ["PREFECT_API_URL"] = self.url
 
     def start(self) -> str:
         started = time.perf_counter()
-        if self.server is None:
+        if not self.embedded:
             import httpx
 
             try:
@@ -76,6 +76,9 @@ class PrefectApi:
                 ) from None
             log.info("reporting to the Prefect API at %s", self.url)
             return self.url
+        from prefect.server.api.server import SubprocessASGIServer
+
+        self.server = SubprocessASGIServer(port=self.port)
         try:
             self.server.start()
         except RuntimeError as exc:
@@ -88,11 +91,14 @@ class PrefectApi:
         return self.url
 
     def stop(self) -> None:
+        started = time.perf_counter()
         send_what_is_queued()  # while the API still answers
+        log.debug("stop: last log lines and events sent in %.1fs", time.perf_counter() - started)
         if self.server is None:
             return
         os.environ.pop("PREFECT_API_URL", None)
         self.server.stop()
+        log.debug("stop: embedded Prefect API stopped in %.1fs", time.perf_counter() - started)
 
     @contextmanager
     def settings(self) -> Iterator[str]:
@@ -102,6 +108,15 @@ class PrefectApi:
 
         with temporary_settings(updates={PREFECT_API_URL: self.url}):
             yield self.url
+
+
+def free_port() -> int:
+    """A TCP port of the loopback interface free now (the system's choice)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def send_what_is_queued() -> None:
@@ -189,7 +204,9 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
         warm_up_workers(cluster.scheduler_address)
         yield cluster.scheduler_address
     finally:
+        started = time.perf_counter()
         cluster.close()
+        log.debug("stop: local cluster closed in %.1fs", time.perf_counter() - started)
 
 
 # Dask keeps the last `distributed.admin.low-level-log-length` (1,000) messages of each

@@ -92,18 +92,26 @@ class RunSession:
         quiet_libraries()
         api = PrefectApi()  # its URL is in the environment now, before any worker starts
         self.resources.callback(api.stop)
-        if api.server is None:  # an existing API: checked first, quickly, before any worker starts
+        if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()
+
+        def api_ready() -> DeploymentRef:
+            """In the API's thread, while the workers warm up: the API, then the deployment."""
+            if api.embedded:
+                api.start()
+            with api.settings():
+                self._report_interrupted_flow_runs()
+                return register_deployment(self.settings, self.home.root)
+
         with ThreadPoolExecutor(1, thread_name_prefix="prefect-api") as pool:
-            api_started = pool.submit(lambda: api.url if api.server is None else api.start())
+            deployment = pool.submit(api_ready)
             try:
                 self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask))
             finally:
-                self.api_url = api_started.result()  # raises when the API did not start
+                self.deployment = deployment.result()  # raises when the API did not start
+        self.api_url = api.url
         self.resources.enter_context(api.settings())
         quiet_libraries()  # again: importing distributed sets its loggers' levels from Dask's config
-        self._report_interrupted_flow_runs()
-        self.deployment = register_deployment(self.settings, self.home.root)
         log.debug("start-up: API and cluster ready in %.1fs", time.perf_counter() - started)
         return self.scheduler_address
 
