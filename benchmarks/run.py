@@ -50,6 +50,8 @@ SIZES = {
     "full": {"big_rows": 100_000, "drops": 10, "latency_rows": 10_000},
     "quick": {"big_rows": 10_000, "drops": 3, "latency_rows": 10_000},
 }
+SUMMARY_START = "<!-- summary: every benchmark's targets, from their result files -->"
+SUMMARY_END = "<!-- /summary -->"
 LOAD_AT_START = 0.0  # the machine's load average when the run started, for the report
 TARGETS = {
     "latency_p50": 2.0, "detection_p50": 0.25, "e2e_ratio": 1.3, "incremental_ratio": 0.8,
@@ -488,7 +490,9 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     from serve_load import kept_section
 
-    out.write_text(report + kept_section(out))  # the serving section is serve_load.py's
+    # Kept as they are: the serving section (serve_load.py's) and the summary of every
+    # benchmark's targets, written from their own result files.
+    out.write_text(report + kept_section(out) + kept_section(out, SUMMARY_START, SUMMARY_END))
     print(report)
     print(f"[bench] written to {out}")
     return 0

@@ -306,12 +306,13 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def kept_section(path: Path) -> str:
-    """The serving section of ``path``, for `run.py` to keep when it rewrites the file."""
+def kept_section(path: Path, start: str = SECTION_START, end: str = SECTION_END) -> str:
+    """The section of ``path`` between ``start`` and ``end`` (by default the serving one),
+    for `run.py` to keep when it rewrites the file."""
     text = path.read_text() if path.exists() else ""
-    if SECTION_START not in text or SECTION_END not in text:
+    if start not in text or end not in text:
         return ""
-    return "\n" + SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END + "\n"
+    return "\n" + start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n"
 
 
 def main() -> int:
