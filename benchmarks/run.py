@@ -165,6 +165,16 @@ class Daemon:
             os.rename(staging / path.name, self.home / "inbox" / path.name)
         return dropped
 
+    def drop_until_deployed(self, path: Path) -> tuple[float, float, sqlite3.Row]:
+        """Drop one file and wait until `registry/current` moves, then until its run is
+        recorded; returns the time of the drop, the time of the switch and the run."""
+        before = self.current()
+        dropped = self.drop([path])
+        while self.current() == before:
+            time.sleep(0.002)
+        deployed = time.time()
+        return dropped, deployed, self.wait_for_runs([path.name])[-1]
+
     def current(self) -> str | None:
         try:
             return os.readlink(self.home / "registry" / "current")
@@ -213,12 +223,7 @@ def measure_latency(work: Path, files: list[Path], code: Path = ROOT, home: str 
     samples = []
     try:
         for i, path in enumerate(files):
-            before = daemon.current()
-            dropped = daemon.drop([path])
-            while daemon.current() == before:
-                time.sleep(0.002)
-            deployed = time.time()
-            run = daemon.wait_for_runs([path.name])[-1]
+            dropped, deployed, run = daemon.drop_until_deployed(path)
             if i == 0:
                 continue
             seen = daemon.first_seen(path.name)

@@ -50,12 +50,7 @@ def run_command(home: Path, path: Path) -> float:
 
 def warm_drop(daemon: Daemon, path: Path) -> float:
     """Drop-to-deployed on the warm daemon (as in run.py's measurement 1)."""
-    before = daemon.current()
-    dropped = daemon.drop([path])
-    while daemon.current() == before:
-        time.sleep(0.002)
-    deployed = time.time()
-    daemon.wait_for_runs([path.name])
+    dropped, deployed, _ = daemon.drop_until_deployed(path)
     return deployed - dropped
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ def daemon(tmp_path_factory, prefect_api_url: str, dask_address: str):
     proc.wait_ready()
     # A first good file fixes the schema every later file is held to.
     drop(home, "first.csv", good_csv(3000, 5))
-    wait_for(lambda: _run_with(home, env, 1, "deployed"), 120, "the first good file's run")
+    wait_for(lambda: _run_of(home, env, "first.csv", "deployed"), 120, "the first good file's run")
     yield proc, env
     assert proc.stop(signal.SIGTERM) == 0, proc.log()
 
@@ -111,8 +113,7 @@ def test_file_deleted_before_its_claim_leaves_nothing(daemon) -> None:
 def test_few_bad_rows_are_dropped_and_counted(daemon) -> None:
     proc, env = daemon
     drop(proc.home, "few bad rows.csv", with_bad_values(600, 12))
-    status = wait_for(lambda: _run_with(proc.home, env, 1), 120, "a run of the file")
-    run = status["runs"][0]
+    status, run = wait_for(lambda: _run_of(proc.home, env, "few bad rows.csv"), 120, "a run of the file")
     assert run["state"] == "completed", run
     assert run["rows"] == 588
 
@@ -120,7 +121,8 @@ def test_few_bad_rows_are_dropped_and_counted(daemon) -> None:
 def test_good_file_after_all_bad_ones_is_trained_on(daemon) -> None:
     proc, env = daemon
     drop(proc.home, "ventes été 2026.csv", good_csv(3000, 7))
-    status = wait_for(lambda: _run_with(proc.home, env, 1, "deployed"), 120, "the good file's run")
+    status, _ = wait_for(lambda: _run_of(proc.home, env, "ventes été 2026.csv", "deployed"), 120,
+                         "the good file's run")
     assert status["current_model"] is not None
     assert (proc.home / "archive" / "ventes été 2026.csv").exists()
     counts = check_invariant(proc.home)
@@ -137,10 +139,16 @@ def test_second_daemon_on_the_same_home_exits_at_once(daemon) -> None:
     assert len(lines) == 1 and f"pid {proc.proc.pid}" in lines[0], result.stderr
 
 
-def _run_with(home: Path, env: dict, files: int, decision: str | None = None):
+def _run_of(home: Path, env: dict, name: str, decision: str | None = None):
+    """(`retrain status --json`, the run that used the file ``name``) once that run ended
+    (with ``decision``, when given); None before."""
+    with closing(sqlite3.connect(f"file:{home / 'state' / 'ledger.sqlite'}?mode=ro", uri=True)) as ledger:
+        row = ledger.execute("SELECT run_id FROM files WHERE name = ? AND state IN ('archived', 'quarantined')",
+                             (name,)).fetchone()
+    if row is None or row[0] is None:
+        return None
     status = status_json(home, env)
-    for run in status["runs"]:
-        if run["state"] != "running" and run["files"] == files and (decision is None or run["decision"] == decision):
-            if run["id"] == status["runs"][0]["id"]:
-                return status
-    return None
+    run = next((r for r in status["runs"] if r["id"] == row[0] and r["state"] != "running"), None)
+    if run is None or decision is not None and run["decision"] != decision:
+        return None
+    return status, run
