@@ -16,6 +16,7 @@ keeps every state change in its own loop.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 from contextlib import contextmanager
@@ -110,8 +111,25 @@ def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
     stop = stop or RunStop()
     flow = retrain.with_options(task_runner=StoppableDaskTaskRunner(scheduler_address, stop))
     # One client (and its open connection) for opening the flow run, the engine and its end.
-    with SyncClientContext.get_or_create():
+    with SyncClientContext.get_or_create(), without_flow_run_heartbeats():
         return _execute(flow, start, request, stop, on_flow_run)
+
+
+@contextmanager
+def without_flow_run_heartbeats() -> Iterator[None]:
+    """Prefect's flow-run heartbeat thread sleeps in one-second steps and the engine joins
+    it when the run ends: up to a second added to every run, half a batch's fixed cost.
+    This process watches its runs itself (a cancel is seen within a second, the daemon's
+    own heartbeat is in `retrain status`, and runs an interrupted process left Running are
+    marked Crashed at the next start), so the heartbeats are off unless an operator set
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY (e.g. for a zombie-run automation)."""
+    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def call_flow(request: RetrainRequest, scheduler_address: str, name: str = "direct") -> FlowResult:
