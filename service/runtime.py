@@ -201,7 +201,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
         elif spec.dashboard_address:
             log.info("Dask dashboard unavailable: install bokeh>=3.1 to get it")
         log.debug("start-up: local cluster up in %.1fs", time.perf_counter() - started)
-        warm_up_workers(cluster.scheduler_address)
+        warm_up_workers(cluster.scheduler_address, own_cluster=True)
         yield cluster.scheduler_address
     finally:
         started = time.perf_counter()
@@ -241,14 +241,17 @@ def long_lived_cluster_options() -> dict:
     }
 
 
-def warm_up_workers(address: str) -> None:
-    """Import the flow's code on every worker now (and on workers that join later)."""
+def warm_up_workers(address: str, own_cluster: bool = False) -> None:
+    """Import the flow's code on every worker now (and on workers that join later); the
+    workers of this process's own cluster leave Ctrl+C to it."""
     from distributed import Client
 
-    from service.warmup import WarmUp
+    from service.warmup import ParentHandlesInterrupts, WarmUp
 
     started = time.perf_counter()
     with Client(address, timeout="30s") as client:
+        if own_cluster:
+            client.register_plugin(ParentHandlesInterrupts())
         client.register_plugin(WarmUp())
     log.debug("start-up: workers warmed up in %.1fs", time.perf_counter() - started)
 

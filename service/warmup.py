@@ -1,6 +1,9 @@
-"""A Dask worker plugin that keeps the first run of a warm daemon as fast as the next ones."""
+"""Dask worker plugins of the service: warm workers, and quiet workers of its own cluster."""
 
 from __future__ import annotations
+
+import signal
+import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -16,3 +19,17 @@ class WarmUp(WorkerPlugin):
 
     def setup(self, worker) -> None:
         import flows.retrain  # noqa: F401
+
+
+class ParentHandlesInterrupts(WorkerPlugin):
+    """For the workers of the service's own local cluster only: a Ctrl+C in the terminal
+    reaches every process of the foreground group, and each worker would print a
+    KeyboardInterrupt traceback while the daemon is already stopping them in order. The
+    workers ignore it; the daemon (or `retrain run`) closes them."""
+
+    name = "retrain-parent-handles-interrupts"
+    idempotent = True
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():  # a worker process's loop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
