@@ -16,18 +16,6 @@ from service.ledger import FileState, Ledger
 MAX = 10_000
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home").ensure()
-
-
-@pytest.fixture
-def ledger(home: Home):
-    ledger = Ledger(home.ledger_path)
-    yield ledger
-    ledger.close()
-
-
 def drop(home: Home, name: str, content: str = "a,b\n1,2\n") -> Path:
     path = home.inbox / name
     path.write_text(content, encoding="utf-8")

@@ -6,18 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from flows.registry import ModelRegistry
 from service.config import load_settings
 from service.inbox import Home
 from service.ledger import FileState, Ledger
 from service.retention import apply_retention, finish_expiry, version_history
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home").ensure()
 
 
 def fill(registry: ModelRegistry, model: Path, decisions: str) -> None:

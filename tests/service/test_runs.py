@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from flows.records import FileOutcome, LiveMetric, PolicyDecision, RunOutcome
 from flows.registry import ModelRegistry
@@ -20,18 +19,6 @@ from service.ledger import FileState, Ledger
 from service.requests import ask_for_run, take_run_request, withdraw_run_request
 from service.runs import FlowResult, build_request, record_result
 from service.sample import sample_frame, write_samples
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    return Home(tmp_path / "home").ensure()
-
-
-@pytest.fixture
-def ledger(home: Home):
-    ledger = Ledger(home.ledger_path)
-    yield ledger
-    ledger.close()
 
 
 def batch(home: Home, ledger: Ledger, name: str) -> int:
