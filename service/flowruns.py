@@ -16,7 +16,6 @@ keeps every state change in its own loop.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import traceback
 from contextlib import contextmanager
@@ -122,11 +121,13 @@ def without_flow_run_heartbeats() -> Iterator[None]:
     This process watches its runs itself (a cancel is seen within a second, the daemon's
     own heartbeat is in `retrain status`, and runs an interrupted process left Running are
     marked Crashed at the next start), so the heartbeats are off unless an operator set
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY (e.g. for a zombie-run automation)."""
-    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+    them in Prefect's settings (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, a profile or
+    prefect.toml), e.g. for a zombie-run automation."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
         yield
         return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
