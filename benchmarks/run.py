@@ -120,6 +120,17 @@ class MemorySampler:
         self._thread.join()
 
 
+def retrain_env(home: Path, settings: dict[str, str]) -> dict[str, str]:
+    """The environment of a `retrain` process on ``home``: this one's, without its RETRAIN_*
+    settings and Prefect API, with ``settings`` ({"window__last_files": "1"}) as RETRAIN_*
+    variables and Prefect's telemetry off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_API_URL"))}
+    env.update({"RETRAIN_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({f"RETRAIN_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
 @dataclass
 class Daemon:
     """A real `retrain watch` on its own home."""
@@ -131,10 +142,7 @@ class Daemon:
     code: Path = ROOT
 
     def __post_init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_API_URL"))}
-        env.update({"RETRAIN_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
-        env.update({f"RETRAIN_{k.upper()}": v for k, v in self.settings.items()})
+        env = retrain_env(self.home, self.settings)
         command = [RETRAIN, "watch"]
         if self.code != ROOT:  # its modules before the installed ones
             env["PYTHONPATH"] = str(self.code)

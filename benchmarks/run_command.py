@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import RETRAIN, ROOT, Daemon, machine, plain_script, sample
+from run import RETRAIN, ROOT, Daemon, machine, plain_script, retrain_env, sample
 
 SETTINGS = {"evaluation__tolerance": "1.0", "window__last_files": "1"}
 TARGETS = {"handed": 2.0, "alone": 4.0}
@@ -37,9 +37,7 @@ TARGETS = {"handed": 2.0, "alone": 4.0}
 
 def run_command(home: Path, path: Path) -> float:
     """`retrain run FILE` as an operator types it; seconds from spawn to exit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_API_URL"))}
-    env.update({"RETRAIN_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
-    env.update({f"RETRAIN_{k.upper()}": v for k, v in SETTINGS.items()})
+    env = retrain_env(home, SETTINGS)
     started = time.perf_counter()
     result = subprocess.run([RETRAIN, "run", str(path)], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
