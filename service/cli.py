@@ -28,7 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a model fresh: drop CSV files into the inbox; each batch is "
                     "preprocessed, trained, evaluated and deployed only when it wins.",
     )
-    parser.set_defaults(config=None, home=None, log_format="plain", verbose=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One function per command, in the order `retrain --help` lists them.
     _add_run_commands(sub, common, cluster)
@@ -36,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_requeue):
         add(sub, common)
     return parser
+
+
+# The common options' defaults, filled in by ``parse_args`` when given neither before nor
+# after the command. Not ``set_defaults``: the parsers share the options' actions, so a
+# default set on one would be applied by the command's parser over a value given before it.
+COMMON_DEFAULTS = {"config": None, "home": None, "log_format": "plain", "verbose": False}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv, namespace=argparse.Namespace(**COMMON_DEFAULTS))
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -187,8 +196,7 @@ def _add_requeue(sub, common: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.log_format, args.verbose)
     try:
         return int(args.func(args) or 0)

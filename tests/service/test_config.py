@@ -110,6 +110,17 @@ def test_cluster_flags_override_the_dask_section(tmp_path: Path) -> None:
     assert dask.address is None
 
 
+@pytest.mark.parametrize("argv", [["--home", "/srv/h", "-v", "run", "f.csv"],
+                                  ["run", "--home", "/srv/h", "-v", "f.csv"],
+                                  ["--home", "/elsewhere", "run", "--home", "/srv/h", "-v", "f.csv"]])
+def test_common_options_are_taken_before_or_after_the_command(argv: list[str]) -> None:
+    from service.cli import parse_args
+
+    args = parse_args(argv)
+    assert (args.home, args.verbose, args.log_format, args.files) == ("/srv/h", True, "plain", ["f.csv"])
+    assert parse_args(["status"]).home is None
+
+
 @pytest.mark.parametrize("bounds", ["4:1", "x:2", "3", "0:0"])
 def test_bad_adapt_bounds_are_a_usage_error(bounds: str, capsys) -> None:
     from service.cli import build_parser
