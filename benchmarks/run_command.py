@@ -109,18 +109,17 @@ def render(handed: dict, alone: dict, elapsed: float, load: float) -> str:
               "A handed-off `retrain run` is a short process (no Prefect, no cluster: it copies the "
               "file into the inbox and polls the ledger), so its time is the warm run's plus "
               "interpreter start and the poll interval. Alone, it pays for what the daemon keeps "
-              "warm: the embedded Prefect API (started beside the cluster), the Dask workers, "
-              "importing the flow on them, and stopping it all.", ""]
+              "warm: the embedded Prefect API's process boots (about 3 s) while this process "
+              "imports the flow's libraries and starts a cluster of threads inside itself "
+              "(`[dask] run_in_process`, no worker processes), registers the deployment, runs the "
+              "flow and stops the API; `retrain run -v` logs each step.", ""]
     if alone_ratio > TARGETS["alone"]:
         lines += ["### Why `retrain run` without a daemon misses its target", "",
-                  "`retrain run -v` logs each step. On 2 cores the start-up is bound by CPU, not by "
-                  "waiting: the API server's process boots (about 4-5 s of CPU), two Dask worker "
-                  "processes each import pandas, scikit-learn and Prefect and the flow's modules "
-                  "(about 4 s each), and this process imports the same and registers the deployment; "
-                  "they already run at the same time, so about 10 s pass before the first task, "
-                  "against the plain script's 2 s in all. What would close it: a one-shot run on "
-                  "threads of this process instead of worker processes, or Prefect's API reached "
-                  "from a daemon kept running (`retrain watch`: the 1.56x above).", ""]
+                  "On 2 cores the start-up is bound by CPU: the API server's process boots (about "
+                  "3 s of CPU) while this process imports pandas, scikit-learn, Dask and Prefect; "
+                  "on a busy machine the two no longer run side by side. Prefect's API reached "
+                  "from a daemon kept running (`retrain watch`) avoids it all (the handed-off "
+                  "ratio above).", ""]
     return "\n".join(lines)
 
 

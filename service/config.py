@@ -84,6 +84,9 @@ class DaskSpec(_Section):
     adaptive_minimum: int = Field(0, ge=0)
     adaptive_maximum: int = Field(0, ge=0)
     dashboard_address: str | None = ":0"
+    # `retrain run` without a daemon: a local cluster of threads in its own process (no
+    # worker processes to start for a one-shot batch). The daemon always starts processes.
+    run_in_process: bool = True
 
     @field_validator("memory_limit")
     @classmethod

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,8 +58,8 @@ class PrefectApi:
         if self.external:
             self.url = self.external
             return
-        # The port is chosen here, the server made in ``start``: importing Prefect's server
-        # module takes seconds, which ``start`` spends beside the cluster's start.
+        # The port is chosen here, the server started in ``start``: it boots for seconds,
+        # which ``start`` spends beside the cluster's start.
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         os.environ["PREFECT_API_URL"] = self.url
@@ -76,16 +78,8 @@ class PrefectApi:
                 ) from None
             log.info("reporting to the Prefect API at %s", self.url)
             return self.url
-        from prefect.server.api.server import SubprocessASGIServer
-
-        self.server = SubprocessASGIServer(port=self.port)
-        try:
-            self.server.start()
-        except RuntimeError as exc:
-            raise RetrainError(f"the embedded Prefect API did not start: {exc}".splitlines()[0]) from None
-        if self.server.api_url != self.url:  # its port was taken meanwhile: workers have the old URL
-            raise RetrainError(f"the embedded Prefect API moved to {self.server.api_url} while starting "
-                               "(its port was taken); start again")
+        self.server = EmbeddedApiServer(self.port)
+        self.server.start()
         log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
         log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
         return self.url
@@ -108,6 +102,83 @@ class PrefectApi:
 
         with temporary_settings(updates={PREFECT_API_URL: self.url}):
             yield self.url
+
+
+class EmbeddedApiServer:
+    """Prefect's API server in a subprocess, as Prefect's own ephemeral server runs it (the
+    uvicorn command and environment of ``prefect.server.api.server.SubprocessASGIServer``).
+
+    Not that class itself: it lives in the module of the whole server, and importing it
+    costs this process about 2 s of CPU that a cold ``retrain run`` needs for its own
+    start-up; the server's code belongs in the subprocess only.
+    """
+
+    def __init__(self, port: int):
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        # Beside the database, in Prefect's home (~/.prefect is Prefect's default).
+        self.log_path = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "api-server.log"
+
+    def last_message(self) -> str:
+        lines = [line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else "no message"
+
+    def start(self) -> None:
+        # Launched before this process imports Prefect (a second of CPU, spent while the
+        # server boots). The server reads Prefect's settings from the same environment,
+        # profile and working directory as this process.
+        site_packages = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        env = {**os.environ,
+               # Prefect's choices for its ephemeral server: no UI, the ephemeral server's settings.
+               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        # Its messages (errors only) go to a file beside its database, rewritten at each
+        # start: at a stop it cancels what it still serves (see below) with a traceback
+        # that is not the operator's concern.
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages),
+                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+                 # Our own: Prefect's task-run waiter in this process holds an event
+                 # subscription whose handler on the server would keep a stop waiting up to
+                 # 2 s for its next idle tick. This process's last requests are answered
+                 # before ``stop`` (``send_what_is_queued``): what is left is cancelled.
+                 "--timeout-graceful-shutdown", "0"],
+                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        import httpx
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        with httpx.Client() as client:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code is not None:
+                    self.process = None
+                    why = ("its port was taken meanwhile; start again" if code == 3  # uvicorn's code for it
+                           else f"{self.last_message()} (its log: {self.log_path})")
+                    raise RetrainError(f"the embedded Prefect API exited while starting (code {code}): {why}")
+                try:
+                    if client.get(f"http://127.0.0.1:{self.port}/api/health", timeout=5).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+        self.stop()
+        raise RetrainError("the embedded Prefect API did not answer within "
+                           f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value():.0f}s; raise "
+                           f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a slow disk (its log: {self.log_path})")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
 
 def free_port() -> int:
@@ -158,11 +229,13 @@ def check_scheduler(address: str) -> int:
 
 
 @contextmanager
-def dask_cluster(spec: DaskSpec) -> Iterator[str]:
+def dask_cluster(spec: DaskSpec, in_process: bool = False) -> Iterator[str]:
     """Yield the address of the scheduler the flow's tasks run on.
 
     ``spec.address`` set: that existing scheduler (checked to answer, with at least one
-    worker). Otherwise a LocalCluster of worker processes started once for this process.
+    worker). Otherwise a LocalCluster started once for this process: of worker processes,
+    or with ``in_process`` of threads in this process (``spec.n_workers`` workers of
+    ``spec.threads_per_worker`` threads, no memory limit: they share this process).
     """
     import dask
     from distributed import LocalCluster
@@ -178,22 +251,31 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
     # The dashboard needs bokeh; without it Dask would still print a link to nothing.
     dashboard = (spec.dashboard_address or None) if importlib.util.find_spec("bokeh") else None
     started = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=spec.adaptive_minimum if spec.adaptive_maximum else spec.n_workers,
-        threads_per_worker=spec.threads_per_worker,
-        memory_limit=spec.memory_limit,
-        processes=True,
-        dashboard_address=dashboard,
-        silence_logs=logging.ERROR,
-        **long_lived_cluster_options(),
-    )
+    options = long_lived_cluster_options()
+    if in_process:
+        options.pop("config")  # a nanny's option; this process's config is set above
+        cluster = LocalCluster(n_workers=spec.n_workers, threads_per_worker=spec.threads_per_worker,
+                               memory_limit=0, processes=False, dashboard_address=dashboard, **options)
+    else:
+        cluster = LocalCluster(
+            n_workers=spec.adaptive_minimum if spec.adaptive_maximum else spec.n_workers,
+            threads_per_worker=spec.threads_per_worker,
+            memory_limit=spec.memory_limit,
+            processes=True,
+            dashboard_address=dashboard,
+            silence_logs=logging.ERROR,
+            **options,
+        )
     try:
-        if spec.adaptive_maximum:
+        if in_process:
+            size = f"{spec.n_workers} in-process workers"
+        elif spec.adaptive_maximum:
             cluster.adapt(minimum=spec.adaptive_minimum, maximum=spec.adaptive_maximum)
             size = f"adaptive {spec.adaptive_minimum}..{spec.adaptive_maximum} workers"
         else:
             size = f"{spec.n_workers} workers"
-        memory = spec.memory_limit if spec.memory_limit != "auto" else "auto memory limit"
+        memory = ("this process's memory" if in_process else
+                  spec.memory_limit if spec.memory_limit != "auto" else "auto memory limit")
         log.info("local Dask cluster: %s x %d threads, %s, at %s", size, spec.threads_per_worker,
                  memory, cluster.scheduler_address)
         if dashboard is not None:
@@ -201,7 +283,7 @@ def dask_cluster(spec: DaskSpec) -> Iterator[str]:
         elif spec.dashboard_address:
             log.info("Dask dashboard unavailable: install bokeh>=3.1 to get it")
         log.debug("start-up: local cluster up in %.1fs", time.perf_counter() - started)
-        warm_up_workers(cluster.scheduler_address, own_cluster=True)
+        warm_up_workers(cluster.scheduler_address, own_cluster=not in_process)
         yield cluster.scheduler_address
     finally:
         started = time.perf_counter()

@@ -77,9 +77,10 @@ class RunSession:
                      ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
                      f"; removed {len(leftovers)} half-written model(s)" if leftovers else "")
 
-    def start_runtime(self) -> str:
+    def start_runtime(self, in_process: bool = False) -> str:
         """Start (or reach) the Prefect API and the Dask cluster, at the same time (the API
-        takes seconds to boot, the workers too); returns the scheduler's address. Prefect
+        takes seconds to boot, the workers too); returns the scheduler's address. A local
+        cluster is of worker processes, or ``in_process`` of threads of this process. Prefect
         is imported here, not before: it reads its environment at import."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -106,7 +107,7 @@ class RunSession:
         with ThreadPoolExecutor(1, thread_name_prefix="prefect-api") as pool:
             deployment = pool.submit(api_ready)
             try:
-                self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask))
+                self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask, in_process))
             finally:
                 self.deployment = deployment.result()  # raises when the API did not start
         self.api_url = api.url

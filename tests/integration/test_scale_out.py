@@ -1,6 +1,7 @@
-"""The flow on an existing Dask cluster: a real `dask scheduler` and two `dask worker`
-processes, as an operator would start them; and the one-line errors when a scheduler or a
-Prefect server does not answer."""
+"""Where `retrain run` runs the flow's tasks: on an existing Dask cluster (a real `dask
+scheduler` and two `dask worker` processes, as an operator would start them), or with no
+daemon and no address on a local cluster of threads in its own process, or of worker
+processes; and the one-line errors when a scheduler or a Prefect API does not answer or start."""
 
 from __future__ import annotations
 
@@ -107,5 +108,37 @@ def test_unreachable_scheduler_or_server_is_one_line_and_non_zero(tmp_path: Path
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "Prefect API at http://127.0.0.1:9/api does not answer" in lines[0]
     # The files were left alone: nothing copied into the home, nothing claimed.
+    assert Path(paths[0]).exists()
+    assert not any((home / "inbox").iterdir()) and not any((home / "processing").iterdir())
+
+
+def test_a_one_shot_run_uses_threads_of_its_own_process_or_worker_processes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = daemon_env(home)
+    paths = cli("sample", "--out", str(tmp_path / "data"), "--files", "2", "--rows", "2000",
+                env=env, cwd=tmp_path).stdout.split()
+
+    result = cli("run", paths[0], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run 1: deployed v0001" in result.stdout
+    assert "local Dask cluster: 2 in-process workers x 1 threads" in result.stderr
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr, result.stderr
+
+    result = cli("run", paths[1], env={**env, "RETRAIN_DASK__RUN_IN_PROCESS": "false"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run 2:" in result.stdout and "local Dask cluster: 2 workers x 1 threads" in result.stderr
+    assert status_json(home, env)["files"]["archived"] == 2
+
+
+def test_an_embedded_api_that_cannot_start_is_one_line_and_leaves_the_files(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = daemon_env(home)
+    paths = cli("sample", "--out", str(tmp_path / "data"), "--rows", "500", env=env, cwd=tmp_path).stdout.split()
+
+    result = cli("run", *paths, env={**env, "PREFECT_API_DATABASE_CONNECTION_URL": "nosuchdb://x"}, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("retrain: error: the embedded Prefect API exited while starting"), lines
+    assert "nosuchdb" in lines[-1] and str(home / "state" / "prefect" / "api-server.log") in lines[-1]
     assert Path(paths[0]).exists()
     assert not any((home / "inbox").iterdir()) and not any((home / "processing").iterdir())
