@@ -4,7 +4,8 @@ training code, step by step, on cached partitions.
     python benchmarks/profile_memory.py HOME            # the cached partitions of a home
     python benchmarks/profile_memory.py --rows 1000000  # sample data, preprocessed first
 
-Each measurement runs in a fresh process so nothing else is in its memory:
+Each measurement runs in a fresh process so nothing else is in its memory, with the
+environment a Dask worker of the service is started with:
 
 - ``steps``: the steps of ``flows.train`` one by one (read, prepare, fit), with the peak
   of the allocations made during each (tracemalloc sees numpy's and pandas' buffers) and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,7 +51,7 @@ def window_of(home: Path):
 def steps(home: Path) -> dict:
     from flows.data import model_threads
     from flows.specs import ModelSpec
-    from flows.train import build_pipeline
+    from flows.train import PreparedRows, build_pipeline, early_stopping_split
 
     window, spec = window_of(home), ModelSpec()
     process, out = psutil.Process(), []
@@ -69,13 +71,19 @@ def steps(home: Path) -> dict:
     pipeline = build_pipeline(spec, window.schema)
     prepare, estimator = pipeline.steps[0][1], pipeline.steps[-1][1]
     y = frame[window.schema.target].to_numpy()
-    X = step(f"prepare: {type(prepare).__name__} (float32 matrix)",
-             lambda: prepare.fit_transform(frame[window.schema.features], y))
+
+    def prepared() -> PreparedRows:  # as flows.train.prepared_training_rows does it
+        prepare.fit(frame)
+        order, fit_rows = early_stopping_split(estimator, y, window.schema.task)
+        return PreparedRows(prepare.matrix(frame, order), y if order is None else y[order], None, {}, fit_rows)
+
+    rows = step(f"prepare: {type(prepare).__name__} (float32 matrix, early-stopping rows last)", prepared)
+    del frame
     with model_threads(spec.threads):
-        step(f"fit {type(estimator).__name__}", lambda: estimator.fit(X, y))
+        step(f"fit {type(estimator).__name__}", lambda: rows.fit(estimator))
     tracemalloc.stop()
-    return {"rows": len(frame), "frame_bytes": frame_bytes, "matrix_bytes": int(X.nbytes),
-            "matrix_dtype": str(X.dtype), "matrix_shape": list(X.shape), "steps": out}
+    return {"rows": len(rows.y), "frame_bytes": frame_bytes, "matrix_bytes": int(rows.matrix.nbytes),
+            "matrix_dtype": str(rows.matrix.dtype), "matrix_shape": list(rows.matrix.shape), "steps": out}
 
 
 def whole(home: Path) -> dict:
@@ -135,10 +143,22 @@ def sample_home(rows: int, folder: Path) -> Path:
     return folder
 
 
+def worker_environment() -> dict[str, str]:
+    """The environment a Dask nanny gives the worker processes it starts (Dask's
+    ``distributed.nanny.pre-spawn-environ``: the C library's malloc trims freed memory back
+    to the system; one thread for numpy's libraries), so that the training step is measured
+    as it runs on a worker of the service's cluster."""
+    import dask
+    import distributed  # noqa: F401  (loads distributed's defaults into dask.config)
+
+    return {**os.environ, **{k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}}
+
+
 def run(part: str, home: Path) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r});"
             f"import profile_memory as p; from pathlib import Path; print(json.dumps(p.{part}(Path({str(home)!r}))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=worker_environment())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

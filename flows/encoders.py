@@ -60,12 +60,19 @@ class FeatureMatrix(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
+        return self.matrix(X)
+
+    def matrix(self, X: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+        """The float32 matrix of ``X`` (only the positions ``rows``, in that order, when
+        given), built a column at a time: no copy of the frame."""
         numeric, categorical = self.numeric or [], self.categorical or []
-        out = np.empty((len(X), len(numeric) + len(categorical)), dtype=np.float32)
+        out = np.empty((len(X) if rows is None else len(rows), len(numeric) + len(categorical)), dtype=np.float32)
         for i, column in enumerate(numeric):
-            out[:, i] = X[column].to_numpy(dtype=np.float32, na_value=np.nan)
+            values = X[column].to_numpy(dtype=np.float32, na_value=np.nan)
+            out[:, i] = values if rows is None else values[rows]
         for j, (column, categories) in enumerate(zip(categorical, self.categories_)):
-            out[:, len(numeric) + j] = category_codes(X[column], categories)
+            codes = category_codes(X[column], categories)
+            out[:, len(numeric) + j] = codes if rows is None else codes[rows]
         return out
 
     def categorical_mask(self) -> list[bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 import skops.io as sio
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
+from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
@@ -101,21 +103,61 @@ def training_classes(y: pd.Series, task: str) -> list[Any] | None:
     return classes
 
 
-def prepared_training_rows(pipeline: Pipeline, window: Window, spec: ModelSpec,
-                           validate: bool) -> tuple[Any, np.ndarray, list[Any] | None, dict[str, list[str]]]:
+@dataclass
+class PreparedRows:
+    """The training rows as the estimator takes them. The first ``fit_rows`` rows are fitted
+    on; the rest, when there are any, are the estimator's own early-stopping rows."""
+
+    matrix: Any
+    y: np.ndarray
+    classes: list[Any] | None
+    categories: dict[str, list[str]]
+    fit_rows: int
+
+    def fit(self, estimator) -> None:
+        k = self.fit_rows
+        if k == len(self.y):
+            estimator.fit(self.matrix, self.y)
+        else:
+            estimator.fit(self.matrix[:k], self.y[:k], X_val=self.matrix[k:], y_val=self.y[k:])
+
+
+def prepared_training_rows(pipeline: Pipeline, window: Window, spec: ModelSpec, validate: bool) -> PreparedRows:
     """Fit the pipeline's preparation on the training rows (outside the validation split
-    when ``validate``) and return (prepared matrix, target, classes, the categories seen).
-    The frame is read here and dropped on return: only the matrix is alive while the
-    estimator fits."""
+    when ``validate``) and prepare them. The frame is read here and dropped on return: only
+    the matrix is alive while the estimator fits."""
     schema = window.schema
     frame = window.training_rows(validation=False if validate else None, fraction=spec.validation_fraction)
     if frame.empty:
         raise TrainingError("no training rows in the window (every row fell in the holdout); add data")
     classes = training_classes(frame[schema.target], schema.task)
+    categories = seen_categories(frame, schema.categorical)
     y = frame[schema.target].to_numpy()
+    prepare = pipeline.steps[0][1]
     with model_threads(spec.threads):
-        matrix = pipeline.steps[0][1].fit_transform(frame[schema.features], y)
-    return matrix, y, classes, seen_categories(frame, schema.categorical)
+        if not isinstance(prepare, FeatureMatrix):
+            return PreparedRows(prepare.fit_transform(frame[schema.features], y), y, classes, categories, len(y))
+        prepare.fit(frame)
+        order, fit_rows = early_stopping_split(pipeline.steps[-1][1], y, schema.task)
+        matrix = prepare.matrix(frame, order)
+    return PreparedRows(matrix, y if order is None else y[order], classes, categories, fit_rows)
+
+
+def early_stopping_split(estimator, y: np.ndarray, task: str) -> tuple[np.ndarray | None, int]:
+    """HistGradientBoosting's early-stopping rows, set apart here as it would set them apart
+    itself (a random fraction, stratified for classification), and placed last in the
+    matrix: the estimator is given both sides as views of one matrix instead of copying
+    them apart. Returns (row order, rows to fit on), or (None, every row) when it would not
+    stop early on a held-out fraction."""
+    n, fraction, stops = len(y), estimator.validation_fraction, estimator.early_stopping
+    if stops is False or not fraction:
+        return None, n
+    fit, held = train_test_split(np.arange(n), test_size=fraction, random_state=estimator.random_state,
+                                 stratify=y if task == "classification" else None)
+    # "auto" stops early above 10,000 rows: the rows it is given to fit on, here.
+    if stops == "auto" and (n <= 10_000 or len(fit) <= 10_000):
+        return None, n
+    return np.concatenate([fit, held]), len(fit)
 
 
 def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path, validate: bool = False) -> TrainResult:
@@ -125,12 +167,12 @@ def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path, valid
     schema = window.schema
     pipeline = build_pipeline(spec, schema)
     started = time.perf_counter()
-    matrix, y, classes, categories = prepared_training_rows(pipeline, window, spec, validate)
-    train_rows = len(y)
+    prepared = prepared_training_rows(pipeline, window, spec, validate)
+    train_rows, classes, categories = len(prepared.y), prepared.classes, prepared.categories
     estimator = pipeline.steps[-1][1]
     with model_threads(spec.threads):
-        estimator.fit(matrix, y)
-    del matrix, y
+        prepared.fit(estimator)
+    del prepared
     fit_seconds = time.perf_counter() - started
 
     validation, validation_rows = None, 0

@@ -6,6 +6,7 @@ import pickle
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
@@ -18,7 +19,7 @@ from flows.preprocess import plan_partitions, preprocess_partition
 from flows.records import FileRef, ResolvedSchema, TrainResult
 from flows.registry import MODEL_FILE, ModelRegistry, load_model_file, load_skops_bytes
 from flows.specs import EvaluationSpec, ModelSpec
-from flows.train import build_estimator, train_candidate
+from flows.train import build_estimator, early_stopping_split, train_candidate
 from flows.files import sha256_file
 from service.sample import sample_frame
 
@@ -78,6 +79,31 @@ def test_training_is_deterministic_and_scores_well(tmp_path: Path) -> None:
     a, b = load(first), load(second)
     assert score(a, holdout, CLASSIFY) == score(b, holdout, CLASSIFY)
     assert score(a, holdout, CLASSIFY)["roc_auc"] > 0.75
+
+
+def test_early_stopping_rows_are_set_apart_as_the_estimator_would_and_placed_last(tmp_path: Path) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    y = np.array([1] * 4000 + [0] * 16000)
+    order, fit_rows = early_stopping_split(HistGradientBoostingClassifier(random_state=0), y, "classification")
+    assert sorted(order.tolist()) == list(range(20000)) and fit_rows == 18000  # validation_fraction 0.1
+    held = y[order[fit_rows:]]
+    assert held.sum() == 400  # stratified: a fifth of them positive, as in the whole
+    again, _ = early_stopping_split(HistGradientBoostingClassifier(random_state=0), y, "classification")
+    assert (again == order).all()
+    # No held-out rows where the estimator would not stop early on a fraction of them.
+    assert early_stopping_split(HistGradientBoostingClassifier(), y[:10500], "classification") == (None, 10500)
+    assert early_stopping_split(HistGradientBoostingClassifier(early_stopping=False), y, "classification") == \
+        (None, 20000)
+    assert early_stopping_split(HistGradientBoostingClassifier(validation_fraction=None), y, "classification") == \
+        (None, 20000)
+
+    # The default estimator on a window above 10,000 training rows stops early on those rows.
+    paths = partitions(tmp_path, CLASSIFY, rows=16000)
+    result = train_candidate(Window(paths, CLASSIFY), ModelSpec(), tmp_path / "m.skops")
+    estimator = load(result).steps[-1][1]
+    assert result.train_rows > 12000 and len(estimator.validation_score_) == estimator.n_iter_ + 1
+    assert estimator.n_iter_ < 100  # it stopped before max_iter
 
 
 def test_unknown_estimator_parameter_names_what_is_accepted() -> None:
