@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_client, get_run_logger, task, unmapped
+from prefect.context import get_run_context
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -60,7 +61,7 @@ from flows.records import (
 )
 from flows.registry import ModelRegistry
 from flows.specs import ModelSpec, PipelineSpec
-from flows.search import choose, staged_path
+from flows.search import choose, staged_path, start_order
 from flows.train import train_candidate
 from flows.xgb import train_xgboost
 
@@ -248,7 +249,8 @@ def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: st
     progress.report("train", 0, 1)
     pipeline = request.pipeline
     reference = reference_task.submit(window)
-    trained = train_models(window, pipeline.model, staged, pipeline.evaluation.metric_for(window.schema.task))
+    trained = train_models(window, pipeline.model, staged, pipeline.evaluation.metric_for(window.schema.task),
+                           champion.metadata.get("training", {}).get("candidates") if champion else None)
     stages.lap("train")
     evaluation = evaluate_task.submit(trained, champion, window, request.pipeline, request.registry_dir,
                                       request.cache_dir).result()
@@ -260,18 +262,34 @@ def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: st
         return trained, evaluation, None
 
 
-def train_models(window: Window, spec: ModelSpec, staged: str, metric: str) -> TrainResult:
-    """Every candidate at once, as Dask tasks: scikit-learn ones mapped, one task each;
-    XGBoost as its own task, which trains across the cluster. With a search the best on
-    the validation split is kept (flows.search); without, the one model."""
+def train_models(window: Window, spec: ModelSpec, staged: str, metric: str,
+                 previous: list[dict[str, Any]] | None = None) -> TrainResult:
+    """Every candidate as its own Dask task, at once as far as the cluster's threads go:
+    XGBoost as its own task, which trains across the cluster; scikit-learn ones longest
+    first (by ``previous``, the champion's recorded candidates), each started when a thread
+    is free. (Dask places a task on a worker when it is submitted: four candidates on two
+    single-threaded workers would wait two behind each worker, however long the first ones
+    take, while the other worker may sit idle.) With a search the best on the validation
+    split is kept (flows.search); without, the one model."""
     specs = spec.candidate_specs()
     validate = bool(spec.candidates)
-    local = [i for i, s in enumerate(specs) if not s.distributed]
-    futures = dict(zip(local, train_candidate_task.map(
-        unmapped(window), [specs[i] for i in local], [staged_path(staged, i) for i in local], unmapped(validate))))
-    for i, candidate in enumerate(specs):
-        if candidate.distributed:
-            futures[i] = train_xgboost_task.submit(window, candidate, staged_path(staged, i), validate)
+    futures = {i: train_xgboost_task.submit(window, s, staged_path(staged, i), validate)
+               for i, s in enumerate(specs) if s.distributed}
+    # No worker yet (an adaptive cluster at its minimum of 0): every candidate at once, which
+    # is what makes it grow.
+    threads = sum(get_run_context().task_runner.client.nthreads().values()) or len(specs)
+    running: dict[int, Any] = {}
+    for i in start_order(specs, [i for i, s in enumerate(specs) if not s.distributed], previous):
+        if len(running) >= threads:
+            done = next(as_completed(list(running.values())))
+            try:
+                done.result()
+            except CancelledError:
+                raise  # the run was cancelled: start no more
+            except Exception:  # a failed candidate: recorded below
+                pass
+            running = {k: f for k, f in running.items() if f is not done}
+        running[i] = futures[i] = train_candidate_task.submit(window, specs[i], staged_path(staged, i), validate)
     results: list[TrainResult | BaseException] = []
     for i in range(len(specs)):
         try:

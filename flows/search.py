@@ -8,8 +8,10 @@ stays the only judge of deployment, unbiased by the search.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 from flows.errors import TrainingError
 from flows.records import CandidateScore, TrainResult
@@ -19,6 +21,20 @@ from flows.specs import METRICS, ModelSpec
 def staged_path(prefix: str, index: int) -> str:
     """Where candidate ``index`` of a run writes its model (its trainer may change the suffix)."""
     return f"{prefix}-{index}.skops"
+
+
+def start_order(specs: list[ModelSpec], indices: list[int], previous: list[dict[str, Any]] | None) -> list[int]:
+    """The order to start the candidates ``indices`` in: the longest expected fit first (its
+    ``fit_seconds`` when the same configuration was last searched, ``previous`` being the
+    champion's recorded candidates), those never timed before all (they may be long),
+    config order among equals. On fewer worker threads than candidates, the short ones then
+    fill the gaps at the end instead of a long one starting last."""
+    def key(estimator: str | None, params: dict[str, Any] | None) -> str:
+        return json.dumps([estimator, params or {}], sort_keys=True, default=str)
+
+    seconds = {key(c.get("estimator"), c.get("params")): c.get("fit_seconds") or 0.0
+               for c in previous or [] if not c.get("error")}
+    return sorted(indices, key=lambda i: -seconds.get(key(specs[i].estimator, specs[i].params), math.inf))
 
 
 def choose(specs: list[ModelSpec], results: list[TrainResult | BaseException], metric: str) -> TrainResult:

@@ -14,7 +14,7 @@ from flows.errors import TrainingError
 from flows.files import sha256_file
 from flows.preprocess import plan_partitions, preprocess_partition
 from flows.records import FileRef, ResolvedSchema
-from flows.search import choose
+from flows.search import choose, start_order
 from flows.specs import DEFAULT_CANDIDATES, ModelSpec, PipelineSpec
 from flows.train import train_candidate
 
@@ -72,3 +72,16 @@ def test_default_candidate_lists_are_valid_and_the_default_config_has_none() -> 
     with pytest.raises(ValueError, match=r"model.candidates\[0\].estimator 'logistic_regression' has no regression"):
         PipelineSpec.model_validate({"schema": {"task": "regression", "target": "y"},
                                      "model": {"candidates": [{"estimator": "logistic_regression"}]}})
+
+
+def test_candidates_start_longest_first_by_the_last_search_and_untimed_ones_before_all() -> None:
+    specs = ModelSpec.model_validate({"candidates": DEFAULT_CANDIDATES["classification"]}).candidate_specs()
+    previous = [{"estimator": s.estimator, "params": s.params, "fit_seconds": seconds}
+                for s, seconds in zip(specs, [2.2, 4.0, 0.8, 3.9])]
+    assert start_order(specs, [0, 1, 2, 3], previous) == [1, 3, 0, 2]
+    assert start_order(specs, [0, 1, 2, 3], None) == [0, 1, 2, 3]  # no record: config order
+    # A configuration changed since (not timed) goes first; a failed record counts as untimed.
+    changed = [dict(p) for p in previous]
+    changed[2]["params"] = {"C": 0.5}
+    changed[0] = {**changed[0], "error": "boom", "fit_seconds": 0.0}
+    assert start_order(specs, [0, 1, 2, 3], changed) == [0, 2, 1, 3]
