@@ -456,9 +456,10 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
                 f"- The growth over idle ({mib(growth)}, {growth / frame:.1f}x) is the training step's "
                 f"working memory, measured above: preparing the {steps['matrix_dtype']} matrix allocates "
                 f"{mib(by_step['prepare']['peak_allocated'])} and the fit {mib(by_step['fit']['peak_allocated'])} "
-                f"(HistGradientBoosting converts its input to float64, bins it, and keeps gradients and "
-                f"raw predictions per row); the workers also hold what scoring the holdout needed, and "
-                f"memory that freed buffers left in the allocator.", ""]
+                f"(with categorical features HistGradientBoosting re-encodes its input into a new float64 "
+                f"matrix, then bins it and keeps gradients and raw predictions per row); the workers also "
+                f"hold what scoring the holdout needed, and memory that freed buffers left in the "
+                f"allocator.", ""]
     return "\n".join(out)
 
 

@@ -64,21 +64,29 @@ def _numeric_shares(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def _categorical_reference(values: pd.Series) -> dict[str, Any]:
-    counts = values.astype(object).dropna().astype(str).value_counts()
-    categories = sorted(counts.index[:MAX_CATEGORIES].tolist())
+    counts = _text_counts(values)
+    frequent = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_CATEGORIES]
+    categories = sorted(name for name, _ in frequent)
     return {"kind": "categorical", "categories": categories,
             "shares": _categorical_shares(values, categories).tolist()}
 
 
 def _categorical_shares(values: pd.Series, categories: list[str]) -> np.ndarray:
     """Share of rows of each category, then of every other category, then of missing values."""
-    text = values.astype(object)
-    missing = text.isna().to_numpy()
-    names = text[~missing].astype(str)
-    counts = names.value_counts()
+    counts = _text_counts(values)
+    present = int(counts.sum())
     known = np.array([counts.get(c, 0) for c in categories], dtype=float)
-    other = len(names) - known.sum()
-    return np.append(known, [other, missing.sum()]) / max(len(values), 1)
+    return np.append(known, [present - known.sum(), len(values) - present]) / max(len(values), 1)
+
+
+def _text_counts(values: pd.Series) -> pd.Series:
+    """Rows per value, keyed by the value as text, missing values left out. Counted in the
+    column's own dtype (a categorical's codes, numbers) and only the distinct values turned
+    into text: no string object per row (a window's column would be tens of MB of them)."""
+    counts = values.value_counts(dropna=True)
+    counts = counts[counts > 0]  # a categorical also lists the categories absent from these rows
+    counts.index = counts.index.map(str)
+    return counts.groupby(level=0).sum()
 
 
 # -- drift ----------------------------------------------------------------------------------------
