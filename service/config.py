@@ -120,6 +120,9 @@ class DaemonSpec(_Section):
     metrics_port: int = Field(0, ge=0, le=65535)
     # The address the metrics port listens on; "0.0.0.0" lets a Prometheus on another host scrape it.
     metrics_host: str = "127.0.0.1"
+    # The embedded Prefect API deletes flow runs (their task runs, logs, artifacts) that
+    # ended longer ago than this; the ledger keeps every run.
+    prefect_history_days: float = Field(30.0, ge=1.0)
 
 
 class ServeSpec(_Section):

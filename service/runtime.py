@@ -51,7 +51,9 @@ class PrefectApi:
     own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, history_days: float = 30.0) -> None:
+        """``history_days``: how long the embedded API keeps ended flow runs."""
+        self.history_days = history_days
         self.external = os.environ.get("PREFECT_API_URL")
         self.embedded = not self.external
         self.server = None  # the embedded API's server, once started
@@ -78,7 +80,7 @@ class PrefectApi:
                 ) from None
             log.info("reporting to the Prefect API at %s", self.url)
             return self.url
-        self.server = EmbeddedApiServer(self.port)
+        self.server = EmbeddedApiServer(self.port, self.history_days)
         self.server.start()
         log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
         log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
@@ -105,16 +107,18 @@ class PrefectApi:
 
 
 class EmbeddedApiServer:
-    """Prefect's API server in a subprocess, as Prefect's own ephemeral server runs it (the
-    uvicorn command and environment of ``prefect.server.api.server.SubprocessASGIServer``).
+    """Prefect's API server in a subprocess, started as Prefect's own ephemeral server is
+    (the uvicorn command of ``prefect.server.api.server.SubprocessASGIServer``), but a whole
+    server: every background service, as ``prefect server start`` runs them.
 
     Not that class itself: it lives in the module of the whole server, and importing it
     costs this process about 2 s of CPU that a cold ``retrain run`` needs for its own
     start-up; the server's code belongs in the subprocess only.
     """
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, history_days: float = 30.0):
         self.port = port
+        self.history_days = history_days
         self.process: subprocess.Popen | None = None
         # Beside the database, in Prefect's home (~/.prefect is Prefect's default).
         self.log_path = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "api-server.log"
@@ -128,9 +132,16 @@ class EmbeddedApiServer:
         # server boots). The server reads Prefect's settings from the same environment,
         # profile and working directory as this process.
         site_packages = Path(importlib.util.find_spec("prefect").origin).parent.parent
-        env = {**os.environ,
-               # Prefect's choices for its ephemeral server: no UI, the ephemeral server's settings.
-               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env = {
+            # A whole server, not Prefect's ephemeral one (which runs only some of its
+            # services): its scheduler creates the runs of the deployment's schedule, and its
+            # database vacuum deletes ended flow runs after ``history_days`` (an operator's
+            # own PREFECT_SERVER_SERVICES_DB_VACUUM_* settings win).
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(self.history_days * 86400)),
+            **os.environ,
+            # As Prefect's ephemeral server: no UI (`make server` has one).
+            "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_FINAL": "1"}
         # Its messages (errors only) go to a file beside its database, rewritten at each
         # start: at a stop it cancels what it still serves (see below) with a traceback
         # that is not the operator's concern.

@@ -91,7 +91,8 @@ class RunSession:
             # Before the API starts: a scheduler that does not answer stops us at once.
             check_scheduler(self.settings.dask.address)
         quiet_libraries()
-        api = PrefectApi()  # its URL is in the environment now, before any worker starts
+        # Its URL is in the environment from here on, before any worker starts.
+        api = PrefectApi(self.settings.daemon.prefect_history_days)
         self.resources.callback(api.stop)
         if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()

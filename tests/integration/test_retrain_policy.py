@@ -143,3 +143,31 @@ def test_small_batches_are_scored_together_and_drift_triggers_only_when_max_drif
     assert drifted.policy.triggers == ["drift"] and "(income) > max_drift 0.2" in drifted.policy.reason
     assert drifted.comparison is not None and drifted.comparison.low <= drifted.comparison.difference
     assert len(ModelRegistry(tmp_path / "registry").versions()) == 2
+
+
+def test_the_embedded_api_runs_the_schedule_and_keeps_a_bounded_history(tmp_path: Path, dask_address: str) -> None:
+    """With no Prefect server of its own, the daemon's embedded API is a whole server: its
+    scheduler creates the runs of `[policy] schedule` (every minute here), which the daemon
+    executes, and its database vacuum deletes ended flow runs after prefect_history_days."""
+    home = tmp_path / "home"
+    env = daemon_env(home, dask__address=dask_address, window__last_files="1",
+                     policy__schedule="* * * * *", daemon__prefect_history_days="2")
+    source = write_samples(tmp_path / "data", rows=1000, seed=5)[0]
+    daemon = Daemon(home, env, cwd=tmp_path)
+    try:
+        daemon.wait_ready()
+        source.rename(home / "inbox" / source.name)
+        wait_for(lambda: _finished(home, env, 1), 120, "the file's run")
+
+        def scheduled():
+            status = _finished(home, env, 2)
+            return next((r for r in status["runs"] if r["trigger"] == "schedule"), None) if status else None
+
+        run = wait_for(scheduled, 150, "a run of the schedule")
+        assert run["files"] == 0 and run["decision"] in ("deployed", "rejected"), (run, daemon.log())
+        assert run["requested_by"] == "the schedule * * * * * (UTC)"
+        api = status_json(home, env)["daemon"]["prefect_api_url"]
+        vacuum = httpx.get(f"{api}/admin/settings", timeout=10).json()["server"]["services"]["db_vacuum"]
+        assert "flow_runs" in vacuum["enabled"] and vacuum["retention_period"] == "P2D"
+    finally:
+        assert daemon.stop() == 0, daemon.log()
