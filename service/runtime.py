@@ -106,6 +106,13 @@ class PrefectApi:
             yield self.url
 
 
+# Services of a Prefect server the daemon has no use for: work pools and their workers
+# (foreman), late, paused and cancelled runs' bookkeeping, expired concurrency leases and
+# orphaned records (Prefect's ephemeral server does not run them either).
+UNUSED_SERVER_SERVICES = ("FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "CANCELLATION_CLEANUP", "REPOSSESSOR",
+                          "CLEANUP_RECONCILER")
+
+
 class EmbeddedApiServer:
     """Prefect's API server in a subprocess, started as Prefect's own ephemeral server is
     (the uvicorn command of ``prefect.server.api.server.SubprocessASGIServer``), but a whole
@@ -133,12 +140,15 @@ class EmbeddedApiServer:
         # profile and working directory as this process.
         site_packages = Path(importlib.util.find_spec("prefect").origin).parent.parent
         env = {
-            # A whole server, not Prefect's ephemeral one (which runs only some of its
-            # services): its scheduler creates the runs of the deployment's schedule, and its
-            # database vacuum deletes ended flow runs after ``history_days`` (an operator's
-            # own PREFECT_SERVER_SERVICES_DB_VACUUM_* settings win).
+            # Not Prefect's ephemeral server, which leaves out two services the daemon needs:
+            # the scheduler, which creates the runs of the deployment's schedule, and the
+            # database vacuum of ended flow runs (after ``history_days``). The services for
+            # work pools, late and paused runs, which the daemon does not use, stay off as in
+            # the ephemeral server: polling every few seconds, they cost each run about 0.15 s
+            # on two cores. An operator's own PREFECT_SERVER_SERVICES_* settings win.
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
             "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(self.history_days * 86400)),
+            **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in UNUSED_SERVER_SERVICES},
             **os.environ,
             # As Prefect's ephemeral server: no UI (`make server` has one).
             "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_FINAL": "1"}
