@@ -51,7 +51,7 @@ def window_of(home: Path):
 def steps(home: Path) -> dict:
     from flows.data import model_threads
     from flows.specs import ModelSpec
-    from flows.train import PreparedRows, build_pipeline, early_stopping_split
+    from flows.train import build_pipeline, prepare_rows
 
     window, spec = window_of(home), ModelSpec()
     process, out = psutil.Process(), []
@@ -70,14 +70,8 @@ def steps(home: Path) -> dict:
     frame_bytes = int(frame.memory_usage(deep=True).sum())
     pipeline = build_pipeline(spec, window.schema)
     prepare, estimator = pipeline.steps[0][1], pipeline.steps[-1][1]
-    y = frame[window.schema.target].to_numpy()
-
-    def prepared() -> PreparedRows:  # as flows.train.prepared_training_rows does it
-        prepare.fit(frame)
-        order, fit_rows = early_stopping_split(estimator, y, window.schema.task)
-        return PreparedRows(prepare.matrix(frame, order), y if order is None else y[order], None, {}, fit_rows)
-
-    rows = step(f"prepare: {type(prepare).__name__} (float32 matrix, early-stopping rows last)", prepared)
+    rows = step(f"prepare: {type(prepare).__name__} (float32 matrix, early-stopping rows last)",
+                lambda: prepare_rows(pipeline, frame, window.schema, spec.threads))
     del frame
     with model_threads(spec.threads):
         step(f"fit {type(estimator).__name__}", lambda: rows.fit(estimator))

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_client, get_run_logger, task, unmapped
-from prefect.context import get_run_context
 from prefect.assets import Asset, AssetProperties, add_asset_metadata, materialize
 from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State

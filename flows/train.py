@@ -126,15 +126,19 @@ def prepared_training_rows(pipeline: Pipeline, window: Window, spec: ModelSpec, 
     """Fit the pipeline's preparation on the training rows (outside the validation split
     when ``validate``) and prepare them. The frame is read here and dropped on return: only
     the matrix is alive while the estimator fits."""
-    schema = window.schema
     frame = window.training_rows(validation=False if validate else None, fraction=spec.validation_fraction)
     if frame.empty:
         raise TrainingError("no training rows in the window (every row fell in the holdout); add data")
+    return prepare_rows(pipeline, frame, window.schema, spec.threads)
+
+
+def prepare_rows(pipeline: Pipeline, frame: pd.DataFrame, schema: ResolvedSchema, threads: int) -> PreparedRows:
+    """Fit the pipeline's preparation on ``frame`` and prepare its rows for the estimator."""
     classes = training_classes(frame[schema.target], schema.task)
     categories = seen_categories(frame, schema.categorical)
     y = frame[schema.target].to_numpy()
     prepare = pipeline.steps[0][1]
-    with model_threads(spec.threads):
+    with model_threads(threads):
         if not isinstance(prepare, FeatureMatrix):
             return PreparedRows(prepare.fit_transform(frame[schema.features], y), y, classes, categories, len(y))
         prepare.fit(frame)
@@ -150,12 +154,12 @@ def early_stopping_split(estimator, y: np.ndarray, task: str) -> tuple[np.ndarra
     them apart. Returns (row order, rows to fit on), or (None, every row) when it would not
     stop early on a held-out fraction."""
     n, fraction, stops = len(y), estimator.validation_fraction, estimator.early_stopping
-    if stops is False or not fraction:
+    # "auto" stops early above 10,000 rows: the rows it is given to fit on, here.
+    if stops is False or not fraction or (stops == "auto" and n <= 10_000):
         return None, n
     fit, held = train_test_split(np.arange(n), test_size=fraction, random_state=estimator.random_state,
                                  stratify=y if task == "classification" else None)
-    # "auto" stops early above 10,000 rows: the rows it is given to fit on, here.
-    if stops == "auto" and (n <= 10_000 or len(fit) <= 10_000):
+    if stops == "auto" and len(fit) <= 10_000:
         return None, n
     return np.concatenate([fit, held]), len(fit)
 

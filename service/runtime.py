@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flows.errors import RetrainError
-from service.config import DaskSpec
+from service.config import DaemonSpec, DaskSpec
 
 log = logging.getLogger("retrain.runtime")
 
@@ -51,7 +51,7 @@ class PrefectApi:
     own.
     """
 
-    def __init__(self, history_days: float = 30.0) -> None:
+    def __init__(self, history_days: float = DaemonSpec.model_fields["prefect_history_days"].default) -> None:
         """``history_days``: how long the embedded API keeps ended flow runs."""
         self.history_days = history_days
         self.external = os.environ.get("PREFECT_API_URL")
@@ -115,15 +115,15 @@ UNUSED_SERVER_SERVICES = ("FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "CANCELLA
 
 class EmbeddedApiServer:
     """Prefect's API server in a subprocess, started as Prefect's own ephemeral server is
-    (the uvicorn command of ``prefect.server.api.server.SubprocessASGIServer``), but a whole
-    server: every background service, as ``prefect server start`` runs them.
+    (the uvicorn command of ``prefect.server.api.server.SubprocessASGIServer``), but with
+    the services the daemon needs that the ephemeral one leaves out (see ``start``).
 
     Not that class itself: it lives in the module of the whole server, and importing it
     costs this process about 2 s of CPU that a cold ``retrain run`` needs for its own
     start-up; the server's code belongs in the subprocess only.
     """
 
-    def __init__(self, port: int, history_days: float = 30.0):
+    def __init__(self, port: int, history_days: float):
         self.port = port
         self.history_days = history_days
         self.process: subprocess.Popen | None = None
