@@ -65,10 +65,10 @@ class Peaks:
 
 
 def request(files: list[Path], home: Path, model: dict):
-    from flows.files import sha256_file
-    from flows.records import FileRef
+    from core.files import sha256_file
+    from core.records import FileRef
+    from core.specs import PipelineSpec
     from flows.retrain import RetrainRequest
-    from flows.specs import PipelineSpec
 
     refs = [FileRef(file_id=i + 1, name=p.name, path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
             for i, p in enumerate(files)]
@@ -95,15 +95,16 @@ def cluster(memory_limit: str):
 
 
 def _warm_up() -> None:
-    import flows.retrain  # noqa: F401
     import xgboost  # noqa: F401
+
+    import flows.retrain  # noqa: F401
 
 
 def single_task_peak(home: Path, spec: dict) -> dict:
     """The in-process path on the same window, in a fresh process, its RSS sampled."""
     code = ("import json, sys; sys.path.insert(0, %r); from pathlib import Path;"
-            "from flows.data import Window; from flows.records import ResolvedSchema; from flows.specs import ModelSpec;"
-            "from flows.train import train_candidate; import time;"
+            "from flows.data.window import Window; from core.records import ResolvedSchema; from core.specs import ModelSpec;"
+            "from flows.training.train import train_candidate; import time;"
             "meta = json.loads(sorted(Path(%r).glob('registry/v*/metadata.json'))[0].read_text());"
             "schema = ResolvedSchema.model_validate(meta['metadata']['schema']);"
             "paths = sorted(str(p) for p in Path(%r).rglob('*.parquet'));"
@@ -120,7 +121,7 @@ def single_task_peak(home: Path, spec: dict) -> dict:
 
 def window_bytes(home: Path) -> dict:
     """The window in memory as the single-task path reads it: every row, and its training rows."""
-    from flows.data import load_partitions
+    from flows.data.window import load_partitions
 
     paths = sorted(str(p) for p in (home / "cache").rglob("*.parquet"))
     frame = load_partitions(paths)
@@ -132,7 +133,7 @@ def window_bytes(home: Path) -> dict:
 def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
     from dask.utils import parse_bytes
 
-    from service.flowruns import call_flow
+    from service.runner.flowruns import call_flow
     from service.sample import write_samples
 
     files = write_samples(work / "data", files=max(1, rows // 500_000), rows=min(rows, 500_000), seed=3)
@@ -152,10 +153,10 @@ def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
 
 
 def search(work: Path, rows: int) -> dict:
-    from flows.data import Window
-    from flows.specs import DEFAULT_CANDIDATES, ModelSpec
-    from flows.train import train_candidate
-    from service.flowruns import call_flow
+    from core.specs import DEFAULT_CANDIDATES, ModelSpec
+    from flows.data.window import Window
+    from flows.training.train import train_candidate
+    from service.runner.flowruns import call_flow
     from service.sample import write_samples
 
     files = write_samples(work / "search-data", files=2, rows=rows // 2, seed=4)
@@ -170,7 +171,7 @@ def search(work: Path, rows: int) -> dict:
     finally:
         local.close()
     meta = json.loads(sorted((home / "registry").glob("v*/metadata.json"))[-1].read_text())
-    from flows.records import ResolvedSchema
+    from core.records import ResolvedSchema
 
     window = Window(sorted(str(p) for p in (home / "cache").rglob("*.parquet")),
                     ResolvedSchema.model_validate(meta["metadata"]["schema"]))
@@ -200,7 +201,7 @@ def main() -> None:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-    from service.runtime import prefect_api
+    from service.runtime.api import prefect_api
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as folder, prefect_api():

@@ -7,7 +7,7 @@ training code, step by step, on cached partitions.
 Each measurement runs in a fresh process so nothing else is in its memory, with the
 environment a Dask worker of the service is started with:
 
-- ``steps``: the steps of ``flows.train`` one by one (read, prepare, fit), with the peak
+- ``steps``: the steps of ``flows.training.train`` one by one (read, prepare, fit), with the peak
   of the allocations made during each (tracemalloc sees numpy's and pandas' buffers) and
   the resident size after it;
 - ``whole``: ``train_candidate`` as the flow calls it, its peak resident size (sampled
@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def window_of(home: Path):
-    from flows.data import Window
-    from flows.records import ResolvedSchema
+    from core.records import ResolvedSchema
+    from flows.data.window import Window
 
     latest = sorted((home / "registry").glob("v*/metadata.json"))
     if latest:
@@ -49,9 +49,9 @@ def window_of(home: Path):
 
 
 def steps(home: Path) -> dict:
-    from flows.data import model_threads
-    from flows.specs import ModelSpec
-    from flows.train import build_pipeline, prepare_rows
+    from core.specs import ModelSpec
+    from flows.data.window import model_threads
+    from flows.training.train import build_pipeline, prepare_rows
 
     window, spec = window_of(home), ModelSpec()
     process, out = psutil.Process(), []
@@ -82,9 +82,9 @@ def steps(home: Path) -> dict:
 
 def whole(home: Path) -> dict:
     """train_candidate's growth over idle, sampled from outside the allocations' view."""
-    from flows.data import load_partitions
-    from flows.specs import ModelSpec
-    from flows.train import build_pipeline, train_candidate
+    from core.specs import ModelSpec
+    from flows.data.window import load_partitions
+    from flows.training.train import build_pipeline, train_candidate
 
     window = window_of(home)
     frame_bytes = int(window.training_rows().memory_usage(deep=True).sum())  # measured, then freed
@@ -117,9 +117,9 @@ def whole(home: Path) -> dict:
 
 def sample_home(rows: int, folder: Path) -> Path:
     """Sample data preprocessed into ``folder/cache`` (a home without a registry)."""
-    from flows.files import sha256_file
-    from flows.preprocess import plan_partitions, preprocess_partition
-    from flows.records import FileRef, ResolvedSchema
+    from core.files import sha256_file
+    from core.records import FileRef, ResolvedSchema
+    from flows.data.preprocess import plan_partitions, preprocess_partition
     from service.sample import sample_frame
 
     schema = ResolvedSchema(target="churned", task="classification",

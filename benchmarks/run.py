@@ -146,7 +146,7 @@ class Daemon:
         command = [RETRAIN, "watch"]
         if self.code != ROOT:  # its modules before the installed ones
             env["PYTHONPATH"] = str(self.code)
-            command = [sys.executable, "-m", "service.cli", "watch"]
+            command = [sys.executable, "-m", "service.cli.commands", "watch"]
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home.parent / f"{self.home.name}.log"
         self._log = open(self.log_path, "wb")
@@ -298,11 +298,11 @@ def measure_preprocessing(work: Path, big: list[Path]) -> dict:
     holdout, write parquet) over the ten files, on 1 and on 2 worker processes, cache cold."""
     from distributed import Client, LocalCluster
 
-    from flows.preprocess import plan_partitions, preprocess_partition, read_sample
-    from flows.records import FileRef
-    from flows.schema import resolve_schema
-    from flows.specs import PreprocessSpec, SchemaSpec
-    from flows.files import sha256_file
+    from core.files import sha256_file
+    from core.records import FileRef
+    from core.specs import PreprocessSpec, SchemaSpec
+    from flows.data.preprocess import plan_partitions, preprocess_partition, read_sample
+    from flows.data.schema import resolve_schema
 
     files = big[:10]
     schema = resolve_schema(SchemaSpec(drop=["customer_id"]), read_sample(files[0]), files[0].name)
@@ -316,7 +316,7 @@ def measure_preprocessing(work: Path, big: list[Path]) -> dict:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
             # Import the code on every worker first: a warm daemon has it loaded.
-            client.run(lambda: __import__("flows.preprocess"))
+            client.run(lambda: __import__("flows.data.preprocess"))
             started = time.perf_counter()
             summaries = client.gather(client.map(preprocess_partition, plans, schema=schema,
                                                  cache_dir=str(cache), holdout_fraction=0.2, pure=False))

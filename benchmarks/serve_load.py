@@ -40,15 +40,15 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.data import Window  # noqa: E402
-from flows.features import prepare_features  # noqa: E402
-from flows.files import sha256_file  # noqa: E402
-from flows.predict import read_rows  # noqa: E402
-from flows.preprocess import plan_partitions, preprocess_partition  # noqa: E402
-from flows.records import FileRef, ResolvedSchema, TrainResult  # noqa: E402
-from flows.registry import ModelRegistry  # noqa: E402
-from flows.schema import resolve_schema  # noqa: E402
-from flows.train import train_candidate  # noqa: E402
+from core.files import sha256_file  # noqa: E402
+from core.records import FileRef, ResolvedSchema, TrainResult  # noqa: E402
+from flows.data.features import prepare_features  # noqa: E402
+from flows.data.preprocess import plan_partitions, preprocess_partition  # noqa: E402
+from flows.data.schema import resolve_schema  # noqa: E402
+from flows.data.window import Window  # noqa: E402
+from flows.models.predict import read_rows  # noqa: E402
+from flows.models.registry import ModelRegistry  # noqa: E402
+from flows.training.train import train_candidate  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from service.sample import sample_frame  # noqa: E402
 
@@ -128,7 +128,7 @@ def run_empty_app() -> None:
     from fastapi import FastAPI
 
     from service.config import ServeSpec
-    from service.serve import bind, server_config
+    from service.serving.app import bind, server_config
 
     app = FastAPI()
 
@@ -340,7 +340,7 @@ def main() -> int:
         (home / "state").mkdir(parents=True)
         registry = ModelRegistry(home / "registry")
         registry.promote(register(registry, versions[0]))
-        servers.append(Process([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", "0"],
+        servers.append(Process([sys.executable, "-m", "service.cli.commands", "serve", "--home", str(home), "--port", "0"],
                                work / "serve.log", rf"serving predictions on http://{HOST}:(\d+)"))
         servers.append(Process([sys.executable, __file__, "--empty-app"], work / "empty.log",
                                rf"empty app on http://{HOST}:(\d+)"))

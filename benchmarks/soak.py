@@ -220,7 +220,7 @@ def check_registry(home: Path, keep_versions: int) -> dict:
     rollback target may be older), each kept one loaded hash-checked, `retrain models`
     listing every version ever trained (removed ones marked), `retrain report` drawing
     them, and a rollback to the previous deployed version."""
-    from flows.registry import ModelRegistry
+    from flows.models.registry import ModelRegistry
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RETRAIN_", "PREFECT_"))}
     env.update({"RETRAIN_HOME": str(home), "PYTHONPATH": str(ROOT)})

@@ -2,8 +2,8 @@
 
     python benchmarks/soak_profile.py [--runs 60] [--every 20] [--frames 8]
 
-The flow runs in this process exactly as in the daemon (service.runtime's Prefect API and
-local Dask cluster, service.flowruns.call_flow), on 1,000-row files with a window of three
+The flow runs in this process exactly as in the daemon (service.runtime.api's Prefect API and
+local Dask cluster, service.runner.flowruns.call_flow), on 1,000-row files with a window of three
 files, without the watcher and ledger around it. Every ``--every`` runs it prints, for
 this process and for each Dask worker: the resident memory, the allocations that grew
 most since the previous report (tracemalloc, grouped by traceback) and the object types
@@ -149,7 +149,7 @@ def trim_and_rss() -> float:
 
 
 def file_ref(path: Path, file_id: int):
-    from flows.records import FileRef
+    from core.records import FileRef
 
     return FileRef(file_id=file_id, name=path.name, path=str(path),
                    sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size=path.stat().st_size)
@@ -167,8 +167,8 @@ def main() -> None:
     parser.add_argument("--no-workers", action="store_true", help="probe this process only")
     args = parser.parse_args()
 
-    from service.inbox import Home
-    from service.runtime import prepare_environment
+    from service.intake.inbox import Home
+    from service.runtime.api import prepare_environment
 
     home = Home(Path(tempfile.mkdtemp(prefix="soak-profile-"))).ensure().root
 
@@ -177,8 +177,9 @@ def main() -> None:
 
     from flows.retrain import RetrainRequest
     from service.config import load_settings
-    from service.flowruns import call_flow
-    from service.runtime import dask_cluster, prefect_api
+    from service.runner.flowruns import call_flow
+    from service.runtime.api import prefect_api
+    from service.runtime.cluster import dask_cluster
     from service.sample import write_samples
 
     settings = load_settings(home=home, overrides={"window.last_files": 3})

@@ -1,7 +1,7 @@
 """Feature rows as one compact numeric matrix, for estimators with native categorical support.
 
 Training reads text columns from parquet as pandas categoricals; ``retrain predict`` and
-``retrain serve`` prepare them as object strings (``flows.features``). ``FeatureMatrix``
+``retrain serve`` prepare them as object strings (``flows.data.features``). ``FeatureMatrix``
 maps both the same way: each categorical column becomes the code of its value among the
 categories seen in ``fit`` (sorted; unseen and missing values are NaN), each numeric column
 a float32. The result is one float32 matrix, numeric columns first: no one-hot columns, no
@@ -9,7 +9,7 @@ object arrays, half the bytes of float64.
 
 This module is part of the model file's format: a model saved with ``FeatureMatrix`` names
 ``flows.encoders.FeatureMatrix``, which the registry trusts explicitly (see
-``flows.registry.OWN_TRUSTED_TYPES``). Its fitted state is plain lists and strings.
+``flows.models.modelfile.OWN_TRUSTED_TYPES``). Its fitted state is plain lists and strings.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ plan -> preprocess (one task per partition group, mapped) -> monitor -> policy -
 task per candidate, mapped; XGBoost as its own step across the cluster; beside it, the
 reference statistics of its rows) -> evaluate -> register -> deploy
 
-Every batch first scores the deployed model on its new rows (``flows.monitor``); the policy
-(``flows.policy``) then keeps it, or goes on to train a candidate.
+Every batch first scores the deployed model on its new rows (``flows.judging.monitor``); the policy
+(``flows.judging.policy``) then keeps it, or goes on to train a candidate.
 
 Tasks exchange paths and small summaries; the cached parquet partitions stay on disk. The
-run's bookkeeping is the plan's (``flows.plan``), reading data is the data layer's
-(``flows.data``). The flow itself runs in the caller's process (the daemon, or
+run's bookkeeping is the plan's (``flows.data.plan``), reading data is the data layer's
+(``flows.data.window``). The flow itself runs in the caller's process (the daemon, or
 ``retrain run``); its tasks run on whatever Dask cluster the caller's ``DaskTaskRunner``
 points at.
 
@@ -37,17 +37,8 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows import progress
-from flows.artifacts import publish_history, publish_monitoring, publish_summary
-from flows.data import Window
-from flows.deploy import deploy_version
-from flows.errors import TrainingError
-from flows.evaluate import evaluate_against_champion
-from flows.monitor import monitor_champion, reference_statistics
-from flows.plan import RunPlan, version_metadata
-from flows.policy import decide_policy
-from flows.preprocess import preprocess_partition
-from flows.records import (
+from core.errors import TrainingError
+from core.records import (
     DriftReport,
     EvaluationResult,
     LiveMetric,
@@ -59,11 +50,24 @@ from flows.records import (
     RunOutcome,
     TrainResult,
 )
-from flows.registry import ModelRegistry
-from flows.specs import ModelSpec, PipelineSpec
-from flows.search import choose, staged_path, start_order
-from flows.train import train_candidate
-from flows.xgb import train_xgboost
+from core.specs import ModelSpec, PipelineSpec
+from flows.data.plan import RunPlan, version_metadata
+from flows.data.preprocess import preprocess_partition
+from flows.data.window import Window
+from flows.judging.evaluate import evaluate_against_champion
+from flows.judging.monitor import monitor_champion, reference_statistics
+from flows.judging.policy import decide_policy
+from flows.models.deploy import deploy_version
+from flows.models.registry import ModelRegistry
+from flows.reporting import progress
+from flows.reporting.artifacts import (
+    publish_history,
+    publish_monitoring,
+    publish_summary,
+)
+from flows.training.search import choose, staged_path, start_order
+from flows.training.train import train_candidate
+from flows.training.xgb import train_xgboost
 
 __all__ = ["RetrainRequest", "retrain"]
 
@@ -98,7 +102,7 @@ def train_candidate_task(window: Window, spec: ModelSpec, out_path: str, validat
 
 @task(name="train_xgboost", cache_policy=NO_CACHE, persist_result=False)
 def train_xgboost_task(window: Window, spec: ModelSpec, out_path: str, validate: bool) -> TrainResult:
-    """Runs on one worker and trains on all of them (see flows.xgb)."""
+    """Runs on one worker and trains on all of them (see flows.training.xgb)."""
     return train_xgboost(window, spec, out_path, validate)
 
 
@@ -270,7 +274,7 @@ def train_models(window: Window, spec: ModelSpec, staged: str, metric: str,
     is free. (Dask places a task on a worker when it is submitted: four candidates on two
     single-threaded workers would wait two behind each worker, however long the first ones
     take, while the other worker may sit idle.) With a search the best on the validation
-    split is kept (flows.search); without, the one model."""
+    split is kept (flows.training.search); without, the one model."""
     specs = spec.candidate_specs()
     validate = bool(spec.candidates)
     futures = {i: train_xgboost_task.submit(window, s, staged_path(staged, i), validate)

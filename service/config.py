@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -35,8 +42,8 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from flows.errors import ConfigError
-from flows.specs import PipelineSpec
+from core.errors import ConfigError
+from core.specs import PipelineSpec
 
 ENV_PREFIX = "RETRAIN_"
 ENV_DELIMITER = "__"
@@ -184,7 +191,7 @@ _LOADING: ContextVar[_Layers | None] = ContextVar("retrain_settings_layers", def
 
 class Settings(BaseSettings, PipelineSpec):
     """Every setting of the service: the pipeline's sections (declared once, in
-    ``flows.specs.PipelineSpec``) and the service's own.
+    ``core.specs.PipelineSpec``) and the service's own.
 
     Built directly, it reads ``os.environ`` and the default file like any ``BaseSettings``;
     ``load_settings`` chooses the file and environment and turns errors into one line.

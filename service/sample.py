@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flows.files import write_atomically
+from core.files import write_atomically
 
 SAMPLE_TARGET = {"classification": "churned", "regression": "monthly_spend"}
 SAMPLE_ID_COLUMN = "customer_id"

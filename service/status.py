@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows.policy import live_bar
-from flows.records import ModelVersion
-from flows.registry import ModelRegistry
-from service.ledger import FileState, Ledger
-from service.lock import lock_holder
-from service.requests import OPERATOR_RUN
-
+from core.records import ModelVersion
+from flows.judging.policy import live_bar
+from flows.models.registry import ModelRegistry
+from service.intake.ledger import FileState, Ledger
+from service.intake.lock import lock_holder
+from service.intake.requests import OPERATOR_RUN
 
 MAIN_STATES = ("queued", "running", "archived", "quarantined", "duplicate")
 # The names of a run's first files shown (a batch may hold a thousand).
@@ -152,7 +151,7 @@ def live_history(home: Path, settings, metric: str | None = None, runs: int = 20
     a new version took over (deploys, rollbacks), for the report's live panel."""
     from datetime import datetime, timezone
 
-    from flows.report import LiveHistory
+    from flows.reporting.report import LiveHistory
 
     ledger_path = home / "state" / "ledger.sqlite"
     if not ledger_path.exists():

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.inbox import Home
-from service.ledger import FileState, Ledger
+from service.intake.inbox import Home
+from service.intake.ledger import FileState, Ledger
 
 FOLDER_OF_STATE = {
     FileState.QUEUED: "processing",

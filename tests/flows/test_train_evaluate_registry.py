@@ -10,60 +10,37 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from flow_fixtures import (
+    CLASSIFY,
+    FAST,
+    REGRESS,
+    TRAINED,
+    load,
+    load_unchecked,
+    partitions,
+    register,
+    registry_of,
+)
 
-from flows.data import Window
-from flows.deploy import post_deploy_check, rollback
-from flows.errors import ConfigError, DeployError, ModelNotFoundError, RegistryIntegrityError, TrainingError
-from flows.evaluate import decide, evaluate_against_champion, score
-from flows.preprocess import plan_partitions, preprocess_partition
-from flows.records import FileRef, ResolvedSchema, TrainResult
-from flows.registry import MODEL_FILE, ModelRegistry, load_model_file, load_skops_bytes
-from flows.specs import EvaluationSpec, ModelSpec
-from flows.train import build_estimator, early_stopping_split, train_candidate
-from flows.files import sha256_file
+from core.errors import (
+    ConfigError,
+    DeployError,
+    ModelNotFoundError,
+    RegistryIntegrityError,
+    TrainingError,
+)
+from core.files import sha256_file
+from core.records import FileRef, TrainResult
+from core.specs import EvaluationSpec, ModelSpec
+from flows.data.preprocess import plan_partitions, preprocess_partition
+from flows.data.window import Window
+from flows.judging.evaluate import decide, evaluate_against_champion
+from flows.models.deploy import post_deploy_check, rollback
+from flows.models.modelfile import MODEL_FILE, load_model_file
+from flows.models.registry import ModelRegistry
+from flows.models.scoring import score
+from flows.training.train import build_estimator, early_stopping_split, train_candidate
 from service.sample import sample_frame
-
-NUMERIC = ["age", "income", "tenure_months", "usage_hours", "support_calls"]
-CLASSIFY = ResolvedSchema(target="churned", task="classification", numeric=NUMERIC,
-                          categorical=["plan", "region"], max_bad_row_fraction=0.05)
-REGRESS = CLASSIFY.model_copy(update={"target": "monthly_spend", "task": "regression"})
-FAST = ModelSpec(estimator="logistic_regression")
-# A training record for a model file made elsewhere (path and hash filled in per test).
-TRAINED = {"estimator": "sklearn.linear_model:LogisticRegression", "params": {}, "train_rows": 0,
-           "fit_seconds": 0.0, "features": CLASSIFY.features, "categorical": CLASSIFY.categorical}
-
-
-def partitions(folder: Path, schema: ResolvedSchema, rows: int = 4000, seed: int = 1,
-               noise: float = 0.0) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"data-{seed}-{schema.task}-{noise}.csv"
-    sample_frame(rows, seed, noise, schema.task).to_csv(path, index=False)
-    ref = FileRef(file_id=seed, name=path.name, path=str(path), sha256=sha256_file(path),
-                  size=path.stat().st_size)
-    summaries = [preprocess_partition(p, schema, folder / "cache", 0.2) for p in plan_partitions(ref, 200_000)]
-    return [s.parquet_path for s in summaries]
-
-
-def load(result):
-    """A trained candidate, loaded as every step loads a model: hash-checked."""
-    return load_model_file(result.model_path, result.model_sha256)
-
-
-def load_unchecked(path: Path):
-    return load_skops_bytes(Path(path).read_bytes(), None, str(path))
-
-
-def register(registry: ModelRegistry, model_file: str, decision: str = "deployed", **metrics: float):
-    return registry.register(model_file, {"metrics": metrics, "decision": decision})
-
-
-def registry_of(folder: Path, model: Path, versions: int) -> ModelRegistry:
-    """A registry holding ``versions`` versions of ``model``, none current."""
-    registry = ModelRegistry(folder)
-    for _ in range(versions):
-        register(registry, str(model))
-    return registry
-
 
 # -- training ---------------------------------------------------------------------------------
 
@@ -328,8 +305,8 @@ def test_rollback_restores_the_previous_current(tmp_path: Path, trained) -> None
 def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: Path) -> None:
     import shutil
 
-    from flows.evaluate import score_window
-    from flows.registry import ModelFile
+    from flows.models.modelfile import ModelFile
+    from flows.models.scoring import score_window
 
     paths = partitions(tmp_path / "a", CLASSIFY, rows=3000, seed=8) + partitions(tmp_path / "b", CLASSIFY, rows=3000, seed=9)
     window = Window(paths, CLASSIFY)
@@ -349,7 +326,7 @@ def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: P
 
 
 def test_only_the_lease_holder_switches_current(tmp_path: Path, trained) -> None:
-    from flows.deploy import switch_current
+    from flows.models.deploy import switch_current
 
     model, _ = trained
     registry = registry_of(tmp_path / "registry", model, 2)

@@ -12,9 +12,9 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
+
 from service.sample import sample_frame
 
 pytestmark = pytest.mark.integration

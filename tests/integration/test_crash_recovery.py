@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from flows.registry import ModelRegistry
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
-from service.inbox import Home, claim_file
-from service.ledger import Ledger
+
+from flows.models.registry import ModelRegistry
+from service.intake.inbox import Home, claim_file
+from service.intake.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

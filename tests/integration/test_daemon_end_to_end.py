@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
 

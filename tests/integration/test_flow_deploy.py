@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.records import FileRef
-from flows.registry import ModelRegistry
+from core.files import sha256_file
+from core.records import FileRef
+from core.specs import PipelineSpec
+from flows.models.registry import ModelRegistry
 from flows.retrain import RetrainRequest
-from flows.specs import PipelineSpec
-from flows.files import sha256_file
-from service.flowruns import call_flow
+from service.runner.flowruns import call_flow
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ def test_regression_end_to_end(tmp_path: Path, dask_address: str) -> None:
 
 def test_serve_answers_during_switches_without_errors(tmp_path: Path, dask_address: str) -> None:
     from service.config import ServeSpec
-    from service.serve import create_app, running_server
+    from service.serving.app import create_app, running_server
 
     paths = write_samples(tmp_path / "data", files=1, rows=2000, seed=27)
     assert call_flow(request_for(tmp_path, paths), dask_address).outcome.decision == "deployed"

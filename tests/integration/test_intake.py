@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
-
 from harness import Daemon, daemon_env, status_json, wait_for
 from invariants import check_invariant
-from service.ledger import FileState, Ledger
+
+from service.intake.ledger import FileState, Ledger
 from service.sample import sample_frame
 
 pytestmark = pytest.mark.integration

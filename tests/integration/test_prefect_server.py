@@ -23,7 +23,6 @@ from typing import Iterator
 import httpx
 import pytest
 import yaml
-
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
 
@@ -276,7 +275,7 @@ def _quarantine_note(served: Served, name: str) -> dict:
 def _running_flow_run(served: Served, name: str) -> str | None:
     """The flow run of the run in flight on file ``name``, read from the ledger (quicker
     than `retrain status`: the cancel should come while the run is young)."""
-    from service.ledger import FileState, Ledger
+    from service.intake.ledger import FileState, Ledger
 
     ledger = Ledger(served.home / "state" / "ledger.sqlite", readonly=True)
     try:

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from flows.files import sha256_file
-from flows.records import FileRef, RetrainRequest
-from flows.registry import ModelRegistry
-from flows.specs import PipelineSpec
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
-from service.flowruns import call_flow
-from service.ledger import Ledger
+
+from core.files import sha256_file
+from core.records import FileRef, RetrainRequest
+from core.specs import PipelineSpec
+from flows.models.registry import ModelRegistry
+from service.intake.ledger import Ledger
+from service.runner.flowruns import call_flow
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from harness import cli, daemon_env, status_json, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from invariants import check_invariant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

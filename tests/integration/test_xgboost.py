@@ -15,14 +15,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-
-from flows.files import sha256_file
-from flows.records import FileRef
-from flows.registry import ModelRegistry
-from flows.retrain import RetrainRequest
-from flows.specs import PipelineSpec
 from harness import cli, daemon_env
-from service.flowruns import call_flow
+
+from core.files import sha256_file
+from core.records import FileRef
+from core.specs import PipelineSpec
+from flows.models.registry import ModelRegistry
+from flows.retrain import RetrainRequest
+from service.runner.flowruns import call_flow
 from service.sample import sample_frame, write_samples
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def predict_cli(home: Path, csv: Path, out: Path):
 def predict_in_process(home: Path, csv: Path, out: Path, capsys) -> tuple[int, str]:
     """The same command through its entry point in this process (a new process per case
     would only add start-up time)."""
-    from service.cli import main
+    from service.cli.commands import main
 
     code = main(["predict", str(csv), "--output", str(out), "--home", str(home)])
     return code, capsys.readouterr().err
@@ -54,7 +54,7 @@ def predict_in_process(home: Path, csv: Path, out: Path, capsys) -> tuple[int, s
 def serve_app(registry: ModelRegistry) -> Iterator[Callable[[Path], tuple[int, dict]]]:
     """A running `retrain serve` app; yields a function that POSTs a CSV file to it."""
     from service.config import ServeSpec
-    from service.serve import create_app, running_server
+    from service.serving.app import create_app, running_server
 
     with running_server(create_app(registry, [], ServeSpec())) as base, httpx.Client(base_url=base) as client:
         def post(csv: Path) -> tuple[int, dict]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.inbox import Home
-from service.ledger import Ledger
+from service.intake.inbox import Home
+from service.intake.ledger import Ledger
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from pathlib import Path
 from rich.console import Console
 
 from service.config import Settings
-from service.inbox import Home
-from service.ledger import Ledger
+from service.intake.inbox import Home
+from service.intake.ledger import Ledger
 from service.status import collect_status, render_status
 
 

@@ -1,0 +1,398 @@
+"""``retrain watch``: the daemon.
+
+serve() reads as its outline: signal handlers -> startup -> main loop -> shutdown.
+
+Threads: watchdog's observer only enqueues events; one run thread executes the run's flow
+run (recording only its id in the ledger), with a thread of its own that watches Prefect
+for a cancel (``service.runner.flowruns``); the main loop does everything else (claims, batches,
+ledger updates, file moves, the questions to Prefect), so every state change has a single
+writer and a shutdown can never race a run's bookkeeping.
+
+Every run is a flow run of the home's Prefect deployment (``service.runtime.deployment``): a batch
+of new files, or a run Prefect holds for it (the Run button, the API, the schedule). Once a
+second the loop asks Prefect whether the deployment is paused (then files are still taken,
+but no run starts) and whether a run of the deployment is due. A run an operator cancelled
+stops; the loop then keeps or restores `current` and quarantines its files.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Callable
+
+from core.errors import RetrainError
+from core.files import write_atomically
+from service.config import Settings
+from service.intake.batcher import Batcher
+from service.intake.inbox import Home, claim_file, fail_run_files
+from service.intake.ledger import FileState, Ledger, RunRecord
+from service.intake.requests import OPERATOR_RUN, take_run_request
+from service.intake.watcher import InboxWatcher
+from service.runner.runs import (
+    OPERATOR,
+    FlowResult,
+    batch_start,
+    build_request,
+    outcome_line,
+    record_cancelled,
+    record_result,
+    window_start,
+)
+from service.runner.session import CRASH_REASON, RunSession
+from service.runtime import events
+from service.runtime.deployment import DeploymentControl, DeploymentRef, run_parameters
+
+if TYPE_CHECKING:  # service.runner.flowruns imports Prefect, which must not be imported before the home exists
+    from service.runner.flowruns import RunStart, RunStop
+
+log = logging.getLogger("retrain.daemon")
+
+# How often the main loop asks Prefect about the deployment (paused? cancelled? runs due?).
+PREFECT_POLL_SECONDS = 1.0
+
+
+class RetrainDaemon:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = Home(settings.home)
+        self.should_exit = False
+        self.force_exit = False
+        self.started_at = time.time()
+        self.session: RunSession | None = None
+        self.ledger: Ledger | None = None
+        self.watcher: InboxWatcher | None = None
+        self.batcher = Batcher(settings.watcher.batch_window_seconds,
+                               settings.watcher.max_batch_wait_seconds,
+                               settings.watcher.max_batch_files)
+        self.scheduler_address: str | None = None
+        self.api_url: str | None = None
+        self.current_run: RunRecord | None = None
+        self.run_future: Future[FlowResult] | None = None
+        self.run_stop: RunStop | None = None
+        self.current_before_run: str | None = None  # `current` when the run started
+        self.deployment: DeploymentRef | None = None
+        self.control: DeploymentControl | None = None
+        self.paused = False
+        self._next_poll = 0.0
+        self._prefect_trouble: str | None = None
+        self._next_heartbeat = 0.0
+        # After a failed run, the next one waits (backoff_seconds): a broken environment
+        # should not burn through every file's attempts in seconds.
+        self.consecutive_failures = 0
+        self.hold_until = 0.0
+
+    # -- outline --------------------------------------------------------------------------
+    def serve(self) -> int:
+        self.install_signal_handlers()
+        with ExitStack() as resources:
+            self.startup(resources)
+            self.main_loop()
+            self.shutdown()
+        log.info("stopped")
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.handle_exit)
+        signal.signal(signal.SIGTERM, self.handle_exit)
+
+    def handle_exit(self, signum: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True  # a second signal: do not wait for the run
+        self.should_exit = True
+
+    # -- startup --------------------------------------------------------------------------
+    def startup(self, resources: ExitStack) -> None:
+        self.session = session = RunSession(self.settings, "retrain watch", resources)
+        self.ledger = session.open_home()
+        resources.callback(self._remove_heartbeat)
+        if self.settings.daemon.metrics_port:
+            from service.serving.metrics import serve_daemon_metrics
+
+            resources.enter_context(serve_daemon_metrics(self.home, self.settings.daemon.metrics_host,
+                                                         self.settings.daemon.metrics_port))
+        # Claim files while the heavier resources start: intake needs neither of them.
+        self.start_intake(resources)
+        self.write_heartbeat(state="starting")
+        self.scheduler_address = session.start_runtime()
+        self.api_url = session.api_url
+        self.deployment = session.deployment
+        assert self.deployment is not None
+        self.control = DeploymentControl(self.deployment)
+        resources.callback(self.control.close)
+        log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
+                 self.home.inbox.resolve(), self.settings.watcher.settle_seconds,
+                 self.settings.watcher.batch_window_seconds)
+
+    def start_intake(self, resources: ExitStack) -> None:
+        """Start watching the inbox, and batch the files queued before the start."""
+        assert self.ledger is not None
+        self.watcher = InboxWatcher(
+            self.home.inbox, observer=self.settings.watcher.observer,
+            settle_seconds=self.settings.watcher.settle_seconds,
+            closed_settle_seconds=self.settings.watcher.closed_settle_seconds,
+            rescan_seconds=self.settings.watcher.rescan_seconds,
+        )
+        self.watcher.start()
+        resources.callback(self.watcher.stop)
+        queued = [r.id for r in self.ledger.files(FileState.QUEUED)]
+        if queued:
+            log.info("%d file(s) waiting from before the start are queued", len(queued))
+            self.batcher.add(queued, time.monotonic())
+
+    # -- main loop --------------------------------------------------------------------------
+    def main_loop(self) -> None:
+        tick = self.settings.watcher.tick_seconds
+        while not self.should_exit:
+            self.take_in_files()
+            self.finish_run_if_done()
+            self.ask_prefect_if_due()
+            self.start_run_if_ready()
+            self.write_heartbeat_if_due()
+            time.sleep(tick)
+
+    def take_in_files(self) -> None:
+        assert self.watcher is not None and self.ledger is not None
+        claimed = []
+        for entry in self.watcher.poll():
+            record = claim_file(self.ledger, self.home, entry.path, entry.first_seen,
+                                self.settings.watcher.max_file_bytes)
+            self.watcher.forget(entry.path)
+            if record is None:
+                continue
+            events.file_event(record, self.deployment_id)
+            if record.state == FileState.QUEUED:
+                claimed.append(record.id)
+        if claimed:
+            self.batcher.add(claimed, time.monotonic())
+
+    def start_run_if_ready(self) -> None:
+        """Start a run for a ready batch, or else for an operator's request (``retrain run``
+        with no file: the current window, whatever the policy says), as a new flow run of
+        the deployment."""
+        assert self.ledger is not None
+        now = time.monotonic()
+        if self.run_future is not None or now < self.hold_until or self.paused:
+            return
+        if self.batcher.ready(now):
+            run = self.ledger.start_run(self.batcher.take(), {"trigger": "files"})
+            self.launch(run, batch_start(self.deployment, run, self.ledger, "new files"),
+                        build_request(self.settings, self.home, self.ledger, run))
+            return
+        asked = take_run_request(self.home.state)
+        if asked is not None:
+            run = self.ledger.start_run([], {"trigger": "operator", "requested_by": OPERATOR})
+            self.ledger.record_event(OPERATOR_RUN, {"request": asked, "run": run.id})
+            self.launch(run, window_start(self.deployment, run, "operator", reason=OPERATOR),
+                        build_request(self.settings, self.home, self.ledger, run, requested_by=OPERATOR))
+
+    def start_due_run(self, flow_run) -> None:
+        """A flow run Prefect holds for the deployment is due (the Run button, the API, an
+        automation, the schedule): a retraining on the current window, as its parameters say."""
+        assert self.ledger is not None
+        trigger = "schedule" if flow_run.auto_scheduled else "operator"
+        try:
+            parameters = run_parameters(flow_run.parameters)
+        except RetrainError as exc:  # the API checks them too; a run that slipped through fails
+            log.error("flow run %s of the deployment has parameters that do not fit: %s", flow_run.id, exc)
+            assert self.control is not None
+            self.control.fail(str(flow_run.id), str(exc))
+            return
+        run = self.ledger.start_run([], {"trigger": trigger, "requested_by": parameters["reason"]})
+        self.launch(run, window_start(self.deployment, run, trigger, flow_run_id=str(flow_run.id)),
+                    build_request(self.settings, self.home, self.ledger, run, requested_by=parameters["reason"],
+                                  last_files=parameters["last_files"]))
+
+    def launch(self, run: RunRecord, start: RunStart, request) -> None:
+        """Execute the run's flow run in the run thread, stoppable."""
+        log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.metrics.get("trigger"),
+                 len(request.new_files), len(request.window_files) + len(request.new_files))
+        assert self.session is not None and self.session.registry is not None and self.ledger is not None
+        from service.runner.flowruns import RunStop
+
+        self.current_run, self.run_stop = run, RunStop()
+        self.current_before_run = self.session.registry.current_version()
+        self.run_future = Future()
+        # The flow run's id is recorded as soon as it is opened: a cut run can be marked Crashed.
+        record_flow_run_id = functools.partial(self.ledger.set_flow_run_id, run.id)
+        thread = threading.Thread(
+            target=self._run_in_thread, name=f"run-{run.id}",
+            args=(start, request, self.scheduler_address, self.run_stop, record_flow_run_id, self.run_future),
+            daemon=True,  # never keeps the process alive past shutdown
+        )
+        thread.start()
+        self.write_heartbeat()
+
+    @staticmethod
+    def _run_in_thread(start: RunStart, request, address: str, stop: RunStop,
+                       on_flow_run: Callable[[str], None], future: Future[FlowResult]) -> None:
+        from service.runner.flowruns import execute
+
+        future.set_result(execute(start, request, address, stop, on_flow_run))
+
+    def finish_run_if_done(self) -> None:
+        """The run thread is done: record what became of the run and of its files."""
+        if self.run_future is None or not self.run_future.done():
+            return
+        assert self.ledger is not None and self.current_run is not None and self.run_stop is not None
+        result, run = self.run_future.result(), self.current_run
+        if self.run_stop.requested or result.cancelled:
+            assert self.session is not None and self.session.registry is not None
+            run = record_cancelled(self.ledger, self.home, self.session.registry, run, result,
+                                   self.current_before_run)
+        elif not result.started:
+            fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
+                           self.settings.daemon.max_attempts, count_attempt=False)
+            self.hold_until = time.monotonic() + PREFECT_POLL_SECONDS * 5
+            log.warning("run %d could not start: %s; its files wait for the next run", run.id, result.error)
+        else:
+            run = record_result(self.ledger, self.home, run, result, self.settings)
+            self.note_failures(run, result)
+        if result.started:
+            assert self.session is not None and self.session.registry is not None
+            events.run_ended(self.ledger, self.session.registry, run.id, self.deployment_id, result.outcome,
+                             self.settings)
+        # Files that failed and went back to the queue wait for the next batch.
+        requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
+        if requeued:
+            self.batcher.add(requeued, time.monotonic())
+        self.current_run, self.run_future, self.run_stop = None, None, None
+        self.write_heartbeat()
+
+    def note_failures(self, run: RunRecord, result: FlowResult) -> None:
+        if result.outcome is not None:
+            log.info("%s", outcome_line(run.id, result.outcome))
+            self.consecutive_failures = 0
+            return
+        log.error("run %d failed: %s", run.id, result.error)
+        self.consecutive_failures += 1
+        delay = backoff_seconds(self.consecutive_failures)
+        self.hold_until = time.monotonic() + delay
+        log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
+                    self.consecutive_failures)
+
+    # -- Prefect: pause, runs due ----------------------------------------------------
+    @property
+    def deployment_id(self) -> str | None:
+        return str(self.deployment.id) if self.deployment else None
+
+    def ask_prefect_if_due(self) -> None:
+        """Once a second: is the deployment paused? is a run of the deployment due? An API
+        that does not answer changes nothing (logged once, and again when it answers)."""
+        now = time.monotonic()
+        if now < self._next_poll or self.control is None:
+            return
+        self._next_poll = now + PREFECT_POLL_SECONDS
+        try:
+            paused = self.control.paused()
+            idle = self.run_future is None and not paused and now >= self.hold_until
+            due = self.control.due_runs(limit=1) if idle and not self.batcher.ready(now) else []
+        except Exception as exc:  # the API is down or slow: try again at the next poll
+            self._note_prefect_trouble(exc)
+            return
+        if self._prefect_trouble is not None:
+            log.info("the Prefect API answers again")
+            self._prefect_trouble = None
+        if paused != self.paused:
+            log.warning("deployment %s %s", self.deployment.name if self.deployment else "",
+                        "paused: files are taken into the queue, no run starts" if paused else "resumed")
+            self.paused = paused
+            self.write_heartbeat()
+        if due:
+            self.start_due_run(due[0])
+
+    def _note_prefect_trouble(self, exc: Exception) -> None:
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self._prefect_trouble is None:
+            log.warning("the Prefect API did not answer (%s); pause, cancel and runs started from "
+                        "Prefect wait until it does", line)
+        self._prefect_trouble = line
+
+    # -- shutdown --------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop intake, let the run finish within the grace period or hand its files back."""
+        log.info("stopping: no new files are taken")
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.run_future is not None and self.current_run is not None:
+            grace = 0.0 if self.force_exit else self.settings.daemon.grace_seconds
+            log.info("waiting up to %.0fs for run %d to finish", grace, self.current_run.id)
+            deadline = time.monotonic() + grace
+            while not self.run_future.done() and time.monotonic() < deadline and not self.force_exit:
+                time.sleep(0.1)
+            if self.run_future.done():
+                self.finish_run_if_done()
+            else:
+                assert self.ledger is not None
+                fail_run_files(self.ledger, self.home, self.current_run.id,
+                               "the daemon stopped during the run; its files go to the next run",
+                               self.settings.daemon.max_attempts, count_attempt=False)
+                # Whatever of the run still runs somewhere may no longer switch `current`.
+                assert self.session is not None and self.session.registry is not None
+                self.session.registry.release_lease()
+                self.end_abandoned_flow_run()
+                log.warning("run %d did not finish in time; its files are handed back to the queue",
+                            self.current_run.id)
+                self.current_run, self.run_future = None, None
+
+    def end_abandoned_flow_run(self) -> None:
+        """The flow run of a run handed back ends Crashed now, not at the next start: it
+        gives back the deployment's concurrency slot at once."""
+        from service.runtime.api import mark_flow_runs_crashed
+
+        stop = self.run_stop
+        if stop is not None and stop.flow_run_id is not None:
+            mark_flow_runs_crashed([stop.flow_run_id], CRASH_REASON)
+
+    # -- heartbeat (read by `retrain status`) ----------------------------------------------
+    def write_heartbeat_if_due(self) -> None:
+        if time.monotonic() >= self._next_heartbeat:
+            self.write_heartbeat()
+
+    def write_heartbeat(self, state: str | None = None) -> None:
+        self._next_heartbeat = time.monotonic() + self.settings.daemon.heartbeat_seconds
+        now = time.time()
+        beat = {
+            "pid": os.getpid(),
+            "state": state or ("running" if self.current_run else "paused" if self.paused else "idle"),
+            "started_at": _iso(self.started_at),
+            "heartbeat_at": _iso(now),
+            "heartbeat_unix": now,
+            "heartbeat_seconds": self.settings.daemon.heartbeat_seconds,
+            "home": str(self.home.root.resolve()),
+            "prefect_api_url": self.api_url,
+            "dask_scheduler": self.scheduler_address,
+            "deployment": self.deployment.name if self.deployment else None,
+            "paused": self.paused,
+            "current_run": self.current_run.id if self.current_run else None,
+            "current_run_files": len(self.current_run.file_ids) if self.current_run else 0,
+            "batched": len(self.batcher),
+            "settling": self.watcher.pending if self.watcher else 0,
+        }
+        # Rewritten every few seconds and worthless after a power cut: no fsync.
+        write_atomically(self.home.state / "daemon.json", json.dumps(beat, indent=1), durable=False)
+
+    def _remove_heartbeat(self) -> None:
+        Path(self.home.state / "daemon.json").unlink(missing_ok=True)
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long the daemon holds its queue after ``failures`` failed runs in a row: 5 s,
+    10 s, 20 s, ... up to a minute. Written out because no library fits: Prefect's
+    ``exponential_backoff`` is the list of a task's retry delays (no cap), and this is not a
+    retry of one call but a pause of the whole queue between runs."""
+    return min(60.0, 5.0 * 2 ** (failures - 1))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")

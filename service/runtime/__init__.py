@@ -1,0 +1,3 @@
+"""What the flow runs on and reports to: the Prefect API (``api``), the Dask cluster
+(``cluster``, ``warmup``), the home's Prefect deployment (``deployment``) and the events the
+service sends Prefect (``events``)."""

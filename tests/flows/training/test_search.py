@@ -1,0 +1,87 @@
+"""The model search as plain functions: candidates trained on the rows outside the
+validation split, the best on that split chosen, the holdout never used to choose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import TrainingError
+from core.files import sha256_file
+from core.records import FileRef, ResolvedSchema
+from core.specs import DEFAULT_CANDIDATES, ModelSpec, PipelineSpec
+from flows.data.preprocess import plan_partitions, preprocess_partition
+from flows.data.window import Window, is_validation
+from flows.training.search import choose, start_order
+from flows.training.train import train_candidate
+
+# The label is 1 when |x| > 1: a tree model finds it, a linear model cannot (AUC ~0.5).
+SCHEMA = ResolvedSchema(target="label", task="classification", numeric=["x", "noise"], categorical=["group"],
+                        max_bad_row_fraction=0.05)
+
+
+@pytest.fixture(scope="module")
+def window(tmp_path_factory) -> Window:
+    folder = tmp_path_factory.mktemp("search")
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1.2, 4000)
+    frame = pd.DataFrame({"x": x.round(3), "noise": rng.normal(size=4000).round(3),
+                          "group": rng.choice(["a", "b"], 4000), "label": (np.abs(x) > 1).astype(int)})
+    csv = folder / "ring.csv"
+    frame.to_csv(csv, index=False)
+    ref = FileRef(file_id=1, name=csv.name, path=str(csv), sha256=sha256_file(csv), size=csv.stat().st_size)
+    return Window([preprocess_partition(plan_partitions(ref, 200_000)[0], SCHEMA, folder / "cache", 0.2).parquet_path],
+                  SCHEMA)
+
+
+def test_the_clearly_better_candidate_is_chosen_on_the_validation_split(tmp_path: Path, window: Window) -> None:
+    spec = ModelSpec(candidates=[{"estimator": "logistic_regression"}, {"estimator": "hist_gradient_boosting"}])
+    specs = spec.candidate_specs()
+    results = [train_candidate(window, s, tmp_path / f"c{i}.skops", validate=True) for i, s in enumerate(specs)]
+    chosen = choose(specs, results, "roc_auc")
+    assert chosen.estimator.endswith("HistGradientBoostingClassifier")
+    linear, boosted = chosen.candidates
+    assert (linear.estimator, linear.chosen, boosted.estimator, boosted.chosen) == \
+        ("logistic_regression", False, "hist_gradient_boosting", True)
+    assert boosted.validation["roc_auc"] > 0.95 > 0.7 > linear.validation["roc_auc"]
+    assert Path(chosen.model_path).exists() and not Path(results[0].model_path).exists()
+    # Fitted without the validation rows, which are neither holdout rows nor fitted on.
+    training = window.training_rows()
+    validation = is_validation(training, window.columns, spec.validation_fraction)
+    assert chosen.train_rows == (~validation).sum() and chosen.validation_rows == validation.sum() > 0
+
+
+def test_failed_candidates_are_recorded_and_all_failing_raises(tmp_path: Path, window: Window) -> None:
+    spec = ModelSpec(candidates=[{"estimator": "hist_gradient_boosting"}, {"estimator": "logistic_regression"}])
+    specs = spec.candidate_specs()
+    ok = train_candidate(window, specs[1], tmp_path / "ok.skops", validate=True)
+    chosen = choose(specs, [TrainingError("only one class (0) in the training window"), ok], "roc_auc")
+    assert [c.error for c in chosen.candidates] == ["only one class (0) in the training window", None]
+    with pytest.raises(TrainingError, match="only one class"):
+        choose(specs, [TrainingError("only one class (0) in the training window"), ValueError("x")], "roc_auc")
+
+
+def test_default_candidate_lists_are_valid_and_the_default_config_has_none() -> None:
+    assert PipelineSpec().model.candidates == []
+    for task, candidates in DEFAULT_CANDIDATES.items():
+        spec = PipelineSpec.model_validate({"schema": {"task": task, "target": "y"}, "model": {"candidates": candidates}})
+        assert len(spec.model.candidate_specs()) == len(candidates) >= 2
+    with pytest.raises(ValueError, match=r"model.candidates\[0\].estimator 'logistic_regression' has no regression"):
+        PipelineSpec.model_validate({"schema": {"task": "regression", "target": "y"},
+                                     "model": {"candidates": [{"estimator": "logistic_regression"}]}})
+
+
+def test_candidates_start_longest_first_by_the_last_search_and_untimed_ones_before_all() -> None:
+    specs = ModelSpec.model_validate({"candidates": DEFAULT_CANDIDATES["classification"]}).candidate_specs()
+    previous = [{"estimator": s.estimator, "params": s.params, "fit_seconds": seconds}
+                for s, seconds in zip(specs, [2.2, 4.0, 0.8, 3.9])]
+    assert start_order(specs, [0, 1, 2, 3], previous) == [1, 3, 0, 2]
+    assert start_order(specs, [0, 1, 2, 3], None) == [0, 1, 2, 3]  # no record: config order
+    # A configuration changed since (not timed) goes first; a failed record counts as untimed.
+    changed = [dict(p) for p in previous]
+    changed[2]["params"] = {"C": 0.5}
+    changed[0] = {**changed[0], "error": "boom", "fit_seconds": 0.0}
+    assert start_order(specs, [0, 1, 2, 3], changed) == [0, 2, 1, 3]
