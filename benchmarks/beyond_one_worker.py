@@ -133,7 +133,8 @@ def window_bytes(home: Path) -> dict:
 def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
     from dask.utils import parse_bytes
 
-    from service.runner.flowruns import call_flow
+    from service.runner.flowruns import execute
+    from service.runner.records import RunStart
     from service.sample import write_samples
 
     files = write_samples(work / "data", files=max(1, rows // 500_000), rows=min(rows, 500_000), seed=3)
@@ -141,7 +142,7 @@ def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
     local, pids = cluster(memory_limit)
     try:
         with Peaks(pids) as peaks:
-            result = call_flow(request(files, home, {"estimator": "xgboost", "threads": 1}), local.scheduler_address)
+            result = execute(RunStart(None, "bench"), request(files, home, {"estimator": "xgboost", "threads": 1}), local.scheduler_address)
     finally:
         local.close()
     outcome = result.outcome
@@ -156,7 +157,8 @@ def search(work: Path, rows: int) -> dict:
     from core.specs import DEFAULT_CANDIDATES, ModelSpec
     from flows.data.window import Window
     from flows.training.train import train_candidate
-    from service.runner.flowruns import call_flow
+    from service.runner.flowruns import execute
+    from service.runner.records import RunStart
     from service.sample import write_samples
 
     files = write_samples(work / "search-data", files=2, rows=rows // 2, seed=4)
@@ -166,15 +168,15 @@ def search(work: Path, rows: int) -> dict:
     try:
         # The first search knows no candidate's time and starts them in config order; the
         # next one (as a daemon retrains) starts the longest first, by the first one's times.
-        first = call_flow(request(files, home, model), local.scheduler_address)
-        result = call_flow(request(files, home, model), local.scheduler_address)
+        first = execute(RunStart(None, "bench"), request(files, home, model), local.scheduler_address)
+        result = execute(RunStart(None, "bench"), request(files, home, model), local.scheduler_address)
     finally:
         local.close()
     meta = json.loads(sorted((home / "registry").glob("v*/metadata.json"))[-1].read_text())
     from core.records import ResolvedSchema
 
     window = Window(sorted(str(p) for p in (home / "cache").rglob("*.parquet")),
-                    ResolvedSchema.model_validate(meta["metadata"]["schema"]))
+                    ResolvedSchema.model_validate(meta["lineage"]["schema"]))
     started, each = time.perf_counter(), []
     for i, spec in enumerate(ModelSpec.model_validate(model).candidate_specs()):
         t = time.perf_counter()
@@ -186,7 +188,7 @@ def search(work: Path, rows: int) -> dict:
             "first_search_train_stage_seconds": first.outcome.stage_seconds["train"],
             "sequential_seconds": round(sequential, 2),
             "sequential_each": each, "ratio": round(parallel / sequential, 3),
-            "candidates": meta["metadata"]["training"]["candidates"]}
+            "candidates": meta["lineage"]["training"]["candidates"]}
 
 
 def main() -> None:

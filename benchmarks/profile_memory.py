@@ -42,7 +42,7 @@ def window_of(home: Path):
 
     latest = sorted((home / "registry").glob("v*/metadata.json"))
     if latest:
-        schema = ResolvedSchema.model_validate(json.loads(latest[-1].read_text())["metadata"]["schema"])
+        schema = ResolvedSchema.model_validate(json.loads(latest[-1].read_text())["lineage"]["schema"])
     else:
         schema = ResolvedSchema.model_validate(json.loads((home / "schema.json").read_text()))
     return Window(sorted(str(p) for p in (home / "cache").rglob("*.parquet")), schema)

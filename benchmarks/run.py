@@ -146,7 +146,7 @@ class Daemon:
         command = [RETRAIN, "watch"]
         if self.code != ROOT:  # its modules before the installed ones
             env["PYTHONPATH"] = str(self.code)
-            command = [sys.executable, "-m", "service.cli.commands", "watch"]
+            command = [sys.executable, "-m", "service.cli", "watch"]
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.home.parent / f"{self.home.name}.log"
         self._log = open(self.log_path, "wb")

@@ -88,7 +88,7 @@ def train_versions(work: Path, count: int, rows: int) -> list[Trained]:
 def register(registry: ModelRegistry, trained: Trained) -> str:
     return registry.register(trained.result.model_path, {
         "model_sha256": trained.result.model_sha256, "decision": "deployed",
-        "metadata": {"schema": trained.schema.model_dump(),
+        "lineage": {"schema": trained.schema.model_dump(),
                      "training": trained.result.model_dump(exclude={"model_path"})},
     }).version
 
@@ -340,7 +340,7 @@ def main() -> int:
         (home / "state").mkdir(parents=True)
         registry = ModelRegistry(home / "registry")
         registry.promote(register(registry, versions[0]))
-        servers.append(Process([sys.executable, "-m", "service.cli.commands", "serve", "--home", str(home), "--port", "0"],
+        servers.append(Process([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", "0"],
                                work / "serve.log", rf"serving predictions on http://{HOST}:(\d+)"))
         servers.append(Process([sys.executable, __file__, "--empty-app"], work / "empty.log",
                                rf"empty app on http://{HOST}:(\d+)"))

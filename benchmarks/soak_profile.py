@@ -167,17 +167,18 @@ def main() -> None:
     parser.add_argument("--no-workers", action="store_true", help="probe this process only")
     args = parser.parse_args()
 
-    from service.intake.inbox import Home
+    from service.intake.home import Home
     from service.runtime.api import prepare_environment
 
     home = Home(Path(tempfile.mkdtemp(prefix="soak-profile-"))).ensure().root
 
-    prepare_environment(home)
+    prepare_environment(Home(home))
     from distributed import Client
 
     from flows.retrain import RetrainRequest
     from service.config import load_settings
-    from service.runner.flowruns import call_flow
+    from service.runner.flowruns import execute
+    from service.runner.records import RunStart
     from service.runtime.api import prefect_api
     from service.runtime.cluster import dask_cluster
     from service.sample import write_samples
@@ -194,7 +195,7 @@ def main() -> None:
                                      pipeline=settings.pipeline(),
                                      registry_dir=str(home / "registry"), cache_dir=str(home / "cache"))
             started = time.perf_counter()
-            result = call_flow(request, address)
+            result = execute(RunStart(None, "soak-profile"), request, address)
             seconds = time.perf_counter() - started
             if args.trim:
                 print(f"run {i + 1}: {seconds:.1f}s, rss {rss_mib():.1f} MiB, after malloc_trim "

@@ -37,3 +37,18 @@ class RegistryIntegrityError(RetrainError):
 
 class DeployError(RetrainError):
     """Deployment failed (after its retries) and was rolled back."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: how
+    an error from a library is quoted inside one of our one-line messages."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most ``limit`` characters: its type, then the first
+    line of its message (a traceback is never an operator's line)."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

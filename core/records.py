@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from core.specs import PipelineSpec, TaskType
 
@@ -182,7 +182,10 @@ class ModelVersion(_Record):
     # "cancelled": its run was cancelled by an operator (rolled back if it had been deployed).
     decision: Literal["deployed", "rejected", "deploy_failed", "cancelled", "pending"] = "pending"
     reason: str = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    # Where it came from and how it was made: the gate's metric and evaluation, its training,
+    # schema, data files, reference statistics, config and library versions. Versions written
+    # before it had this name call it "metadata".
+    lineage: dict[str, Any] = Field(default_factory=dict, validation_alias=AliasChoices("lineage", "metadata"))
     # When retention removed the version's files (its record lives on in the ledger).
     removed_at: str | None = None
 

@@ -51,7 +51,7 @@ from core.records import (
     TrainResult,
 )
 from core.specs import ModelSpec, PipelineSpec
-from flows.data.plan import RunPlan, version_metadata
+from flows.data.plan import RunPlan, version_record
 from flows.data.preprocess import preprocess_partition
 from flows.data.window import Window
 from flows.judging.evaluate import evaluate_against_champion
@@ -201,8 +201,8 @@ def retrain(request: RetrainRequest) -> State:
         get_run_logger().warning("not trained: %s", exc)
         return finish(plan, stages, "not_trained", str(exc))
 
-    metadata = version_metadata(plan, request, schema, trained, evaluation, flow_run.id, reference)
-    version = register_task(registry, trained.model_path, metadata).version
+    record = version_record(plan, request, schema, trained, evaluation, flow_run.id, reference)
+    version = register_version(registry, trained.model_path, record).version
     stages.lap("register")
     decision, reason = deploy_if_better(registry, version, window, evaluation, spec, lease)
     stages.lap("deploy")
@@ -254,7 +254,7 @@ def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: st
     pipeline = request.pipeline
     reference = reference_task.submit(window)
     trained = train_models(window, pipeline.model, staged, pipeline.evaluation.metric_for(window.schema.task),
-                           champion.metadata.get("training", {}).get("candidates") if champion else None)
+                           champion.lineage.get("training", {}).get("candidates") if champion else None)
     stages.lap("train")
     evaluation = evaluate_task.submit(trained, champion, window, request.pipeline, request.registry_dir,
                                       request.cache_dir).result()
@@ -305,14 +305,14 @@ def train_models(window: Window, spec: ModelSpec, staged: str, metric: str,
     return choose(specs, results, metric)
 
 
-def register_task(registry: ModelRegistry, staged: str, metadata: dict[str, Any]) -> ModelVersion:
+def register_version(registry: ModelRegistry, staged: str, record: dict[str, Any]) -> ModelVersion:
     """Register the candidate as the next version, with the data files it was trained on as
     upstream assets. (This run holds the registry's lease: no other run registers now.)"""
     version = registry.next_version()
     return register_candidate_task.with_options(
         assets=[model_asset(registry.root, version)],
-        asset_deps=[data_asset(f) for f in metadata["metadata"]["files"]],
-    ).submit(registry.root.as_posix(), staged, metadata, version).result()
+        asset_deps=[data_asset(f) for f in record["lineage"]["files"]],
+    ).submit(registry.root.as_posix(), staged, record, version).result()
 
 
 def deploy_if_better(registry: ModelRegistry, version: str, window: Window, evaluation: EvaluationResult,

@@ -12,6 +12,7 @@ from typing import Any
 from core.records import ModelVersion
 from flows.judging.policy import live_bar
 from flows.models.registry import ModelRegistry
+from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
 from service.intake.lock import lock_holder
 from service.intake.requests import OPERATOR_RUN
@@ -21,12 +22,12 @@ MAIN_STATES = ("queued", "running", "archived", "quarantined", "duplicate")
 SHOWN_NAMES = 20
 
 
-def daemon_status(home: Path) -> dict[str, Any]:
+def daemon_status(home: Home) -> dict[str, Any]:
     """Alive when the home's lock is held by a live process and its heartbeat is fresh."""
-    holder = lock_holder(home / "state" / "daemon.lock")
+    holder = lock_holder(home.lock_path)
     beat: dict[str, Any] = {}
     try:
-        beat = json.loads((home / "state" / "daemon.json").read_text())
+        beat = json.loads(home.heartbeat_path.read_text())
     except (FileNotFoundError, ValueError):
         pass
     age = time.time() - beat["heartbeat_unix"] if "heartbeat_unix" in beat else None
@@ -73,20 +74,17 @@ def _uptime(beat: dict[str, Any]) -> float | None:
     return round(time.time() - started, 1)
 
 
-def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
-    ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
-    try:
+def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
+    with Ledger(home.ledger_path, readonly=True) as ledger:
         counts = ledger.counts()
         recent = ledger.runs(limit=runs)
         names = {r.id: [ledger.get(fid).name for fid in r.file_ids[:SHOWN_NAMES]] for r in recent}
         quarantined = ledger.files(FileState.QUARANTINED)[-5:]
         events = ledger.events(limit=5)
-    finally:
-        ledger.close()
-    registry = ModelRegistry(home / "registry")
+    registry = ModelRegistry(home.registry)
     current = registry.current()
     return {
-        "home": str(home.resolve()),
+        "home": str(home.root.resolve()),
         "daemon": daemon_status(home),
         "files": {"total": sum(counts.values()), **counts},
         "runs": [
@@ -95,15 +93,15 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
                 "finished_at": _iso(r.finished_at), "files": len(r.file_ids),
                 "flow_run_id": r.flow_run_id, "decision": r.decision, "reason": r.reason,
                 "model_version": r.model_version, "metric": r.metric,
-                "candidate": (r.metrics or {}).get("candidate"),
-                "champion": (r.metrics or {}).get("champion"),
-                "rows": (r.metrics or {}).get("rows"),
-                "train_rows": (r.metrics or {}).get("train_rows"),
-                **{key: (r.metrics or {}).get(key) for key in ("live", "policy", "comparison")},
-                "drift": _drift_summary((r.metrics or {}).get("drift")),
+                "candidate": r.details.get("candidate"),
+                "champion": r.details.get("champion"),
+                "rows": r.details.get("rows"),
+                "train_rows": r.details.get("train_rows"),
+                **{key: r.details.get(key) for key in ("live", "policy", "comparison")},
+                "drift": _drift_summary(r.details.get("drift")),
                 # What started it: "files", "operator" (Run button, API, automation), "schedule".
-                "trigger": (r.metrics or {}).get("trigger"),
-                "requested_by": (r.metrics or {}).get("requested_by"),
+                "trigger": r.details.get("trigger"),
+                "requested_by": r.details.get("requested_by"),
                 "file_names": names[r.id],
             }
             for r in recent
@@ -111,7 +109,7 @@ def collect_status(home: Path, settings, runs: int = 10) -> dict[str, Any]:
         "current_model": None if current is None else {
             "version": current.version, "created_at": current.created_at,
             "deployed_at": _iso(registry.switched_at()),
-            "metric": current.metadata.get("metric"), "metrics": current.metrics,
+            "metric": current.lineage.get("metric"), "metrics": current.metrics,
             "flow_run_id": current.flow_run_id,
             # Its latest live metric, and the drift measured with it.
             **_latest_live(recent, current.version),
@@ -140,36 +138,32 @@ def _drift_summary(drift: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _latest_live(runs, version: str) -> dict[str, Any]:
     for r in runs:
-        live = (r.metrics or {}).get("live")
+        live = r.details.get("live")
         if live and live.get("version") == version and live.get("enough"):
-            return {"live": live, "live_run": r.id, "drift": _drift_summary((r.metrics or {}).get("drift"))}
+            return {"live": live, "live_run": r.id, "drift": _drift_summary(r.details.get("drift"))}
     return {"live": None, "live_run": None, "drift": None}
 
 
-def live_history(home: Path, settings, metric: str | None = None, runs: int = 2000):
+def live_history(home: Home, settings, metric: str | None = None, runs: int = 2000):
     """The deployed model's live metric run by run (the last ``runs`` runs), and the moments
     a new version took over (deploys, rollbacks), for the report's live panel."""
     from datetime import datetime, timezone
 
     from flows.reporting.report import LiveHistory
 
-    ledger_path = home / "state" / "ledger.sqlite"
-    if not ledger_path.exists():
+    if not home.ledger_path.exists():
         return None
-    ledger = Ledger(ledger_path, readonly=True)
-    try:
+    with Ledger(home.ledger_path, readonly=True) as ledger:
         records = list(reversed(ledger.runs(limit=runs)))
         rollbacks = ledger.events("rollback", limit=runs)
-    finally:
-        ledger.close()
     gate = settings.evaluation.metric_for(settings.schema_.task)
     # By default the metric the runs' gates judged by (the latest run's), as in the report's first panel.
-    metric = metric or next((r.metrics["live"]["metric"] for r in reversed(records)
-                             if (r.metrics or {}).get("live")), gate)
+    metric = metric or next((r.details["live"]["metric"] for r in reversed(records)
+                             if r.details.get("live")), gate)
     history = LiveHistory(metric=metric, bar=live_bar(settings) if metric == gate else None)
     when = lambda ts: datetime.fromtimestamp(ts, timezone.utc)  # noqa: E731
     for r in records:
-        live = (r.metrics or {}).get("live")
+        live = r.details.get("live")
         value = (live or {}).get("metrics", {}).get(metric)
         if live and live.get("enough") and value is not None and r.finished_at:
             history.points.append({"time": when(r.finished_at), "value": value, "rows": live["rows"],
@@ -331,13 +325,13 @@ def print_models(versions: list[ModelVersion], current: str | None) -> None:
     for col in ("", "version", "created", "decision", "metric", "value", "champion", "rows", "files"):
         table.add_column(col)
     for v in versions:
-        metric = v.metadata.get("metric")
-        training = v.metadata.get("training", {})
+        metric = v.lineage.get("metric")
+        training = v.lineage.get("training", {})
         decision = f"{v.decision} (removed)" if v.removed_at else v.decision
         table.add_row("*" if v.version == current else "", v.version, v.created_at, decision,
                       metric or "", _fmt_metric(v.metrics, metric),
                       _fmt_metric(v.champion_metrics, metric), str(training.get("train_rows", "")),
-                      str(len(v.metadata.get("files", []))))
+                      str(len(v.lineage.get("files", []))))
     console = Console()
     console.print(table)
     console.print(f"current: {current or 'none'}")
@@ -345,8 +339,8 @@ def print_models(versions: list[ModelVersion], current: str | None) -> None:
 
 def models_diff(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
     """Metrics side by side and the training files only one of them used."""
-    files_a = {f["sha256"]: f["name"] for f in a.metadata.get("files", [])}
-    files_b = {f["sha256"]: f["name"] for f in b.metadata.get("files", [])}
+    files_a = {f["sha256"]: f["name"] for f in a.lineage.get("files", [])}
+    files_b = {f["sha256"]: f["name"] for f in b.lineage.get("files", [])}
     metrics = sorted(set(a.metrics) | set(b.metrics))
     return {
         "a": a.version, "b": b.version,
@@ -356,8 +350,8 @@ def models_diff(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
         "only_in_a": sorted(files_a[s] for s in files_a.keys() - files_b.keys()),
         "only_in_b": sorted(files_b[s] for s in files_b.keys() - files_a.keys()),
         "common_files": len(files_a.keys() & files_b.keys()),
-        "estimator": {"a": a.metadata.get("training", {}).get("estimator"),
-                      "b": b.metadata.get("training", {}).get("estimator")},
+        "estimator": {"a": a.lineage.get("training", {}).get("estimator"),
+                      "b": b.lineage.get("training", {}).get("estimator")},
         "decision": {"a": a.decision, "b": b.decision},
     }
 

@@ -52,3 +52,12 @@ def registry_of(folder: Path, model: Path, versions: int) -> ModelRegistry:
     for _ in range(versions):
         register(registry, str(model))
     return registry
+
+
+def call_flow(request, scheduler_address: str, name: str = "direct"):
+    """The flow called directly in this process, as a flow run of its own outside any
+    deployment (no daemon, no ledger)."""
+    from service.runner.flowruns import execute
+    from service.runner.records import RunStart
+
+    return execute(RunStart(None, name), request, scheduler_address)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.intake.inbox import Home
+from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
 
 FOLDER_OF_STATE = {

@@ -4,6 +4,8 @@ body that reads as its diagram. Read with ``ast``, nothing is imported."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -63,3 +65,74 @@ def test_the_flow_body_is_at_most_50_lines() -> None:
              and f.name == "retrain"]
     assert len(flows) == 1, "flows/retrain.py defines no function `retrain`"
     assert _length(flows[0]) <= MAX_FLOW_BODY_LINES
+
+
+def test_the_layering_contracts_hold() -> None:
+    """pyproject.toml's import-linter contracts: service over flows over core, and the
+    layers inside each package."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_no_import_cycle_among_modules() -> None:
+    """No module imports itself through others, imports inside functions included (grimp,
+    import-linter's graph, sees every import statement)."""
+    import grimp
+
+    graph = grimp.build_graph("core", "flows", "service", include_external_packages=False)
+    modules = sorted(graph.modules)
+    cycles = [component for component in _strongly_connected(modules, graph.find_modules_directly_imported_by)
+              if len(component) > 1]
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in cycles)
+
+
+def _strongly_connected(nodes: list[str], edges) -> list[set[str]]:
+    """Tarjan's strongly connected components (iterative: no recursion limit to hit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges(root))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
+
+
+def test_no_package_holds_more_than_12_modules() -> None:
+    crowded = [f"{folder.relative_to(ROOT)} ({count})" for folder in
+               [ROOT / "core", *(ROOT / "flows").rglob("*/"), ROOT / "flows", *(ROOT / "service").rglob("*/"), ROOT / "service"]
+               if folder.is_dir() and (folder / "__init__.py").exists()
+               for count in [len([p for p in folder.glob("*.py") if p.name not in ("__init__.py", "__main__.py")])]
+               if count > 12]
+    assert not crowded, "packages over 12 modules: " + ", ".join(crowded)

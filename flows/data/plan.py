@@ -101,9 +101,9 @@ class RunPlan:
         for as long as the configured schema is unchanged, so every later file is held to
         the same columns and types; only the first run (or a changed config) infers it from
         a new file. New files that cannot even be sampled are rejected here."""
-        if latest is not None and "schema" in latest.metadata and \
-                latest.metadata.get("config", {}).get("schema") == spec.model_dump(by_alias=True):
-            return ResolvedSchema.model_validate(latest.metadata["schema"])
+        if latest is not None and "schema" in latest.lineage and \
+                latest.lineage.get("config", {}).get("schema") == spec.model_dump(by_alias=True):
+            return ResolvedSchema.model_validate(latest.lineage["schema"])
         for ref in self.new_files:
             try:
                 return resolve_schema(spec, read_sample(ref.path, name=ref.name), ref.name)
@@ -233,17 +233,18 @@ def group_plans(plans: list[PartitionPlan], task_bytes: int = TASK_BYTES) -> lis
     return groups
 
 
-def version_metadata(plan: RunPlan, request: RetrainRequest, schema: ResolvedSchema, trained: TrainResult,
+def version_record(plan: RunPlan, request: RetrainRequest, schema: ResolvedSchema, trained: TrainResult,
                      evaluation: EvaluationResult, flow_run_id: str | None,
                      reference: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Lineage and context recorded with a version: which data, which config, which code."""
+    """The record of a new version: its metrics, and its lineage (which data, which config,
+    which code)."""
     return {
         "flow_run_id": flow_run_id,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_sha256": trained.model_sha256,
         "metrics": evaluation.candidate,
         "champion_metrics": evaluation.champion,
-        "metadata": {
+        "lineage": {
             "metric": evaluation.metric,
             "evaluation": evaluation.model_dump(),
             "training": trained.model_dump(exclude={"model_path"}),

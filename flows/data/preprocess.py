@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from core.errors import InvalidDataError
+from core.errors import InvalidDataError, first_line
 from core.files import write_atomically
 from core.records import (
     FileRef,
@@ -161,8 +161,8 @@ def _parse(data: bytes, columns: list[str], name: str) -> tuple[pd.DataFrame, in
                 strings_can_be_null=True, quoted_strings_can_be_null=True),
         )
     except pa.ArrowInvalid as exc:
-        raise InvalidDataError(f"{name}: not a readable CSV ({str(exc).splitlines()[0]}); check the file",
-                               {"error": str(exc).splitlines()[0]},
+        raise InvalidDataError(f"{name}: not a readable CSV ({first_line(exc)}); check the file",
+                               {"error": first_line(exc)},
                                hint="the file could not be parsed as CSV") from None
     return table.to_pandas(), skipped, examples
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from core.errors import RegistryIntegrityError, TrainingError
+from core.errors import RegistryIntegrityError, TrainingError, first_line
 from core.records import (
     EvaluationResult,
     ModelVersion,
@@ -117,7 +117,7 @@ def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | N
         if old is None:
             raise
         # Only the champion can fail on rows the candidate was trained on (another schema).
-        old, note = None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"
+        old, note = None, f" (champion {champion.version} cannot score this window: {first_line(exc)})"
         models = [new]
         y, outputs = window_outputs(window, models, trusted_types, outputs_dir=outputs_dir, threads=threads)
     if len(y) < spec.min_holdout_rows:
@@ -165,4 +165,4 @@ def _champion_file(champion: ModelVersion | None, registry: ModelRegistry,
         loaded(model, tuple(trusted_types))
         return model, ""
     except (KeyError, ValueError, RegistryIntegrityError) as exc:
-        return None, f" (champion {champion.version} cannot score this window: {str(exc).splitlines()[0]})"
+        return None, f" (champion {champion.version} cannot score this window: {first_line(exc)})"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.errors import RegistryIntegrityError
+from core.errors import RegistryIntegrityError, first_line
 from core.records import DriftReport, LiveMetric, ModelVersion, ResolvedSchema
 from flows.data.preprocess import HOLDOUT_COLUMN
 from flows.data.window import Window, load_partitions, model_threads
@@ -38,7 +38,6 @@ from flows.models.scoring import (
 BINS = 10  # quantile bins per numeric column
 MAX_CATEGORIES = 20  # categories kept per categorical column; the rest share one bin
 FLOOR = 1e-4  # shares below this count as this much: an empty bin must not make the PSI infinite
-OTHER = "\x00other"  # the bin of categories outside the reference's list
 
 
 # -- reference statistics (stored with a version) -----------------------------------------------
@@ -149,7 +148,7 @@ def monitor_champion(champion: ModelVersion, file_ids: list[int], paths: list[st
             outputs = [_outputs_keeping_holdout(model, model_file.key, path, frame, schema, outputs_dir)
                        for path, frame in frames]
     except (KeyError, ValueError, RegistryIntegrityError) as exc:
-        return None, None, f"champion {champion.version} cannot score the new rows: {str(exc).splitlines()[0]}"
+        return None, None, f"champion {champion.version} cannot score the new rows: {first_line(exc)}"
     joined = {key: np.concatenate([o[key] for o in outputs]) for key in outputs[0]}
     rows = pd.concat([frame for _, frame in frames], ignore_index=True)
     values = metrics(joined, rows[schema.target].astype(object), schema, classes_of(model))
@@ -157,7 +156,7 @@ def monitor_champion(champion: ModelVersion, file_ids: list[int], paths: list[st
     live = LiveMetric(version=champion.version, metric=metric,
                       value=None if value is None or np.isnan(value) else value, rows=len(rows),
                       metrics=values, file_ids=file_ids, enough=len(rows) >= min_live_rows)
-    reference = champion.metadata.get("reference")
+    reference = champion.lineage.get("reference")
     drift = drift_report(rows, reference, schema) if reference else None
     return live, drift, ""
 

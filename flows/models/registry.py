@@ -87,7 +87,7 @@ class ModelRegistry:
 
     def next_version(self) -> str:
         """The number the next registered version takes."""
-        numbers = [int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name))]
+        numbers = [number for number, _ in self._version_folders(complete=False)]
         return f"v{max(numbers, default=0) + 1:04d}"
 
     def _write_metadata(self, folder: Path, record: ModelVersion) -> None:
@@ -103,17 +103,22 @@ class ModelRegistry:
     # -- reading --------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
         """Every complete version, oldest first."""
-        found = []
-        for path in self.root.iterdir():
-            if _VERSION.match(path.name) and (path / METADATA_FILE).is_file():
-                found.append(self._read(path.name))
-        return sorted(found, key=lambda v: int(v.version[1:]))
+        return [self._read(folder.name) for _, folder in sorted(self._version_folders())]
 
     def latest(self) -> ModelVersion | None:
         """The newest complete version (names are listed, one metadata file is read)."""
-        numbers = sorted((int(m.group(1)) for p in self.root.iterdir()
-                          if (m := _VERSION.match(p.name)) and (p / METADATA_FILE).is_file()), reverse=True)
-        return self._read(f"v{numbers[0]:04d}") if numbers else None
+        newest = max(self._version_folders(), default=None)
+        return self._read(newest[1].name) if newest else None
+
+    def _version_folders(self, complete: bool = True) -> list[tuple[int, Path]]:
+        """(number, folder) of every version folder; ``complete``: only those with their
+        metadata written (a folder without it is a crash's leftover, removed at start)."""
+        found = []
+        for folder in self.root.iterdir():
+            match = _VERSION.match(folder.name)
+            if match and folder.is_dir() and (not complete or (folder / METADATA_FILE).is_file()):
+                found.append((int(match.group(1)), folder))
+        return found
 
     def _read(self, version: str) -> ModelVersion:
         data = json.loads((self.root / version / METADATA_FILE).read_text())
@@ -237,7 +242,8 @@ class ModelRegistry:
             if entry.name.startswith((".current-", ".lease-", f".{LEASE_FILE}.")):
                 entry.unlink()
                 removed.append(entry.name)
-            elif _VERSION.match(entry.name) and entry.is_dir() and not (entry / METADATA_FILE).exists():
-                shutil.rmtree(entry)
-                removed.append(entry.name)
+        for _, folder in self._version_folders(complete=False):
+            if not (folder / METADATA_FILE).exists():
+                shutil.rmtree(folder)
+                removed.append(folder.name)
         return removed

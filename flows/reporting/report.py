@@ -35,8 +35,8 @@ DECISION_STYLE = {
 
 def metric_history(versions: list[ModelVersion], metric: str | None = None) -> tuple[str, list[dict]]:
     """(metric, one point per version that has it): time, value, decision, version."""
-    metric = metric or next((v.metadata.get("metric") for v in reversed(versions)
-                             if v.metadata.get("metric")), None)
+    metric = metric or next((v.lineage.get("metric") for v in reversed(versions)
+                             if v.lineage.get("metric")), None)
     if metric is None:
         raise RetrainError("no trained version yet; the report needs at least one run")
     points = []
@@ -45,7 +45,7 @@ def metric_history(versions: list[ModelVersion], metric: str | None = None) -> t
             champion = (v.champion_metrics or {}).get(metric)
             points.append({"version": v.version, "time": datetime.fromisoformat(v.created_at),
                            "value": v.metrics[metric], "decision": v.decision, "champion": champion,
-                           "champion_version": v.metadata.get("evaluation", {}).get("champion_version")})
+                           "champion_version": v.lineage.get("evaluation", {}).get("champion_version")})
     return metric, points
 
 
@@ -67,7 +67,7 @@ def metrics_table(versions: list[ModelVersion]) -> list[dict]:
     for v in reversed(versions):
         row = {"version": v.version, "created_at": v.created_at, "decision": v.decision}
         row.update({name: round(value, 4) for name, value in v.metrics.items()})
-        row["train_rows"] = v.metadata.get("training", {}).get("train_rows")
+        row["train_rows"] = v.lineage.get("training", {}).get("train_rows")
         rows.append(row)
     return rows
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from core.errors import TrainingError
+from core.errors import TrainingError, first_line
 from core.records import CandidateScore, TrainResult
 from core.specs import METRICS, ModelSpec
 
@@ -73,6 +73,6 @@ def _value(result: TrainResult, metric: str, higher: bool) -> float:
 def _score(spec: ModelSpec, result: TrainResult | BaseException, chosen: bool) -> CandidateScore:
     if isinstance(result, BaseException):
         return CandidateScore(estimator=spec.estimator, params=spec.params,
-                              error=str(result).splitlines()[0] if str(result) else type(result).__name__)
+                              error=first_line(result))
     return CandidateScore(estimator=spec.estimator, params=spec.params, validation=result.validation,
                           fit_seconds=result.fit_seconds, chosen=chosen)

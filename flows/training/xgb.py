@@ -34,7 +34,7 @@ from core.files import sha256_bytes, write_atomically
 from core.records import ResolvedSchema, TrainResult
 from core.specs import ModelSpec
 from flows.data.window import Window, cluster_client, is_validation, load_partitions
-from flows.models.modelfile import XGBModel
+from flows.models.xgbmodel import XGBModel
 
 MODEL_SUFFIX = ".ubj"
 

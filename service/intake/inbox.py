@@ -10,51 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from core.errors import RetrainError
 from core.files import fsync_dir, sha256_file, write_atomically
+from service.intake.home import Home
 from service.intake.ledger import FileRecord, FileState, Ledger
 
 log = logging.getLogger("retrain.inbox")
-
-
-@dataclass(frozen=True)
-class Home:
-    """The home folder's layout."""
-
-    root: Path
-
-    @property
-    def inbox(self) -> Path: return self.root / "inbox"
-    @property
-    def processing(self) -> Path: return self.root / "processing"
-    @property
-    def archive(self) -> Path: return self.root / "archive"
-    @property
-    def quarantine(self) -> Path: return self.root / "quarantine"
-    @property
-    def duplicates(self) -> Path: return self.root / "duplicates"
-    @property
-    def registry(self) -> Path: return self.root / "registry"
-    @property
-    def cache(self) -> Path: return self.root / "cache"
-    @property
-    def state(self) -> Path: return self.root / "state"
-    @property
-    def ledger_path(self) -> Path: return self.state / "ledger.sqlite"
-
-    def ensure(self) -> "Home":
-        """Create every folder (parents included); returns self."""
-        for folder in (self.inbox, self.processing, self.archive, self.quarantine,
-                       self.duplicates, self.registry, self.cache, self.state):
-            folder.mkdir(parents=True, exist_ok=True)
-        return self
 
 
 def destination(folder: Path, name: str, file_id: int) -> Path:
@@ -81,6 +49,17 @@ def _special_kind(mode: int) -> str | None:
     if not stat.S_ISREG(mode):
         return "not a regular file"
     return None
+
+
+def drop_into_inbox(source: Path, inbox: Path) -> Path:
+    """Copy ``source`` into the inbox as a well-behaved writer does: under a temporary name,
+    then renamed into place complete, under its own name or, when that is taken, the first
+    free ``name.N.csv``. The one way a command puts a file there."""
+    target, n = inbox / source.name, 1
+    while os.path.lexists(target):
+        target, n = inbox / f"{source.stem}.{n}{source.suffix}", n + 1
+    with open(source, "rb") as original:
+        return write_atomically(target, lambda copy: shutil.copyfileobj(original, copy))
 
 
 def claim_file(ledger: Ledger, home: Home, path: Path, first_seen: float,
@@ -180,7 +159,7 @@ def quarantine_file(ledger: Ledger, home: Home, file_id: int, error: dict[str, A
 
 def archive_files(ledger: Ledger, home: Home, run_id: int, *, decision: str, reason: str,
                   flow_run_id: str | None, model_version: str | None, metric: str | None,
-                  metrics: dict[str, Any], accepted: list[int],
+                  details: dict[str, Any], accepted: list[int],
                   rejected: dict[int, dict[str, Any]]) -> None:
     """Finish a completed run: one ledger transaction (ledger.complete_run) recording the
     archive/ or quarantine/ destination of every file, then the moves, then the
@@ -200,7 +179,7 @@ def archive_files(ledger: Ledger, home: Home, run_id: int, *, decision: str, rea
         target = _free_destination(home.quarantine, record.name, fid, taken)
         quarantined[fid] = (str(target), error)
     ledger.complete_run(run_id, decision=decision, reason=reason, flow_run_id=flow_run_id,
-                        model_version=model_version, metric=metric, metrics=metrics,
+                        model_version=model_version, metric=metric, details=details,
                         archived=archived, quarantined=quarantined)
     for fid, target in archived.items():
         os.rename(sources[fid], target)

@@ -80,7 +80,10 @@ class RunRecord:
     reason: str | None = None
     model_version: str | None = None
     metric: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)  # candidate/champion/rows...
+    # The run's record beyond its decision: what started it and who asked, what the monitor
+    # and the policy found, the candidate's and champion's metrics, rows, stage times. (Its
+    # column keeps the name `metrics` it had, so that existing ledgers read as before.)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 # The ledger's layout, stored as SQLite's user_version. Opening adds what is missing
@@ -166,6 +169,12 @@ class Ledger:
             self._conn.close()
             raise RetrainError(f"the ledger {self.path} was written by a newer retrain (schema {found}, "
                                f"this one reads up to {SCHEMA_VERSION}); upgrade retrain")
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -259,11 +268,11 @@ class Ledger:
         return records[-last_files:] if last_files > 0 else records
 
     # -- runs ----------------------------------------------------------------------------
-    def start_run(self, file_ids: list[int], metrics: dict[str, Any] | None = None) -> RunRecord:
-        """``metrics``: what is known at the start (what started the run, who asked)."""
+    def start_run(self, file_ids: list[int], details: dict[str, Any] | None = None) -> RunRecord:
+        """``details``: what is known at the start (what started the run, who asked)."""
         with self._tx() as c:
             cur = c.execute("INSERT INTO runs(state, started_at, file_ids, metrics) VALUES ('running', ?, ?, ?)",
-                            (time.time(), json.dumps(file_ids), json.dumps(metrics or {}, default=str)))
+                            (time.time(), json.dumps(file_ids), json.dumps(details or {}, default=str)))
             run_id = cur.lastrowid
             for fid in file_ids:
                 c.execute("UPDATE files SET state=?, run_id=?, updated_at=? WHERE id=? AND state=?",
@@ -275,14 +284,14 @@ class Ledger:
             c.execute("UPDATE runs SET flow_run_id=? WHERE id=?", (flow_run_id, run_id))
 
     def complete_run(self, run_id: int, *, decision: str, reason: str, flow_run_id: str | None,
-                     model_version: str | None, metric: str | None, metrics: dict[str, Any],
+                     model_version: str | None, metric: str | None, details: dict[str, Any],
                      archived: dict[int, str], quarantined: dict[int, tuple[str, dict]]) -> RunRecord:
         now = time.time()
         with self._tx() as c:
             c.execute("UPDATE runs SET state='completed', finished_at=?, decision=?, reason=?, "
                       "flow_run_id=COALESCE(?, flow_run_id), model_version=?, metric=?, metrics=? "
                       "WHERE id=?", (now, decision, reason, flow_run_id, model_version, metric,
-                                     json.dumps(metrics, default=str), run_id))
+                                     json.dumps(details, default=str), run_id))
             seq = c.execute("SELECT COALESCE(MAX(archived_seq), 0) FROM files").fetchone()[0]
             for fid, path in archived.items():
                 seq += 1
@@ -408,5 +417,5 @@ def _run(row: sqlite3.Row) -> RunRecord:
         id=row["id"], state=row["state"], started_at=row["started_at"], finished_at=row["finished_at"],
         file_ids=json.loads(row["file_ids"]), flow_run_id=row["flow_run_id"], decision=row["decision"],
         reason=row["reason"], model_version=row["model_version"], metric=row["metric"],
-        metrics=json.loads(row["metrics"] or "{}"),
+        details=json.loads(row["metrics"] or "{}"),
     )

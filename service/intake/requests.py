@@ -19,21 +19,16 @@ from core.files import write_atomically
 OPERATOR_RUN = "operator_run"  # the ledger event: {"request": id, "run": run id}
 
 
-def requests_dir(state: Path) -> Path:
-    return state / "requests"
-
-
-def ask_for_run(state: Path) -> str:
+def ask_for_run(folder: Path) -> str:
     """Leave a request for the daemon; returns its id."""
     request_id = uuid.uuid4().hex[:12]
-    write_atomically(requests_dir(state) / f"{time.time():.6f}-{request_id}.json",
+    write_atomically(folder / f"{time.time():.6f}-{request_id}.json",
                      json.dumps({"id": request_id, "at": time.time()}))
     return request_id
 
 
-def take_run_request(state: Path) -> str | None:
+def take_run_request(folder: Path) -> str | None:
     """The oldest waiting request's id, removed from the queue; None when there is none."""
-    folder = requests_dir(state)
     try:
         names = sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
     except FileNotFoundError:
@@ -52,9 +47,9 @@ def take_run_request(state: Path) -> str | None:
     return None
 
 
-def withdraw_run_request(state: Path, request_id: str) -> bool:
+def withdraw_run_request(folder: Path, request_id: str) -> bool:
     """Remove a request not taken yet; False when the daemon already took it."""
-    for path in requests_dir(state).glob(f"*-{request_id}.json"):
+    for path in folder.glob(f"*-{request_id}.json"):
         try:
             path.unlink()
             return True

@@ -17,7 +17,6 @@ stops; the loop then keeps or restores `current` and quarantines its files.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -27,34 +26,21 @@ import time
 from concurrent.futures import Future
 from contextlib import ExitStack
 from datetime import datetime, timezone
-from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Callable
 
-from core.errors import RetrainError
+from core.errors import RetrainError, one_line
 from core.files import write_atomically
 from service.config import Settings
 from service.intake.batcher import Batcher
-from service.intake.inbox import Home, claim_file, fail_run_files
+from service.intake.home import Home
+from service.intake.inbox import fail_run_files
 from service.intake.ledger import FileState, Ledger, RunRecord
 from service.intake.requests import OPERATOR_RUN, take_run_request
 from service.intake.watcher import InboxWatcher
-from service.runner.runs import (
-    OPERATOR,
-    FlowResult,
-    batch_start,
-    build_request,
-    outcome_line,
-    record_cancelled,
-    record_result,
-    window_start,
-)
+from service.runner.records import FlowResult
+from service.runner.runs import OPERATOR, Runner, StartedRun, run_line
 from service.runner.session import CRASH_REASON, RunSession
-from service.runtime import events
 from service.runtime.deployment import DeploymentControl, DeploymentRef, run_parameters
-
-if TYPE_CHECKING:  # service.runner.flowruns imports Prefect, which must not be imported before the home exists
-    from service.runner.flowruns import RunStart, RunStop
 
 log = logging.getLogger("retrain.daemon")
 
@@ -77,10 +63,9 @@ class RetrainDaemon:
                                settings.watcher.max_batch_files)
         self.scheduler_address: str | None = None
         self.api_url: str | None = None
-        self.current_run: RunRecord | None = None
+        self.runner: Runner | None = None
+        self.current: StartedRun | None = None  # the run in flight
         self.run_future: Future[FlowResult] | None = None
-        self.run_stop: RunStop | None = None
-        self.current_before_run: str | None = None  # `current` when the run started
         self.deployment: DeploymentRef | None = None
         self.control: DeploymentControl | None = None
         self.paused = False
@@ -115,9 +100,10 @@ class RetrainDaemon:
     def startup(self, resources: ExitStack) -> None:
         self.session = session = RunSession(self.settings, "retrain watch", resources)
         self.ledger = session.open_home()
+        self.runner = session.runner
         resources.callback(self._remove_heartbeat)
         if self.settings.daemon.metrics_port:
-            from service.serving.metrics import serve_daemon_metrics
+            from service.runner.metrics import serve_daemon_metrics
 
             resources.enter_context(serve_daemon_metrics(self.home, self.settings.daemon.metrics_host,
                                                          self.settings.daemon.metrics_port))
@@ -162,16 +148,12 @@ class RetrainDaemon:
             time.sleep(tick)
 
     def take_in_files(self) -> None:
-        assert self.watcher is not None and self.ledger is not None
+        assert self.watcher is not None and self.runner is not None
         claimed = []
         for entry in self.watcher.poll():
-            record = claim_file(self.ledger, self.home, entry.path, entry.first_seen,
-                                self.settings.watcher.max_file_bytes)
+            record = self.runner.claim(entry.path, entry.first_seen)
             self.watcher.forget(entry.path)
-            if record is None:
-                continue
-            events.file_event(record, self.deployment_id)
-            if record.state == FileState.QUEUED:
+            if record is not None and record.state == FileState.QUEUED:
                 claimed.append(record.id)
         if claimed:
             self.batcher.add(claimed, time.monotonic())
@@ -180,26 +162,23 @@ class RetrainDaemon:
         """Start a run for a ready batch, or else for an operator's request (``retrain run``
         with no file: the current window, whatever the policy says), as a new flow run of
         the deployment."""
-        assert self.ledger is not None
+        assert self.ledger is not None and self.runner is not None
         now = time.monotonic()
         if self.run_future is not None or now < self.hold_until or self.paused:
             return
         if self.batcher.ready(now):
-            run = self.ledger.start_run(self.batcher.take(), {"trigger": "files"})
-            self.launch(run, batch_start(self.deployment, run, self.ledger, "new files"),
-                        build_request(self.settings, self.home, self.ledger, run))
+            self.launch(self.runner.start_batch(self.batcher.take(), "new files"))
             return
-        asked = take_run_request(self.home.state)
+        asked = take_run_request(self.home.requests)
         if asked is not None:
-            run = self.ledger.start_run([], {"trigger": "operator", "requested_by": OPERATOR})
-            self.ledger.record_event(OPERATOR_RUN, {"request": asked, "run": run.id})
-            self.launch(run, window_start(self.deployment, run, "operator", reason=OPERATOR),
-                        build_request(self.settings, self.home, self.ledger, run, requested_by=OPERATOR))
+            started = self.runner.start_window("operator", OPERATOR)
+            self.ledger.record_event(OPERATOR_RUN, {"request": asked, "run": started.record.id})
+            self.launch(started)
 
     def start_due_run(self, flow_run) -> None:
         """A flow run Prefect holds for the deployment is due (the Run button, the API, an
         automation, the schedule): a retraining on the current window, as its parameters say."""
-        assert self.ledger is not None
+        assert self.runner is not None
         trigger = "schedule" if flow_run.auto_scheduled else "operator"
         try:
             parameters = run_parameters(flow_run.parameters)
@@ -208,70 +187,45 @@ class RetrainDaemon:
             assert self.control is not None
             self.control.fail(str(flow_run.id), str(exc))
             return
-        run = self.ledger.start_run([], {"trigger": trigger, "requested_by": parameters["reason"]})
-        self.launch(run, window_start(self.deployment, run, trigger, flow_run_id=str(flow_run.id)),
-                    build_request(self.settings, self.home, self.ledger, run, requested_by=parameters["reason"],
-                                  last_files=parameters["last_files"]))
+        self.launch(self.runner.start_window(trigger, parameters["reason"], flow_run_id=str(flow_run.id),
+                                             last_files=parameters["last_files"]))
 
-    def launch(self, run: RunRecord, start: RunStart, request) -> None:
+    def launch(self, started: StartedRun) -> None:
         """Execute the run's flow run in the run thread, stoppable."""
-        log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.metrics.get("trigger"),
-                 len(request.new_files), len(request.window_files) + len(request.new_files))
-        assert self.session is not None and self.session.registry is not None and self.ledger is not None
-        from service.runner.flowruns import RunStop
-
-        self.current_run, self.run_stop = run, RunStop()
-        self.current_before_run = self.session.registry.current_version()
-        self.run_future = Future()
-        # The flow run's id is recorded as soon as it is opened: a cut run can be marked Crashed.
-        record_flow_run_id = functools.partial(self.ledger.set_flow_run_id, run.id)
-        thread = threading.Thread(
-            target=self._run_in_thread, name=f"run-{run.id}",
-            args=(start, request, self.scheduler_address, self.run_stop, record_flow_run_id, self.run_future),
-            daemon=True,  # never keeps the process alive past shutdown
-        )
+        self.current, self.run_future = started, Future()
+        thread = threading.Thread(target=self._run_in_thread, name=f"run-{started.record.id}",
+                                  args=(started, self.run_future),
+                                  daemon=True)  # never keeps the process alive past shutdown
         thread.start()
         self.write_heartbeat()
 
-    @staticmethod
-    def _run_in_thread(start: RunStart, request, address: str, stop: RunStop,
-                       on_flow_run: Callable[[str], None], future: Future[FlowResult]) -> None:
-        from service.runner.flowruns import execute
-
-        future.set_result(execute(start, request, address, stop, on_flow_run))
+    def _run_in_thread(self, started: StartedRun, future: Future[FlowResult]) -> None:
+        assert self.runner is not None
+        future.set_result(self.runner.execute(started))
 
     def finish_run_if_done(self) -> None:
         """The run thread is done: record what became of the run and of its files."""
         if self.run_future is None or not self.run_future.done():
             return
-        assert self.ledger is not None and self.current_run is not None and self.run_stop is not None
-        result, run = self.run_future.result(), self.current_run
-        if self.run_stop.requested or result.cancelled:
-            assert self.session is not None and self.session.registry is not None
-            run = record_cancelled(self.ledger, self.home, self.session.registry, run, result,
-                                   self.current_before_run)
-        elif not result.started:
-            fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
-                           self.settings.daemon.max_attempts, count_attempt=False)
+        assert self.ledger is not None and self.runner is not None and self.current is not None
+        result = self.run_future.result()
+        run = self.runner.record(self.current, result)
+        if not result.started:
             self.hold_until = time.monotonic() + PREFECT_POLL_SECONDS * 5
             log.warning("run %d could not start: %s; its files wait for the next run", run.id, result.error)
-        else:
-            run = record_result(self.ledger, self.home, run, result, self.settings)
+        elif not (self.current.stop.requested or result.cancelled):
             self.note_failures(run, result)
-        if result.started:
-            assert self.session is not None and self.session.registry is not None
-            events.run_ended(self.ledger, self.session.registry, run.id, self.deployment_id, result.outcome,
-                             self.settings)
         # Files that failed and went back to the queue wait for the next batch.
         requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
         if requeued:
             self.batcher.add(requeued, time.monotonic())
-        self.current_run, self.run_future, self.run_stop = None, None, None
+        self.current, self.run_future = None, None
         self.write_heartbeat()
 
     def note_failures(self, run: RunRecord, result: FlowResult) -> None:
         if result.outcome is not None:
-            log.info("%s", outcome_line(run.id, result.outcome))
+            assert self.ledger is not None
+            log.info("%s", run_line(self.ledger, run))
             self.consecutive_failures = 0
             return
         log.error("run %d failed: %s", run.id, result.error)
@@ -282,10 +236,6 @@ class RetrainDaemon:
                     self.consecutive_failures)
 
     # -- Prefect: pause, runs due ----------------------------------------------------
-    @property
-    def deployment_id(self) -> str | None:
-        return str(self.deployment.id) if self.deployment else None
-
     def ask_prefect_if_due(self) -> None:
         """Once a second: is the deployment paused? is a run of the deployment due? An API
         that does not answer changes nothing (logged once, and again when it answers)."""
@@ -312,7 +262,7 @@ class RetrainDaemon:
             self.start_due_run(due[0])
 
     def _note_prefect_trouble(self, exc: Exception) -> None:
-        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        line = one_line(exc)
         if self._prefect_trouble is None:
             log.warning("the Prefect API did not answer (%s); pause, cancel and runs started from "
                         "Prefect wait until it does", line)
@@ -324,9 +274,10 @@ class RetrainDaemon:
         log.info("stopping: no new files are taken")
         if self.watcher is not None:
             self.watcher.stop()
-        if self.run_future is not None and self.current_run is not None:
+        if self.run_future is not None and self.current is not None:
+            run = self.current.record
             grace = 0.0 if self.force_exit else self.settings.daemon.grace_seconds
-            log.info("waiting up to %.0fs for run %d to finish", grace, self.current_run.id)
+            log.info("waiting up to %.0fs for run %d to finish", grace, run.id)
             deadline = time.monotonic() + grace
             while not self.run_future.done() and time.monotonic() < deadline and not self.force_exit:
                 time.sleep(0.1)
@@ -334,23 +285,22 @@ class RetrainDaemon:
                 self.finish_run_if_done()
             else:
                 assert self.ledger is not None
-                fail_run_files(self.ledger, self.home, self.current_run.id,
+                fail_run_files(self.ledger, self.home, run.id,
                                "the daemon stopped during the run; its files go to the next run",
                                self.settings.daemon.max_attempts, count_attempt=False)
                 # Whatever of the run still runs somewhere may no longer switch `current`.
                 assert self.session is not None and self.session.registry is not None
                 self.session.registry.release_lease()
                 self.end_abandoned_flow_run()
-                log.warning("run %d did not finish in time; its files are handed back to the queue",
-                            self.current_run.id)
-                self.current_run, self.run_future = None, None
+                log.warning("run %d did not finish in time; its files are handed back to the queue", run.id)
+                self.current, self.run_future = None, None
 
     def end_abandoned_flow_run(self) -> None:
         """The flow run of a run handed back ends Crashed now, not at the next start: it
         gives back the deployment's concurrency slot at once."""
         from service.runtime.api import mark_flow_runs_crashed
 
-        stop = self.run_stop
+        stop = self.current.stop if self.current else None
         if stop is not None and stop.flow_run_id is not None:
             mark_flow_runs_crashed([stop.flow_run_id], CRASH_REASON)
 
@@ -364,7 +314,7 @@ class RetrainDaemon:
         now = time.time()
         beat = {
             "pid": os.getpid(),
-            "state": state or ("running" if self.current_run else "paused" if self.paused else "idle"),
+            "state": state or ("running" if self.current else "paused" if self.paused else "idle"),
             "started_at": _iso(self.started_at),
             "heartbeat_at": _iso(now),
             "heartbeat_unix": now,
@@ -374,16 +324,16 @@ class RetrainDaemon:
             "dask_scheduler": self.scheduler_address,
             "deployment": self.deployment.name if self.deployment else None,
             "paused": self.paused,
-            "current_run": self.current_run.id if self.current_run else None,
-            "current_run_files": len(self.current_run.file_ids) if self.current_run else 0,
+            "current_run": self.current.record.id if self.current else None,
+            "current_run_files": len(self.current.record.file_ids) if self.current else 0,
             "batched": len(self.batcher),
             "settling": self.watcher.pending if self.watcher else 0,
         }
         # Rewritten every few seconds and worthless after a power cut: no fsync.
-        write_atomically(self.home.state / "daemon.json", json.dumps(beat, indent=1), durable=False)
+        write_atomically(self.home.heartbeat_path, json.dumps(beat, indent=1), durable=False)
 
     def _remove_heartbeat(self) -> None:
-        Path(self.home.state / "daemon.json").unlink(missing_ok=True)
+        self.home.heartbeat_path.unlink(missing_ok=True)
 
 
 def backoff_seconds(failures: int) -> float:

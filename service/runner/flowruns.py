@@ -19,15 +19,14 @@ import logging
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prefect_dask import DaskTaskRunner
 
+from core.errors import one_line
 from core.records import RetrainRequest, RunOutcome
 from flows.models.registry import ModelRegistry
-from service.runner.runs import FlowResult
-from service.runtime.deployment import DeploymentRef
+from service.runner.records import FlowResult, RunStart
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -36,19 +35,6 @@ log = logging.getLogger("retrain.flowruns")
 
 # How often a run in flight asks Prefect whether it was cancelled.
 CANCEL_POLL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class RunStart:
-    """Which flow run a run is: a new one of the deployment (a batch of files), one Prefect
-    already holds (the Run button, the API, the schedule: ``flow_run_id``), or, with no
-    deployment, a flow run of its own (the flow called directly)."""
-
-    deployment: DeploymentRef | None
-    name: str  # "run-12-3-files": the run's ledger number and what it works on
-    tags: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)  # the deployment's parameters
-    flow_run_id: str | None = None
 
 
 class RunStop:
@@ -135,12 +121,6 @@ def without_flow_run_heartbeats() -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
-
-
-def call_flow(request: RetrainRequest, scheduler_address: str, name: str = "direct") -> FlowResult:
-    """The flow called directly in this process, as a flow run of its own outside the
-    deployment: for tests and benchmarks that run the flow without a daemon."""
-    return execute(RunStart(None, name), request, scheduler_address)
 
 
 def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
@@ -264,9 +244,3 @@ def result_of(state) -> FlowResult:
         return FlowResult(flow_run_id, value)
     error = one_line(value) if isinstance(value, BaseException) else (state.message or state.name)
     return FlowResult(flow_run_id, None, f"flow run {state.name.lower()}: {error}")
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core.records import ModelVersion
 from flows.models.registry import ModelRegistry
-from service.intake.inbox import Home
+from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
 
 log = logging.getLogger("retrain.retention")

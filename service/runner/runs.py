@@ -1,63 +1,158 @@
-"""One run through the flow: its flow run of the deployment and the flow's request built
-from the ledger, then what happened recorded. Used by the daemon and by ``retrain run``
-alike; each says how the run ended once, in its own way (the daemon in its log, ``retrain
-run`` on stdout). The flow run itself is executed by ``service.runner.flowruns``, which touches
-no ledger or file.
+"""The one runner: every run takes the same path, whoever asked for it.
+
+    claim -> start -> execute -> record -> events
+
+- **claim** (``Runner.claim``): a file in the inbox becomes a ledger record (queued,
+  duplicate or quarantined) by an atomic rename, and an event says so;
+- **start** (``Runner.start_batch``, ``Runner.start_window``): the run's ledger record, the
+  flow run of the deployment it is, and the flow's request built from the ledger;
+- **execute** (``Runner.execute``): the flow run, in this process on the warm cluster
+  (``service.runner.flowruns``, which touches no ledger or file: the daemon runs it in a
+  thread of its own);
+- **record** (``Runner.record``): what became of the run and its files (archived,
+  quarantined, handed back, cancelled), retention, and the events of its end.
+
+The daemon (a batch from the watcher, an operator's request, a run Prefect holds for the
+deployment) and ``retrain run`` (with or without files) both drive a ``Runner``; each says
+how a run ended with ``run_line``, in its own place (the daemon's log, ``retrain run``'s
+stdout, a hand-off's wait).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.records import FileRef, RunOutcome
+from core.records import FileRef, RetrainRequest, RunOutcome
 from flows.models.registry import ModelRegistry
 from service.config import Settings
-from service.intake.inbox import Home, archive_files, cancel_run_files, fail_run_files
+from service.intake.inbox import (
+    Home,
+    archive_files,
+    cancel_run_files,
+    claim_file,
+    fail_run_files,
+)
 from service.intake.ledger import FileRecord, FileState, Ledger, RunRecord
+from service.runner.records import FlowResult, RunStart
 from service.runner.retention import apply_retention
+from service.runtime import events
 
 if TYPE_CHECKING:
-    from service.runner.flowruns import RunStart
+    from service.runner.flowruns import RunStop
     from service.runtime.deployment import DeploymentRef
 
 log = logging.getLogger("retrain.runs")
 
-
-@dataclass
-class FlowResult:
-    flow_run_id: str | None
-    outcome: RunOutcome | None  # None when the flow did not complete
-    error: str | None = None  # one line, when it did not
-    cancelled: bool = False  # Prefect asked to cancel it, and it stopped
-    started: bool = True  # False: it never ran (the deployment's concurrency slot was taken)
-
-
-def batch_start(deployment: "DeploymentRef | None", run: RunRecord, ledger: Ledger, by: str) -> "RunStart":
-    """The flow run of a batch of new files: a new flow run of the deployment, named after
-    the run and its files; ``by`` says who made the batch (the daemon, ``retrain run``)."""
-    from service.runner.flowruns import RunStart
-
-    names = [ledger.get(fid).name for fid in run.file_ids]
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    count = f"{len(names)} file{'s' if len(names) != 1 else ''}"
-    return RunStart(deployment, f"run-{run.id}-{count.replace(' ', '-')}", ["files"],
-                    {"reason": f"{by}: {count} ({shown})"})
-
-
 OPERATOR = "an operator"  # who asks for a run with `retrain run` and no file
 
 
-def window_start(deployment: "DeploymentRef", run: RunRecord, trigger: str, *, flow_run_id: str | None = None,
-                 reason: str | None = None) -> "RunStart":
-    """A run on the current window: the flow run Prefect holds for it (Run button, API,
-    automation, schedule: ``flow_run_id``), or a new one asked for ``reason``."""
-    from service.runner.flowruns import RunStart
+@dataclass
+class StartedRun:
+    """A run between its start and its record: its ledger record, the flow run it is, the
+    flow's request, the handle that stops it, and `current` when it started."""
 
-    parameters = {} if flow_run_id else {"reason": reason}
-    return RunStart(deployment, f"run-{run.id}-window", [trigger], parameters, flow_run_id=flow_run_id)
+    record: RunRecord
+    start: RunStart
+    request: RetrainRequest
+    stop: "RunStop"
+    current_before: str | None
+
+
+class Runner:
+    """The path of every run through the flow, on one home, one deployment and one cluster."""
+
+    def __init__(self, settings: Settings, home: Home, ledger: Ledger, registry: ModelRegistry,
+                 deployment: "DeploymentRef | None", scheduler_address: str):
+        self.settings = settings
+        self.home = home
+        self.ledger = ledger
+        self.registry = registry
+        self.deployment = deployment
+        self.scheduler_address = scheduler_address
+
+    @property
+    def deployment_id(self) -> str | None:
+        return str(self.deployment.id) if self.deployment else None
+
+    def claim(self, path: Path, first_seen: float) -> FileRecord | None:
+        """Take a file of the inbox into the ledger (queued, duplicate or quarantined), and
+        say so in an event; None when it vanished before it could be claimed."""
+        record = claim_file(self.ledger, self.home, path, first_seen, self.settings.watcher.max_file_bytes)
+        if record is not None:
+            events.file_event(record, self.deployment_id)
+        return record
+
+    def start_batch(self, file_ids: list[int], by: str) -> StartedRun:
+        """A run of new files, as a new flow run named after them; ``by`` says who made the
+        batch (the daemon, ``retrain run``)."""
+        run = self.ledger.start_run(file_ids, {"trigger": "files"})
+        names = [self.ledger.get(fid).name for fid in run.file_ids]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        count = f"{len(names)} file{'s' if len(names) != 1 else ''}"
+        start = RunStart(self.deployment, f"run-{run.id}-{count.replace(' ', '-')}", ["files"],
+                         {"reason": f"{by}: {count} ({shown})"})
+        return self._started(run, start)
+
+    def start_window(self, trigger: str, requested_by: str, *, flow_run_id: str | None = None,
+                     last_files: int | None = None) -> StartedRun:
+        """A retraining on the current window: the flow run Prefect holds for it (Run button,
+        API, automation, schedule: ``flow_run_id``), or a new one asked for by
+        ``requested_by``. ``last_files``: the window an operator chose (None: the config's)."""
+        run = self.ledger.start_run([], {"trigger": trigger, "requested_by": requested_by})
+        parameters = {} if flow_run_id else {"reason": requested_by}
+        start = RunStart(self.deployment, f"run-{run.id}-window", [trigger], parameters, flow_run_id=flow_run_id)
+        return self._started(run, start, requested_by, last_files)
+
+    def _started(self, run: RunRecord, start: RunStart, requested_by: str | None = None,
+                 last_files: int | None = None) -> StartedRun:
+        from service.runner.flowruns import RunStop
+
+        request = build_request(self.settings, self.home, self.ledger, run, requested_by, last_files)
+        log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.details.get("trigger"),
+                 len(request.new_files), len(request.window_files) + len(request.new_files))
+        return StartedRun(run, start, request, RunStop(), self.registry.current_version())
+
+    def execute(self, started: StartedRun) -> FlowResult:
+        """Run the flow run; never raises. Safe in a thread of its own: it records only the
+        flow run's id, as soon as it is opened (so that a cut run can be marked Crashed)."""
+        from service.runner.flowruns import execute
+
+        record_flow_run_id = functools.partial(self.ledger.set_flow_run_id, started.record.id)
+        return execute(started.start, started.request, self.scheduler_address, started.stop, record_flow_run_id)
+
+    def record(self, started: StartedRun, result: FlowResult) -> RunRecord:
+        """What became of the run and of its files, then the events of its end."""
+        run = started.record
+        if started.stop.requested or result.cancelled:
+            run = record_cancelled(self.ledger, self.home, self.registry, run, result, started.current_before)
+        elif not result.started:  # never ran: its files wait for the next run, no attempt counted
+            fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
+                           self.settings.daemon.max_attempts, count_attempt=False)
+            run = self.ledger.get_run(run.id)
+        else:
+            run = record_result(self.ledger, self.home, run, result, self.settings)
+        if result.started:
+            events.run_ended(self.ledger, self.registry, run.id, self.deployment_id, result.outcome, self.settings)
+        return run
+
+
+def run_line(ledger: Ledger, run: RunRecord) -> str:
+    """How a run ended, in one line, from its ledger record: decision, version, why, files
+    used (and who asked for it, when it is a run on the window alone)."""
+    if run.state != "completed":
+        return f"run {run.id} {run.state}: {run.reason}"
+    states = [ledger.get(fid).state for fid in run.file_ids]
+    archived = sum(s == FileState.ARCHIVED for s in states)
+    version = f" {run.model_version}" if run.model_version else ""
+    asked = (f" (requested by {run.details['requested_by']}: retrained on the current window)"
+             if run.details.get("requested_by") else "")
+    return (f"run {run.id}{asked}: {run.decision}{version}: {run.reason} ({archived} file(s) archived, "
+            f"{len(states) - archived} quarantined; flow run {run.flow_run_id})")
 
 
 def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord,
@@ -90,7 +185,7 @@ def unscored_files(ledger: Ledger) -> list[FileRecord]:
     """Archived files of kept batches too small for a live metric, that no run has judged
     since: the last completed run carries them (``unscored_file_ids`` of its metrics)."""
     last = ledger.last_completed_run()
-    ids = (last.metrics or {}).get("unscored_file_ids", []) if last else []
+    ids = last.details.get("unscored_file_ids", []) if last else []
     records = [ledger.get(fid) for fid in ids]
     return [r for r in records if r.state == FileState.ARCHIVED]
 
@@ -110,7 +205,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     """Archive the files the run used, quarantine the ones it rejected, apply retention;
     or, when the flow failed, hand its files back to the queue (quarantined after
     ``daemon.max_attempts``). Logs nothing of the outcome: the caller reports it
-    (``outcome_line``)."""
+    (``run_line``)."""
     if result.flow_run_id:
         ledger.set_flow_run_id(run.id, result.flow_run_id)
     outcome = result.outcome
@@ -121,8 +216,8 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     accepted = [f.file_id for f in outcome.files if f.accepted]
     rejected = {f.file_id: f.rejection.model_dump() for f in outcome.files
                 if not f.accepted and f.rejection is not None}
-    metrics = {
-        **run.metrics,  # what started the run
+    details = {
+        **run.details,  # what started the run
         **_monitoring(outcome),
         "candidate": outcome.candidate_metrics,
         "champion": outcome.champion_metrics,
@@ -135,7 +230,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     }
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
-                  metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
+                  metric=outcome.metric, details=details, accepted=accepted, rejected=rejected)
     apply_retention(settings, home, ledger, outcome.window_partitions)
     return ledger.get_run(run.id)
 
@@ -163,18 +258,6 @@ def record_cancelled(ledger: Ledger, home: Home, registry: ModelRegistry, run: R
                 "`retrain requeue NAME` takes one again; current is %s", run.id, flow_run_id, len(files),
                 current_before or "none")
     return ledger.get_run(run.id)
-
-
-def outcome_line(run_id: int, outcome: RunOutcome) -> str:
-    """How a completed run ended, in one line: decision, version, why, files used (and who
-    asked for it, when it is a run on the window alone)."""
-    used = sum(1 for f in outcome.files if f.accepted)
-    version = f" {outcome.model_version}" if outcome.model_version else ""
-    asked = (f" (requested by {outcome.requested_by}: retrained on the current window)"
-             if outcome.requested_by else "")
-    return (f"run {run_id}{asked}: {outcome.decision}{version}: {outcome.reason} "
-            f"({used} file(s) archived, {len(outcome.files) - used} quarantined; "
-            f"flow run {outcome.flow_run_id})")
 
 
 def _monitoring(outcome: RunOutcome) -> dict[str, Any]:

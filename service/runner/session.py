@@ -25,10 +25,12 @@ from contextlib import ExitStack
 
 from flows.models.registry import ModelRegistry
 from service.config import Settings
-from service.intake.inbox import Home, reconcile
+from service.intake.home import Home
+from service.intake.inbox import reconcile
 from service.intake.ledger import Ledger
 from service.intake.lock import HomeLock
 from service.runner.retention import finish_expiry
+from service.runner.runs import Runner
 from service.runtime.deployment import DeploymentRef, register_deployment
 
 log = logging.getLogger("retrain.session")
@@ -50,15 +52,19 @@ class RunSession:
         self.api_url: str | None = None
         self.scheduler_address: str | None = None
         self.deployment: DeploymentRef | None = None
+        self.runner: Runner | None = None  # from open_home on; runs once start_runtime is done
 
     def open_home(self) -> Ledger:
         """Lock the home, open the ledger and repair what an unclean stop left."""
         started = time.perf_counter()
         home = self.home.ensure()
-        self.resources.enter_context(HomeLock(home.state / "daemon.lock", self.holder))
+        self.resources.enter_context(HomeLock(home.lock_path, self.holder))
         self.ledger = Ledger(home.ledger_path)
         self.resources.callback(self.ledger.close)
         self.registry = ModelRegistry(home.registry)
+        # Intake needs the runner's claims before the runtime is up: it gets its deployment
+        # and cluster in ``start_runtime``.
+        self.runner = Runner(self.settings, home, self.ledger, self.registry, None, "")
         # A deploy still running for a run of a killed process (on a shared cluster) must
         # not switch `current` any more: no run holds the registry until the next starts.
         self.registry.release_lease()
@@ -117,6 +123,8 @@ class RunSession:
             finally:
                 self.deployment = deployment.result()  # raises when the API did not start
         self.api_url = api.url
+        assert self.runner is not None
+        self.runner.deployment, self.runner.scheduler_address = self.deployment, self.scheduler_address
         self.resources.enter_context(api.settings())
         quiet_libraries()  # again: importing distributed sets its loggers' levels from Dask's config
         log.debug("start-up: API and cluster ready in %.1fs", time.perf_counter() - started)

@@ -19,11 +19,12 @@ from typing import Iterator
 
 from core.errors import RetrainError
 from service.config import DaemonSpec
+from service.intake.home import Home
 
 log = logging.getLogger("retrain.runtime")
 
 
-def prepare_environment(home: Path) -> None:
+def prepare_environment(home: Home) -> None:
     """Environment for Prefect, set before it is imported.
 
     Without PREFECT_API_URL the embedded API keeps its database under the home folder, so
@@ -32,7 +33,7 @@ def prepare_environment(home: Path) -> None:
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_HOME", str((home / "state" / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_HOME", str(home.prefect_home.resolve()))
     # The embedded server migrates its database on first start; slow disks need more time.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     # The flow's log lines go to the Prefect API (the UI shows them with each run), but only

@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("retrain.deployment")
 
 FLOW_NAME = "retrain"
-# Tags of a run: what started it (one of these), then its decision (added when it ends).
-TRIGGERS = ("files", "operator", "schedule")
 
 
 @validate_call

@@ -102,7 +102,7 @@ def run_ended(ledger: Ledger, registry: ModelRegistry, run_id: int, deployment_i
     decision = run.decision or run.state  # "failed", "cancelled" for runs without a decision
     name = "rolled-back" if decision == "deploy_failed" else decision.replace("_", "-")
     payload = {"run": run.id, "decision": decision, "reason": run.reason, "model_version": run.model_version,
-               "current": current, "metric": run.metric, "metrics": run.metrics, "files": len(files)}
+               "current": current, "metric": run.metric, "details": run.details, "files": len(files)}
     emit(f"retrain.run.{name}", model_resource(registry.root, run.model_version or current),
          related(deployment_id, run.flow_run_id, files), payload)
     if outcome is not None:

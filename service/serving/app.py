@@ -46,6 +46,7 @@ from flows.data.features import prepare_features
 from flows.models.predict import predict_frame
 from flows.models.registry import ModelRegistry
 from service.config import ServeSpec, Settings
+from service.intake.home import Home
 from service.serving.holder import LoadedModel, ModelHolder
 from service.serving.metrics import (
     MULTIPROCESS_VARIABLE,
@@ -148,7 +149,7 @@ def model(request: Request) -> dict[str, Any]:
         "version": loaded.version, "created_at": record.created_at,
         "current_since": _iso(loaded.current_since), "loaded_at": _iso(loaded.loaded_at),
         "load_seconds": round(loaded.load_seconds, 3),
-        "metric": record.metadata.get("metric"), "metrics": record.metrics,
+        "metric": record.lineage.get("metric"), "metrics": record.metrics,
         "schema": {"target": loaded.schema.target, "task": loaded.schema.task,
                    "numeric": loaded.schema.numeric, "categorical": loaded.schema.categorical},
         "categories": loaded.categories, "classes": loaded.classes,
@@ -241,7 +242,7 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
     """Serve until SIGTERM or Ctrl+C, with ``settings.serve.workers`` processes."""
     spec = settings.serve
     sock = bind(spec.host, spec.port)
-    registry = ModelRegistry(Path(settings.home) / "registry")
+    registry = ModelRegistry(Home(Path(settings.home)).registry)
     if threading.current_thread() is threading.main_thread():
         # Uvicorn shuts down gracefully on SIGTERM, then raises it again: end with status 0.
         signal.signal(signal.SIGTERM, _exit_quietly)
@@ -270,7 +271,7 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 
 def app_from_environment() -> FastAPI:
     """The app of one of several server processes, as the parent process described it."""
-    from service.cli.commands import setup_logging
+    from service.log import setup_logging
 
     given = json.loads(os.environ[APP_VARIABLE])
     setup_logging(given["log_format"], given["verbose"])

@@ -115,11 +115,11 @@ class ModelHolder:
         switched = self.registry.switched_at()
         model = self.registry.load_model(version, self.trusted_types)
         try:
-            schema = ResolvedSchema.model_validate(record.metadata["schema"])
+            schema = ResolvedSchema.model_validate(record.lineage["schema"])
         except (KeyError, ValidationError):
             raise ModelNotFoundError(f"version {version} has no readable schema in its metadata") from None
         return LoadedModel(version=version, model=model, schema=schema, record=record,
-                           categories=training_categories(record.metadata, model, schema),
+                           categories=training_categories(record.lineage, model, schema),
                            current_since=switched)
 
 

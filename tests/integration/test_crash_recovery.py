@@ -17,7 +17,8 @@ from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
 
 from flows.models.registry import ModelRegistry
-from service.intake.inbox import Home, claim_file
+from service.intake.home import Home
+from service.intake.inbox import claim_file
 from service.intake.ledger import Ledger
 
 pytestmark = pytest.mark.integration

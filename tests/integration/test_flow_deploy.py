@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flow_fixtures import call_flow
 
 from core.files import sha256_file
 from core.records import FileRef
 from core.specs import PipelineSpec
 from flows.models.registry import ModelRegistry
 from flows.retrain import RetrainRequest
-from service.runner.flowruns import call_flow
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flow_fixtures import call_flow
 from harness import Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
 
@@ -18,7 +19,6 @@ from core.records import FileRef, RetrainRequest
 from core.specs import PipelineSpec
 from flows.models.registry import ModelRegistry
 from service.intake.ledger import Ledger
-from service.runner.flowruns import call_flow
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from flow_fixtures import call_flow
 from harness import cli, daemon_env
 
 from core.files import sha256_file
@@ -22,7 +23,6 @@ from core.records import FileRef
 from core.specs import PipelineSpec
 from flows.models.registry import ModelRegistry
 from flows.retrain import RetrainRequest
-from service.runner.flowruns import call_flow
 from service.sample import sample_frame, write_samples
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def predict_cli(home: Path, csv: Path, out: Path):
 def predict_in_process(home: Path, csv: Path, out: Path, capsys) -> tuple[int, str]:
     """The same command through its entry point in this process (a new process per case
     would only add start-up time)."""
-    from service.cli.commands import main
+    from service.cli import main
 
     code = main(["predict", str(csv), "--output", str(out), "--home", str(home)])
     return code, capsys.readouterr().err
@@ -82,8 +82,8 @@ def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refus
     registry = ModelRegistry(home / "registry")
     version = registry.get("v0001")
     assert version.model_file == "model.ubj" and (home / "registry" / "v0001" / "model.ubj").is_file()
-    assert version.metadata["training"]["estimator"] == "xgboost:train"
-    assert version.metadata["training"]["params"]["tree_method"] == "hist"
+    assert version.lineage["training"]["estimator"] == "xgboost:train"
+    assert version.lineage["training"]["params"]["tree_method"] == "hist"
 
     # Odd rows: an unseen category, missing values, inf; as an operator's CSV.
     rows = sample_frame(40, 99).drop(columns=["churned"]).astype(str)
@@ -102,7 +102,7 @@ def test_xgboost_across_workers_is_deployed_predicted_served_and_forgeries_refus
         # A new deploy is picked up by the running app without a restart: the model is
         # loaded again from disk (the same content as v0001 here, so the same answers).
         registry.register(home / "registry" / "v0001" / "model.ubj",
-                          {"model_sha256": version.model_sha256, "metadata": version.metadata})
+                          {"model_sha256": version.model_sha256, "lineage": version.lineage})
         registry.promote("v0002")
         deadline = time.monotonic() + 60  # the app loads the new version in the background
         while (answer := post(csv)[1]).get("version") != "v0002" and time.monotonic() < deadline:
@@ -141,7 +141,7 @@ def test_model_search_on_the_cluster_records_every_candidate(tmp_path: Path, das
                   {"estimator": "random_forest", "params": {"n_estimators": 1, "max_depth": 1}}]
     outcome = call_flow(request_for(home, paths, model={"candidates": candidates}), dask_address).outcome
     assert outcome.decision == "deployed", outcome
-    training = ModelRegistry(home / "registry").get("v0001").metadata["training"]
+    training = ModelRegistry(home / "registry").get("v0001").lineage["training"]
     recorded = training["candidates"]
     assert [c["estimator"] for c in recorded] == ["hist_gradient_boosting", "xgboost", "random_forest"]
     assert [c["params"] for c in recorded] == [c["params"] for c in candidates]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.intake.inbox import Home
+from service.intake.home import Home
 from service.intake.ledger import Ledger
 
 

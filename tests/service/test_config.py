@@ -99,7 +99,8 @@ def test_environment_values_take_the_setting_type() -> None:
 
 
 def test_cluster_flags_override_the_dask_section(tmp_path: Path) -> None:
-    from service.cli.commands import build_parser, cluster_overrides
+    from service.cli import build_parser
+    from service.cli.base import cluster_overrides
 
     args = build_parser().parse_args(["watch", "--workers", "3", "--threads-per-worker", "2",
                                       "--memory-limit", "2GiB", "--adapt", "1:4"])
@@ -114,7 +115,7 @@ def test_cluster_flags_override_the_dask_section(tmp_path: Path) -> None:
                                   ["run", "--home", "/srv/h", "-v", "f.csv"],
                                   ["--home", "/elsewhere", "run", "--home", "/srv/h", "-v", "f.csv"]])
 def test_common_options_are_taken_before_or_after_the_command(argv: list[str]) -> None:
-    from service.cli.commands import parse_args
+    from service.cli import parse_args
 
     args = parse_args(argv)
     assert (args.home, args.verbose, args.log_format, args.files) == ("/srv/h", True, "plain", ["f.csv"])
@@ -123,7 +124,7 @@ def test_common_options_are_taken_before_or_after_the_command(argv: list[str]) -
 
 @pytest.mark.parametrize("bounds", ["4:1", "x:2", "3", "0:0"])
 def test_bad_adapt_bounds_are_a_usage_error(bounds: str, capsys) -> None:
-    from service.cli.commands import build_parser
+    from service.cli import build_parser
 
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["run", "f.csv", "--adapt", bounds])

@@ -5,7 +5,7 @@ from pathlib import Path
 from rich.console import Console
 
 from service.config import Settings
-from service.intake.inbox import Home
+from service.intake.home import Home
 from service.intake.ledger import Ledger
 from service.status import collect_status, render_status
 
@@ -22,7 +22,7 @@ def test_status_shows_the_last_operator_actions(tmp_path: Path) -> None:
     finally:
         ledger.close()
 
-    status = collect_status(home.root, Settings(home=home.root))
+    status = collect_status(home, Settings(home=home.root))
     actions = status["operator_actions"]
     assert [a["kind"] for a in actions] == ["requeue"] + ["rollback"] * 4  # the newest first
     assert actions[1]["from"] == "v0005" and actions[1]["to"] == "v0004"
@@ -39,7 +39,7 @@ def test_status_shows_the_last_operator_actions(tmp_path: Path) -> None:
 def test_status_without_operator_actions_has_no_such_table(tmp_path: Path) -> None:
     home = Home(tmp_path / "home").ensure()
     Ledger(home.ledger_path).close()
-    status = collect_status(home.root, Settings(home=home.root))
+    status = collect_status(home, Settings(home=home.root))
     assert status["operator_actions"] == []
     console = Console(record=True, width=160)
     console.print(render_status(status))

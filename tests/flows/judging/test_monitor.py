@@ -74,7 +74,7 @@ def test_the_champion_scores_every_new_row_and_leaves_its_holdout_outputs_for_ev
     trained = train_candidate(window, FAST, tmp_path / "m.skops")
     registry = ModelRegistry(tmp_path / "registry")
     champion = registry.register(trained.model_path, {"model_sha256": trained.model_sha256,
-                                                      "metadata": {"reference": reference_statistics(window)}})
+                                                      "lineage": {"reference": reference_statistics(window)}})
     new = parts(tmp_path / "new", 2, rows=2500)
     outputs = tmp_path / "outputs"
 

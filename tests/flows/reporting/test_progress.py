@@ -9,7 +9,7 @@ import select
 import sys
 
 from flows.reporting import progress
-from service.cli.commands import show_progress
+from service.cli.run import show_progress
 
 
 def _drive() -> None:

@@ -32,7 +32,7 @@ def deployed_home(tmp_path: Path) -> Path:
     trained = train_candidate(Window([summary.parquet_path], SCHEMA), ModelSpec(), tmp_path / "m.skops")
     registry = ModelRegistry(home / "registry")
     registry.register(trained.model_path, {"model_sha256": trained.model_sha256,
-                                           "metadata": {"schema": SCHEMA.model_dump()}})
+                                           "lineage": {"schema": SCHEMA.model_dump()}})
     registry.promote("v0001")
     return home
 
@@ -44,7 +44,7 @@ def test_predict_treats_inf_as_missing_and_exits_0(tmp_path: Path) -> None:
     csv = tmp_path / "new.csv"
     rows.to_csv(csv, index=False)
     out = tmp_path / "predictions.csv"
-    result = subprocess.run([sys.executable, "-m", "service.cli.commands", "predict", str(csv), "--home", str(home),
+    result = subprocess.run([sys.executable, "-m", "service.cli", "predict", str(csv), "--home", str(home),
                              "--output", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

@@ -72,13 +72,13 @@ class World:
         accepted = [i for i in queued if i not in rejected]
         if crash_before_moves:  # the ledger committed the outcome, the moves never happened
             self.ledger.complete_run(run.id, decision="deployed", reason="", flow_run_id=None,
-                                     model_version=None, metric=None, metrics={},
+                                     model_version=None, metric=None, details={},
                                      archived={i: str(self.home.archive / f"{i}.csv") for i in accepted},
                                      quarantined={i: (str(self.home.quarantine / f"{i}.csv"), e)
                                                   for i, e in rejected.items()})
             return
         archive_files(self.ledger, self.home, run.id, decision="deployed", reason="", flow_run_id=None,
-                      model_version=None, metric=None, metrics={}, accepted=accepted, rejected=rejected)
+                      model_version=None, metric=None, details={}, accepted=accepted, rejected=rejected)
 
     def crash(self, where: str) -> None:
         if where == "mid_claim":

@@ -102,7 +102,7 @@ def test_archive_and_quarantine_after_a_run(home: Home, ledger: Ledger) -> None:
     bad = claim_file(ledger, home, drop(home, "bad.csv", "x\n"), 1.0, MAX)
     run = ledger.start_run([good.id, bad.id])
     archive_files(ledger, home, run.id, decision="deployed", reason="ok", flow_run_id="f",
-                  model_version="v0001", metric="roc_auc", metrics={}, accepted=[good.id],
+                  model_version="v0001", metric="roc_auc", details={}, accepted=[good.id],
                   rejected={bad.id: {"reason": "bad.csv: missing target column 'y'", "hint": "add it"}})
     assert (home.archive / "good.csv").exists()
     note = json.loads((home.quarantine / "bad.csv.error.json").read_text())
@@ -113,7 +113,7 @@ def test_archive_and_quarantine_after_a_run(home: Home, ledger: Ledger) -> None:
     again = claim_file(ledger, home, drop(home, "good.csv", "a,b\n9,9\n"), 2.0, MAX)
     run = ledger.start_run([again.id])
     archive_files(ledger, home, run.id, decision="rejected", reason="r", flow_run_id=None,
-                  model_version=None, metric=None, metrics={}, accepted=[again.id], rejected={})
+                  model_version=None, metric=None, details={}, accepted=[again.id], rejected={})
     assert (home.archive / f"good.{again.id}.csv").exists()
     check_invariant(home)
 
@@ -122,7 +122,7 @@ def test_requeue_puts_a_fixed_file_back(home: Home, ledger: Ledger) -> None:
     bad = claim_file(ledger, home, drop(home, "bad.csv"), 1.0, MAX)
     run = ledger.start_run([bad.id])
     archive_files(ledger, home, run.id, decision="no_valid_data", reason="r", flow_run_id=None,
-                  model_version=None, metric=None, metrics={}, accepted=[],
+                  model_version=None, metric=None, details={}, accepted=[],
                   rejected={bad.id: {"reason": "bad", "hint": "fix"}})
     with pytest.raises(RetrainError, match="quarantined files: bad.csv"):
         requeue(ledger, home, "nope.csv")
@@ -156,7 +156,7 @@ def test_cancelled_run_sets_its_files_aside_with_the_requeue_command(home: Home,
     assert note["reason"] == f"run {run.id} was cancelled by an operator; `retrain requeue a.csv` to take it again"
     done = ledger.get_run(run.id)
     assert (done.state, done.decision, done.model_version) == ("cancelled", "cancelled", "v0002")
-    assert done.metrics == {"trigger": "files"}
+    assert done.details == {"trigger": "files"}
     check_invariant(home)
     # Taken again, the file is a new one, not a duplicate of itself.
     assert claim_file(ledger, home, requeue(ledger, home, "a.csv"), 2.0, MAX).state == FileState.QUEUED
@@ -198,7 +198,7 @@ def test_crash_between_ledger_commit_and_moves_of_a_run(home: Home, ledger: Ledg
     bad = claim_file(ledger, home, drop(home, "bad.csv", "q\n"), 1.0, MAX)
     run = ledger.start_run([good.id, bad.id])
     ledger.complete_run(run.id, decision="deployed", reason="ok", flow_run_id=None, model_version="v1",
-                        metric=None, metrics={}, archived={good.id: str(home.archive / "good.csv")},
+                        metric=None, details={}, archived={good.id: str(home.archive / "good.csv")},
                         quarantined={bad.id: (str(home.quarantine / "bad.csv"), {"reason": "bad"})})
     os.rename(good.path, home.archive / "good.csv")  # one move done, then killed
     repaired = reconcile(ledger, home, 3)

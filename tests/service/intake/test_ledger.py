@@ -57,11 +57,11 @@ def test_claim_run_complete_cycle(ledger: Ledger) -> None:
     assert {ledger.get(i).state for i in (a, b, c)} == {FileState.RUNNING}
     ledger.set_flow_run_id(run.id, "fr-1")
     done = ledger.complete_run(run.id, decision="deployed", reason="ok", flow_run_id=None,
-                               model_version="v0001", metric="roc_auc", metrics={"candidate": {"roc_auc": 0.9}},
+                               model_version="v0001", metric="roc_auc", details={"candidate": {"roc_auc": 0.9}},
                                archived={a: "/arch/a.csv", b: "/arch/b.csv"},
                                quarantined={c: ("/q/c.csv", {"reason": "bad"})})
     assert done.state == "completed" and done.flow_run_id == "fr-1" and done.model_version == "v0001"
-    assert done.metrics["candidate"]["roc_auc"] == 0.9
+    assert done.details["candidate"]["roc_auc"] == 0.9
     assert ledger.get(a).state == FileState.ARCHIVED and ledger.get(a).run_id == run.id
     assert ledger.get(c).error == {"reason": "bad"}
     assert [f.id for f in ledger.window(0)] == [a, b]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.models.registry import ModelRegistry
 from service.config import load_settings
-from service.intake.inbox import Home
+from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
 from service.runner.retention import apply_retention, finish_expiry, version_history
 

@@ -14,7 +14,8 @@ import pandas as pd
 from core.records import FileOutcome, LiveMetric, PolicyDecision, RunOutcome
 from flows.models.registry import ModelRegistry
 from service.config import load_settings
-from service.intake.inbox import Home, claim_file
+from service.intake.home import Home
+from service.intake.inbox import claim_file
 from service.intake.ledger import FileState, Ledger
 from service.intake.requests import ask_for_run, take_run_request, withdraw_run_request
 from service.runner.runs import FlowResult, build_request, record_result
@@ -44,8 +45,8 @@ def test_small_kept_batches_are_carried_until_a_run_judges_them(home: Home, ledg
     first = batch(home, ledger, "one.csv")
     finish(ledger, home, first, "kept", 120, few, [first])
     record = ledger.get_run(1)
-    assert record.metrics["live"]["enough"] is False and record.metrics["unscored_file_ids"] == [first]
-    assert record.metrics["policy"]["retrain"] is False and record.decision == "kept"
+    assert record.details["live"]["enough"] is False and record.details["unscored_file_ids"] == [first]
+    assert record.details["policy"]["retrain"] is False and record.decision == "kept"
     assert ledger.get(first).state == FileState.ARCHIVED  # kept files join the window
 
     second = batch(home, ledger, "two.csv")
@@ -99,6 +100,6 @@ def test_sample_shifts_move_a_feature_or_the_relation(tmp_path: Path) -> None:
     assert names == ["batch-0003-000-covariate.csv"]
     assert pd.read_csv(tmp_path / names[0]).shape[0] == 1000
 
-    usage = subprocess.run([sys.executable, "-m", "service.cli.commands", "sample", "--help"], capture_output=True,
+    usage = subprocess.run([sys.executable, "-m", "service.cli", "sample", "--help"], capture_output=True,
                            text=True, check=True).stdout
     assert "--covariate-shift S" in usage and "--concept-shift C" in usage and "relation" in usage

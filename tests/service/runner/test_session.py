@@ -13,7 +13,8 @@ from invariants import check_invariant
 from core.errors import RetrainError
 from flows.models.registry import ModelRegistry
 from service.config import Settings
-from service.intake.inbox import Home, claim_file
+from service.intake.home import Home
+from service.intake.inbox import claim_file
 from service.intake.ledger import FileState, Ledger
 from service.intake.lock import lock_holder
 from service.runner.session import RunSession

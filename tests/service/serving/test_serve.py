@@ -53,7 +53,7 @@ def register(registry: ModelRegistry, trained: TrainResult, schema: ResolvedSche
     training = trained.model_dump(exclude={"model_path"} if categories else {"model_path", "categories"})
     return registry.register(trained.model_path, {
         "model_sha256": trained.model_sha256, "decision": "deployed", "metrics": {"roc_auc": 0.9},
-        "metadata": {"schema": schema.model_dump(), "training": training, "metric": "roc_auc"},
+        "lineage": {"schema": schema.model_dump(), "training": training, "metric": "roc_auc"},
     }).version
 
 
@@ -274,7 +274,7 @@ def test_a_version_that_cannot_be_loaded_leaves_the_previous_one_answering(serve
 def test_versions_without_recorded_categories_take_them_from_the_encoder(tmp_path: Path, trained) -> None:
     registry = ModelRegistry(tmp_path / "registry")
     registry.promote(register(registry, *trained["a"], categories=False))
-    assert "categories" not in registry.get("v0001").metadata["training"]
+    assert "categories" not in registry.get("v0001").lineage["training"]
     with running_server(create_app(registry, [], ServeSpec())) as base:
         model = httpx.get(f"{base}/model", timeout=30).json()
     assert model["categories"] == {"plan": ["basic", "plus", "pro"], "region": ["east", "north", "south", "west"]}
@@ -318,7 +318,7 @@ def test_the_same_csv_gives_identical_predictions_through_predict_and_serve(serv
     csv = tmp_path / "rows.csv"
     rows.to_csv(csv, index=False)
     out = tmp_path / "predictions.csv"
-    result = subprocess.run([sys.executable, "-m", "service.cli.commands", "predict", str(csv), "--home", str(home),
+    result = subprocess.run([sys.executable, "-m", "service.cli", "predict", str(csv), "--home", str(home),
                              "--output", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     from_cli = pd.read_csv(out, dtype={"prediction": str}, float_precision="round_trip")
@@ -334,7 +334,7 @@ def test_the_same_csv_gives_identical_predictions_through_predict_and_serve(serv
 def test_retrain_serve_command_with_flags_and_two_processes(home: Path, tmp_path: Path) -> None:
     env = {**os.environ, "RETRAIN_SERVE__MAX_ROWS_PER_REQUEST": "10"}
     log = open(tmp_path / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli.commands", "serve", "--home", str(home), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", "0",
                              "--workers", "2", "--max-rows", "3"], stderr=log, cwd=tmp_path, env=env)
     try:
         def port() -> int | None:
@@ -370,7 +370,7 @@ def _ready(client: httpx.Client) -> bool:
 def test_a_port_in_use_is_one_line(home: Path, tmp_path: Path) -> None:
     with running_server(create_app(ModelRegistry(home / "registry"), [], ServeSpec())) as base:
         port = base.rsplit(":", 1)[1]
-        result = subprocess.run([sys.executable, "-m", "service.cli.commands", "serve", "--home", str(home), "--port", port],
+        result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--home", str(home), "--port", port],
                                 capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"retrain: error: cannot listen on 127.0.0.1:{port}")

@@ -10,9 +10,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from flows.models.registry import ModelRegistry
-from service.intake.inbox import Home
+from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
-from service.serving.metrics import serve_daemon_metrics
+from service.runner.metrics import serve_daemon_metrics
 
 
 def scrape(home: Home) -> dict[str, dict[tuple, float]]:
@@ -37,11 +37,11 @@ def test_daemon_metrics_from_the_ledger_and_the_registry(tmp_path: Path) -> None
         first, second, waiting = (queued_file(ledger, n) for n in ("a", "b", "c"))
         run = ledger.start_run([first])
         ledger.complete_run(run.id, decision="deployed", reason="better", flow_run_id=None, model_version="v0001",
-                            metric="roc_auc", metrics={"candidate": {"roc_auc": 0.9}}, archived={first: "archive/a"},
+                            metric="roc_auc", details={"candidate": {"roc_auc": 0.9}}, archived={first: "archive/a"},
                             quarantined={})
         run = ledger.start_run([second])
         ledger.complete_run(run.id, decision="rejected", reason="worse", flow_run_id=None, model_version="v0002",
-                            metric="roc_auc", metrics={"live": {"metric": "roc_auc", "version": "v0001", "value": 0.81},
+                            metric="roc_auc", details={"live": {"metric": "roc_auc", "version": "v0001", "value": 0.81},
                                                        "drift": {"statistic": "psi", "scores": {"age": 0.2, "plan": 0.05}}},
                             archived={second: "archive/b"}, quarantined={})
         ledger.fail_run(ledger.start_run([waiting]).id, "crashed", max_attempts=3, quarantine_path={})

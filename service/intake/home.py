@@ -1,0 +1,61 @@
+"""The home folder's layout: the one place that knows where anything of a home lives.
+
+    inbox/  processing/  archive/  quarantine/  duplicates/   files, by state (service.intake.inbox)
+    registry/                                               model versions and `current`
+    cache/                                                  preprocessed partitions, kept outputs
+    state/ledger.sqlite                                     the record of every file and run
+    state/daemon.lock  state/daemon.json                    who holds the home; its heartbeat
+    state/requests/                                         runs asked of the daemon
+    state/prefect/                                          the embedded Prefect API's home
+    report.png                                              `retrain report`'s default output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @property
+    def inbox(self) -> Path: return self.root / "inbox"
+    @property
+    def processing(self) -> Path: return self.root / "processing"
+    @property
+    def archive(self) -> Path: return self.root / "archive"
+    @property
+    def quarantine(self) -> Path: return self.root / "quarantine"
+    @property
+    def duplicates(self) -> Path: return self.root / "duplicates"
+    @property
+    def registry(self) -> Path: return self.root / "registry"
+    @property
+    def cache(self) -> Path: return self.root / "cache"
+    @property
+    def state(self) -> Path: return self.root / "state"
+    @property
+    def ledger_path(self) -> Path: return self.state / "ledger.sqlite"
+    @property
+    def lock_path(self) -> Path: return self.state / "daemon.lock"
+    @property
+    def heartbeat_path(self) -> Path: return self.state / "daemon.json"
+    @property
+    def requests(self) -> Path: return self.state / "requests"
+    @property
+    def prefect_home(self) -> Path: return self.state / "prefect"
+    @property
+    def report_path(self) -> Path: return self.root / "report.png"
+
+    def exists(self) -> bool:
+        """Whether a retrain process ever set this home up (its state folder is there)."""
+        return self.state.is_dir()
+
+    def ensure(self) -> "Home":
+        """Create every folder (parents included); returns self."""
+        for folder in (self.inbox, self.processing, self.archive, self.quarantine,
+                       self.duplicates, self.registry, self.cache, self.state):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
