@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment bench-run-command soak soak-quick server clean
+.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment bench-run-command bench-production soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ bench-deployment: $(STAMP)
 ## make bench-run-command: `retrain run FILE` handed to a warm daemon and on its own, against the warm drop and the plain script (benchmarks/run-command-results.md)
 bench-run-command: $(STAMP)
 	$(BIN)/python benchmarks/run_command.py
+
+## make bench-production: scoring 1,000,000 rows and joining their late labels through a warm daemon vs plain scripts (benchmarks/production-results.md)
+bench-production: $(STAMP)
+	$(BIN)/python benchmarks/production.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

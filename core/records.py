@@ -24,11 +24,37 @@ class FileRef(_Record):
     path: str  # where it is now (processing/ for new files, archive/ for the window)
     sha256: str
     size: int
+    # The files its rows came from, when the service made it (scored rows joined with their
+    # late labels): the scoring batches and the labels files, by name.
+    origin: list[str] = []
+
+
+class ProductionMetric(_Record):
+    """The metric of what a version actually served: its predictions joined with the labels
+    that arrived later, over every period so far and period by period."""
+
+    version: str
+    metric: str
+    value: float | None  # None when it cannot be computed (one class for roc_auc)
+    rows: int  # labelled predictions of this version
+    metrics: dict[str, float] = Field(default_factory=dict)  # every metric of the task
+    # Period ("2026-12-06", "2026-W49", "2026-12") -> {"value", "rows"}.
+    periods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # How late the labels came, in hours after the prediction: median and 90th percentile.
+    label_delay_hours: dict[str, float] = Field(default_factory=dict)
+    enough: bool = True  # rows >= policy.min_live_rows: a verdict can be drawn from it
 
 
 class RetrainRequest(_Record):
-    """The flow's one parameter: which files, which settings, where to write."""
+    """The flow's one parameter: which files, which settings, where to write.
 
+    ``kind`` says what the run does with its new files: "train" (labelled batches: monitor,
+    policy, train, evaluate, deploy), "score" (unlabelled batches: predictions by the
+    current model, into ``predictions_dir`` and the prediction log), "labels" (late labels:
+    joined with the prediction log, the production metric, the joined rows as training data).
+    """
+
+    kind: Literal["train", "score", "labels"] = "train"
     new_files: list[FileRef]
     # Files accepted by earlier runs that are still in the training window, oldest first.
     window_files: list[FileRef] = []
@@ -43,6 +69,14 @@ class RetrainRequest(_Record):
     # Who asked for this run when it is not a batch of new files: it trains whatever the
     # policy says ("an operator" for `retrain run` without files).
     requested_by: str | None = None
+    # Where scoring runs write predictions/<name> and the prediction log (partitioned parquet).
+    predictions_dir: str | None = None
+    prediction_log_dir: str | None = None
+    # A backfill: predictions/<name> gets the version in its name, earlier files are kept.
+    backfill: bool = False
+    # The champion's production metric (its predictions joined with late labels), judged
+    # first by policy.when_needed when it exists.
+    production: ProductionMetric | None = None
 
 
 class PartitionPlan(_Record):
@@ -68,6 +102,8 @@ class ResolvedSchema(_Record):
     max_bad_row_fraction: float
     # Columns left out by inference (identifiers: text with nearly all values distinct).
     ignored: list[str] = []
+    # The id column ([schema] id): names a row, never a feature.
+    id: str | None = None
 
     @property
     def features(self) -> list[str]:
@@ -224,6 +260,22 @@ class PolicyDecision(_Record):
     when_needed: str | None = None
 
 
+class LabelsReport(_Record):
+    """What a labels run made of its labels."""
+
+    rows: int = 0  # label rows read
+    joined: int = 0  # matched a logged prediction
+    unknown_ids: int = 0  # no prediction with that id in the log (expired, or never scored)
+    duplicate_ids: int = 0  # an id labelled twice in these files (the first label counts)
+    relabelled: int = 0  # an id labelled by an earlier labels file (the earlier label counts)
+    unparseable: int = 0  # a label that is not a value of the task (empty, not a number)
+    examples: dict[str, list[str]] = Field(default_factory=dict)  # a few ids/values per kind
+    # The joined rows as a training file (features of the scoring batches, the labels), and
+    # the files they came from: the service takes it in like a labelled file.
+    training_file: str | None = None
+    origin: list[str] = Field(default_factory=list)
+
+
 class FileOutcome(_Record):
     file_id: int
     name: str
@@ -237,7 +289,8 @@ class RunOutcome(_Record):
     """What the flow returns to the service."""
 
     flow_run_id: str | None
-    decision: Literal["deployed", "rejected", "kept", "no_valid_data", "not_trained", "deploy_failed"]
+    decision: Literal["deployed", "rejected", "kept", "no_valid_data", "not_trained", "deploy_failed", "scored",
+                      "labelled"]
     reason: str
     files: list[FileOutcome]
     model_version: str | None = None
@@ -260,3 +313,9 @@ class RunOutcome(_Record):
     # the next run scores them with its own.
     unscored_file_ids: list[int] = Field(default_factory=list)
     requested_by: str | None = None
+    # A scoring run: each file's predictions file (file id -> path) and the version that made them.
+    predictions: dict[int, str] = Field(default_factory=dict)
+    # A labels run: the production metric of every version with labelled predictions, what
+    # became of the labels, and the joined rows (features + labels) to train on.
+    production: list[ProductionMetric] = Field(default_factory=list)
+    labels: LabelsReport | None = None

@@ -85,11 +85,17 @@ class SchemaSpec(_Section):
     drop: list[str] = Field(default_factory=list)
     # Rows that cannot be parsed are dropped and counted; above this share the file is rejected.
     max_bad_row_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    # The column that names a row (a customer, a transaction): the id its prediction is
+    # logged under and its late label is joined by. None: scored rows get an id made of the
+    # file's sha256 and the row's number. Never a feature.
+    id: str | None = None
 
     @model_validator(mode="after")
     def _target_not_a_feature(self) -> "SchemaSpec":
         if self.target in self.features:
             raise ValueError(f"the target {self.target!r} cannot also be listed in features")
+        if self.id is not None and (self.id == self.target or self.id in self.features):
+            raise ValueError(f"the id column {self.id!r} cannot also be the target or a feature")
         return self
 
 
@@ -278,6 +284,17 @@ class PolicySpec(_Section):
         return value
 
 
+class PredictionsSpec(_Section):
+    """Scoring batches and the prediction log."""
+
+    # predictions/<name>: "csv", or "parquet" (predictions/<name>.parquet).
+    format: Literal["csv", "parquet"] = "csv"
+    # Days a scored row stays in the prediction log, waiting for its label (0: forever).
+    keep_days: float = Field(90.0, ge=0.0)
+    # Production metric periods: "day", "week" or "month" of the time a row was scored.
+    period: Literal["day", "week", "month"] = "day"
+
+
 class PipelineSpec(_Section):
     """Everything the flow needs to know from the config."""
 
@@ -288,6 +305,7 @@ class PipelineSpec(_Section):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
+    predictions: PredictionsSpec = Field(default_factory=PredictionsSpec)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -59,6 +59,7 @@ from flows.judging.monitor import monitor_champion, reference_statistics
 from flows.judging.policy import decide_policy
 from flows.models.deploy import deploy_version
 from flows.models.registry import ModelRegistry
+from flows.production.run import run_production
 from flows.reporting import progress
 from flows.reporting.artifacts import (
     publish_history,
@@ -167,6 +168,8 @@ def cancel_requested() -> bool:
 @ends_cancelled_when_its_tasks_are
 def retrain(request: RetrainRequest) -> State:
     spec, registry, stages = request.pipeline, ModelRegistry(request.registry_dir), Stopwatch()
+    if request.kind != "train":  # unlabelled rows to score, or late labels (flows.production)
+        return decision_state(run_production(request, stages))
     # This run may switch `current` until the service releases the lease or a later run
     # takes it (see ModelRegistry.take_lease).
     lease = str(flow_run.id or uuid.uuid4())
@@ -188,7 +191,7 @@ def retrain(request: RetrainRequest) -> State:
     note = monitor(plan, champion, schema, request)
     stages.lap("monitor")
     plan.policy = decide_policy(spec, champion, plan.live, plan.drift, note, plan.new_rows(),
-                                request.rows_since_champion, request.requested_by)
+                                request.rows_since_champion, request.requested_by, production=request.production)
     get_run_logger().info("policy: %s (%s)", plan.policy.reason, ", ".join(plan.policy.triggers) or "no trigger")
     if not plan.policy.retrain:
         return finish(plan, stages, "kept", plan.policy.reason)

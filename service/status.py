@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.records import ModelVersion
+from core.records import ModelVersion, ProductionMetric
 from flows.judging.policy import live_bar
 from flows.models.registry import ModelRegistry
 from service.intake.home import Home
@@ -81,6 +81,7 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
         names = {r.id: [ledger.get(fid).name for fid in r.file_ids[:SHOWN_NAMES]] for r in recent}
         quarantined = ledger.files(FileState.QUARANTINED)[-5:]
         events = ledger.events(limit=5)
+        production, labelled = production_metrics(ledger), ledger.last_completed_run("labels")
     registry = ModelRegistry(home.registry)
     current = registry.current()
     return {
@@ -113,7 +114,13 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
             "flow_run_id": current.flow_run_id,
             # Its latest live metric, and the drift measured with it.
             **_latest_live(recent, current.version),
+            # What it actually served, joined with the labels that came later.
+            "production": next((m.model_dump() for m in production if m.version == current.version), None),
         },
+        # Every version's production metric, and what the last labels run made of its labels.
+        "production": {"metrics": [m.model_dump() for m in production],
+                       "labels": labelled.details.get("labels") if labelled else None,
+                       "run": labelled.id if labelled else None},
         "quarantined": [
             {"name": Path(f.path).name, "reason": (f.error or {}).get("reason"), "file_id": f.id}
             for f in reversed(quarantined)
@@ -126,6 +133,13 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
                  "confidence": settings.evaluation.confidence},
         "policy": {**settings.policy.model_dump(), "live_bar": live_bar(settings)},
     }
+
+
+def production_metrics(ledger: Ledger) -> list[ProductionMetric]:
+    """Every version's production metric, as the last labels run computed it (over every
+    label so far)."""
+    run = ledger.last_completed_run("labels")
+    return [ProductionMetric.model_validate(m) for m in (run.details.get("production") or [])] if run else []
 
 
 def _drift_summary(drift: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -242,10 +256,21 @@ def _model_lines(status: dict[str, Any]) -> list[str]:
         lines = [f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}"]
     if model and model.get("live"):
         lines.append(_live_line(model["live"], model.get("drift"), model["live_run"]))
+    if model and model.get("production"):
+        lines.append(_production_line(model["production"]))
     lines.append(f"policy: retrain {policy['retrain']}; live bar {policy['live_bar']:g} on at least "
                  f"{policy['min_live_rows']} rows, max_drift {policy['max_drift'] or 'off'}, "
                  f"max_new_rows {policy['max_new_rows'] or 'off'}, max_age {policy['max_age'] or 'off'}")
     return lines
+
+
+def _production_line(production: dict[str, Any]) -> str:
+    value = "n/a" if production["value"] is None else f"{production['value']:.3f}"
+    delay = production.get("label_delay_hours") or {}
+    late = f"; labels came {delay['median']:.1f} h after the prediction (median)" if "median" in delay else ""
+    judged = "" if production.get("enough") else " (too few to judge)"
+    return (f"production {production['metric']} {value} on {production['rows']:,} labelled predictions"
+            f"{judged}{late}")
 
 
 def _runs_parts(status: dict[str, Any]) -> list[Any]:

@@ -188,7 +188,9 @@ class RunPlan:
                  "rows": sum(p.rows for p in usable[ref.file_id]),
                  "rejected_rows": sum(p.rejected_rows for p in usable[ref.file_id]),
                  "holdout_rows": sum(p.holdout_rows for p in usable[ref.file_id]),
-                 "new": self.is_new(ref.file_id)}
+                 "new": self.is_new(ref.file_id),
+                 # A file the service made of scored rows and their late labels: where they came from.
+                 **({"origin": ref.origin} if ref.origin else {})}
                 for ref in self.files if ref.file_id in usable]
 
     def outcome(self, *, flow_run_id: str | None, decision: str, reason: str, stage_seconds: dict[str, float],

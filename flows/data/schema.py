@@ -56,7 +56,7 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
                                         "add them or change schema.features")
         features = list(spec.features)
     else:
-        features = [c for c in columns if c != spec.target and c not in spec.drop]
+        features = [c for c in columns if c not in (spec.target, spec.id) and c not in spec.drop]
     if not features:
         raise InvalidDataError(f"{file_name}: no feature columns besides the target "
                                f"'{spec.target}'; add feature columns or change schema.drop",
@@ -88,7 +88,7 @@ def resolve_schema(spec: SchemaSpec, sample: pd.DataFrame, file_name: str) -> Re
     numeric = [c for c in features if c not in categorical]
     return ResolvedSchema(target=spec.target, task=spec.task, numeric=numeric,
                           categorical=categorical, max_bad_row_fraction=spec.max_bad_row_fraction,
-                          ignored=ignored)
+                          ignored=ignored, id=spec.id)
 
 
 def _looks_like_identifier(values: pd.Series) -> bool:

@@ -2,7 +2,9 @@
 
 With ``retrain = "when_needed"`` a batch trains when any trigger holds, and the run records
 which: ``no_champion``; ``operator`` (a run asked for, e.g. ``retrain run`` with no file);
-``live_metric`` (the champion's live metric is below ``min_live_metric``, or the champion
+``production_metric`` (judged first: what the champion actually served, joined with the
+labels that arrived later, is below ``min_live_metric``, on at least ``min_live_rows``
+labelled predictions); ``live_metric`` (the champion's live metric is below ``min_live_metric``, or the champion
 cannot score the new rows); ``drift`` (a feature drifted more than ``max_drift``);
 ``new_rows`` (``max_new_rows`` rows arrived since the champion was trained); ``age`` (the
 champion is older than ``max_age``). Otherwise the champion is kept.
@@ -19,7 +21,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from core.records import DriftReport, LiveMetric, ModelVersion, PolicyDecision
+from core.records import (
+    DriftReport,
+    LiveMetric,
+    ModelVersion,
+    PolicyDecision,
+    ProductionMetric,
+)
 from core.specs import METRICS, PipelineSpec
 
 
@@ -32,7 +40,7 @@ def live_bar(spec: PipelineSpec) -> float:
 def decide_policy(spec: PipelineSpec, champion: ModelVersion | None, live: LiveMetric | None,
                   drift: DriftReport | None, monitor_note: str = "", new_rows: int = 0,
                   rows_since_champion: int = 0, requested_by: str | None = None,
-                  now: datetime | None = None) -> PolicyDecision:
+                  now: datetime | None = None, production: ProductionMetric | None = None) -> PolicyDecision:
     """Retrain or keep this batch, with the triggers that hold and a one-line reason."""
     triggers: dict[str, str] = {}
     if champion is None:
@@ -40,6 +48,7 @@ def decide_policy(spec: PipelineSpec, champion: ModelVersion | None, live: LiveM
     if requested_by:
         triggers["operator"] = f"requested by {requested_by}"
     if champion is not None:
+        triggers.update(_production_trigger(spec, champion, production))
         triggers.update(_champion_triggers(spec, champion, live, drift, monitor_note,
                                            rows_since_champion + new_rows, now or datetime.now(timezone.utc)))
     if triggers:
@@ -51,6 +60,18 @@ def decide_policy(spec: PipelineSpec, champion: ModelVersion | None, live: LiveM
         return PolicyDecision(retrain=True, triggers=["always", *triggers], reason="policy.retrain is always",
                               when_needed=would)
     return PolicyDecision(retrain=bool(triggers), triggers=list(triggers), reason=reason)
+
+
+def _production_trigger(spec: PipelineSpec, champion: ModelVersion,
+                        production: ProductionMetric | None) -> dict[str, str]:
+    """The champion's production metric (what it served, joined with late labels), judged
+    first when there is one for it on at least policy.min_live_rows labelled rows."""
+    if production is None or production.version != champion.version or not production.enough \
+            or production.value is None or _meets(production.metric, production.value, live_bar(spec)):
+        return {}
+    op = "<" if METRICS[production.metric][1] else ">"
+    return {"production_metric": f"production {production.metric} of {champion.version} {production.value:.3f} "
+                                 f"on {production.rows:,} labelled predictions {op} {live_bar(spec):g}"}
 
 
 def _champion_triggers(spec: PipelineSpec, champion: ModelVersion, live: LiveMetric | None,

@@ -9,7 +9,13 @@ import json
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from core.records import EvaluationResult, RunOutcome, TrainResult
+from core.records import (
+    EvaluationResult,
+    LabelsReport,
+    ProductionMetric,
+    RunOutcome,
+    TrainResult,
+)
 from core.specs import METRICS
 from flows.models.registry import ModelRegistry
 
@@ -27,6 +33,21 @@ def publish_monitoring(outcome: RunOutcome) -> None:
         return
     create_markdown_artifact(key="retrain-live", markdown="\n".join(monitoring_lines(outcome)) + "\n",
                              description="the deployed model on the new rows, and the policy's verdict")
+
+
+def publish_production(production: list[ProductionMetric], labels: LabelsReport) -> None:
+    """The production metric of every version with labelled predictions (overall and per
+    period) and what became of the labels, as the run's ``retrain-production`` artifact."""
+    rows = [{"version": m.version, "period": "all", "metric": m.metric, "value": m.value, "rows": m.rows,
+             "label delay (h, median)": m.label_delay_hours.get("median")} for m in production]
+    rows += [{"version": m.version, "period": period, "metric": m.metric, "value": p.get("value"),
+              "rows": p.get("rows"), "label delay (h, median)": None}
+             for m in production for period, p in m.periods.items()]
+    counts = (f"{labels.joined:,} of {labels.rows:,} labels joined; unknown ids {labels.unknown_ids:,}, "
+              f"duplicate ids {labels.duplicate_ids:,}, already labelled {labels.relabelled:,}, "
+              f"unparseable {labels.unparseable:,}")
+    create_table_artifact(key="retrain-production", table=rows,
+                          description=f"the metric of what each version served, from late labels ({counts})")
 
 
 def publish_history(registry: ModelRegistry, threshold: float) -> None:

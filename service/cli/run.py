@@ -31,6 +31,15 @@ def add_run_commands(sub, common: argparse.ArgumentParser, cluster: argparse.Arg
                      help="CSV files (none: retrain on the current window, as an operator's request)")
     run.set_defaults(func=cmd_run)
 
+    backfill = sub.add_parser("backfill", parents=[common, cluster],
+                              help="score the archived scoring batches again with the current model",
+                              description="Score the scoring batches taken from score/ (first seen at --since "
+                                          "or later) again with the current model, as one run (through the daemon "
+                                          "when one holds the home): new predictions/<name>.<version> files, the "
+                                          "earlier ones kept. Exit 0: scored (or nothing to score); 1: it failed.")
+    backfill.add_argument("--since", metavar="DATE", help="only batches first seen at DATE or later (2026-12-01)")
+    backfill.set_defaults(func=cmd_backfill)
+
 
 def cmd_watch(args: argparse.Namespace) -> int:
     settings = load(args, **cluster_overrides(args))
@@ -50,20 +59,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not source.is_file():
             raise RetrainError(f"{source}: no such file; give paths of CSV files")
     from service.intake.home import Home
-    from service.runner.handoff import (
-        ask_daemon_to_retrain,
-        daemon_holds,
-        hand_to_daemon,
-    )
+    from service.runner.handoff import ask_daemon, daemon_holds, hand_to_daemon
 
     home = Home(Path(settings.home))
     if daemon_holds(home):
-        return hand_to_daemon(sources, home) if sources else ask_daemon_to_retrain(home)
+        return hand_to_daemon(sources, home) if sources else ask_daemon(home)
+
+    def start(runner):
+        from service.runner.runs import OPERATOR
+
+        if not sources:  # a run on the window, asked for by an operator
+            return runner.start_window("operator", OPERATOR)
+        claimed = claim_copies(sources, runner)
+        if not claimed:
+            raise RetrainError("no file to run on; see the lines above")
+        return runner.start_batch(claimed, "retrain run")
+
+    return run_here(settings, home, start)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    settings = load(args, **cluster_overrides(args))
+    since = _since(args.since)
+    from service.intake.home import Home
+    from service.runner.handoff import ask_daemon, daemon_holds
+
+    home = Home(Path(settings.home))
+    if daemon_holds(home):
+        return ask_daemon(home, "backfill", since)
+
+    def start(runner):
+        started = runner.start_backfill(since)
+        if started is None:
+            print("retrain: no archived scoring batch to score again", file=sys.stderr)
+        return started
+
+    return run_here(settings, home, start)
+
+
+def _since(text: str | None) -> float | None:
+    from datetime import datetime, timezone
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise RetrainError(f"--since {text!r}: expected a date (2026-12-01) or a time (2026-12-01T08:00)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def run_here(settings, home, start) -> int:
+    """One run in this process, no daemon: the home's session (lock, repair, API, cluster),
+    the run ``start(runner)`` begins (None: nothing to do), executed with progress, recorded."""
     from service.runtime.api import prepare_environment
 
     prepare_environment(home)
     from service.intake.ledger import FileState
-    from service.runner.runs import OPERATOR
     from service.runner.session import RunSession
 
     log = logging.getLogger("retrain.run")
@@ -78,13 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         session.start_runtime(in_process=settings.dask.run_in_process)
         runner = session.runner
         assert runner is not None
-        if sources:
-            claimed = claim_copies(sources, runner)
-            if not claimed:
-                raise RetrainError("no file to run on; see the lines above")
-            started = runner.start_batch(claimed, "retrain run")
-        else:  # no file: a run on the window, asked for by an operator
-            started = runner.start_window("operator", OPERATOR)
+        started = start(runner)
+        if started is None:
+            return 0
         with show_progress(log):
             result = runner.execute(started)
         run = runner.record(started, result)

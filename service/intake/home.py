@@ -1,6 +1,10 @@
 """The home folder's layout: the one place that knows where anything of a home lives.
 
-    inbox/  processing/  archive/  quarantine/  duplicates/   files, by state (service.intake.inbox)
+    inbox/  score/  labels/                                 where files come in: training files,
+                                                            rows to score, late labels
+    processing/  archive/  quarantine/  duplicates/         files, by state (service.intake.inbox)
+    predictions/                                            each scored file's predictions
+    prediction-log/                                         every scored row and late label (flows.production.predlog)
     registry/                                               model versions and `current`
     cache/                                                  preprocessed partitions, kept outputs
     state/ledger.sqlite                                     the record of every file and run
@@ -22,6 +26,14 @@ class Home:
 
     @property
     def inbox(self) -> Path: return self.root / "inbox"
+    @property
+    def score(self) -> Path: return self.root / "score"
+    @property
+    def labels(self) -> Path: return self.root / "labels"
+    @property
+    def predictions(self) -> Path: return self.root / "predictions"
+    @property
+    def prediction_log(self) -> Path: return self.root / "prediction-log"
     @property
     def processing(self) -> Path: return self.root / "processing"
     @property
@@ -49,13 +61,18 @@ class Home:
     @property
     def report_path(self) -> Path: return self.root / "report.png"
 
+    @property
+    def intake(self) -> dict[str, Path]:
+        """The folders files come in through, by the kind of file each takes."""
+        return {"train": self.inbox, "score": self.score, "labels": self.labels}
+
     def exists(self) -> bool:
         """Whether a retrain process ever set this home up (its state folder is there)."""
         return self.state.is_dir()
 
     def ensure(self) -> "Home":
         """Create every folder (parents included); returns self."""
-        for folder in (self.inbox, self.processing, self.archive, self.quarantine,
-                       self.duplicates, self.registry, self.cache, self.state):
+        for folder in (self.inbox, self.score, self.labels, self.processing, self.archive, self.quarantine,
+                       self.duplicates, self.predictions, self.prediction_log, self.registry, self.cache, self.state):
             folder.mkdir(parents=True, exist_ok=True)
         return self

@@ -63,7 +63,7 @@ def drop_into_inbox(source: Path, inbox: Path) -> Path:
 
 
 def claim_file(ledger: Ledger, home: Home, path: Path, first_seen: float,
-               max_file_bytes: int) -> FileRecord | None:
+               max_file_bytes: int, kind: str = "train") -> FileRecord | None:
     """Take one inbox entry in: ledger row (claiming) -> os.rename into processing/
     (as "<id>-<name>") -> sha256 -> queued. Returns None (logged, ledger row vanished)
     if the entry disappeared before the rename.
@@ -72,7 +72,8 @@ def claim_file(ledger: Ledger, home: Home, path: Path, first_seen: float,
     not its target, is moved): symbolic links (lstat, never followed), directories, FIFOs,
     sockets, devices, files over ``max_file_bytes``, names that are not ``.csv``. A file
     whose sha256 was already used (ledger.find_used) is moved to duplicates/ and recorded
-    as DUPLICATE.
+    as DUPLICATE. ``kind``: what the file is for (the folder it came through, see
+    ``Home.intake``).
     """
     name = path.name
     try:
@@ -80,7 +81,7 @@ def claim_file(ledger: Ledger, home: Home, path: Path, first_seen: float,
     except FileNotFoundError:
         log.info("'%s' vanished before it could be claimed", name)
         return None
-    record = ledger.begin_claim(name, str(home.processing / f"{{id}}-{name}"), first_seen)
+    record = ledger.begin_claim(name, str(home.processing / f"{{id}}-{name}"), first_seen, kind)
     try:
         os.rename(path, record.path)
     except FileNotFoundError:
@@ -97,7 +98,7 @@ def claim_file(ledger: Ledger, home: Home, path: Path, first_seen: float,
                                                           "details": {"size": info.st_size}})
     sha = sha256_file(Path(record.path))
     record = ledger.finish_claim(record.id, sha, info.st_size)
-    twin = ledger.find_used(sha, exclude_id=record.id)
+    twin = ledger.find_used(sha, exclude_id=record.id, kind=kind)
     if twin is not None:
         target = destination(home.duplicates, name, record.id)
         ledger.move(record.id, FileState.DUPLICATE, str(target), duplicate_of=twin.id)
@@ -265,7 +266,7 @@ def _finish_claims(ledger: Ledger, home: Home, repaired: dict[str, int]) -> None
     """Claims a crash cut short: finished when the rename happened, dropped otherwise."""
     for record in ledger.files(FileState.CLAIMING):
         processing_path = Path(record.path)
-        inbox_path = home.inbox / record.name
+        inbox_path = home.intake[record.kind] / record.name
         if not os.path.lexists(processing_path):
             ledger.forget_claim(record.id)  # still in the inbox (the scan re-claims it) or gone
             repaired["claims_dropped"] += 1 if os.path.lexists(inbox_path) else 0
@@ -278,7 +279,7 @@ def _finish_claims(ledger: Ledger, home: Home, repaired: dict[str, int]) -> None
         else:
             sha = sha256_file(processing_path)
             ledger.finish_claim(record.id, sha, info.st_size)
-            twin = ledger.find_used(sha, exclude_id=record.id)
+            twin = ledger.find_used(sha, exclude_id=record.id, kind=record.kind)
             if twin is not None:
                 target = destination(home.duplicates, record.name, record.id)
                 ledger.move(record.id, FileState.DUPLICATE, str(target), duplicate_of=twin.id)
@@ -307,7 +308,7 @@ def _finish_requeues(ledger: Ledger, home: Home, repaired: dict[str, int]) -> No
     """Requeues cut short: the file is still in quarantine/."""
     for record in ledger.files(FileState.REQUEUED):
         target = Path(record.path)
-        if os.path.lexists(target) or not target.parent == home.inbox:
+        if os.path.lexists(target) or target.parent not in home.intake.values():
             continue
         stem, suffix = os.path.splitext(record.name)
         for candidate in (home.quarantine / record.name, home.quarantine / f"{stem}.{record.id}{suffix}"):
@@ -332,8 +333,9 @@ def _adopt_unknown_files(ledger: Ledger, home: Home, repaired: dict[str, int]) -
 
 
 def requeue(ledger: Ledger, home: Home, name: str) -> Path:
-    """Put a quarantined file back into the inbox (the operator fixed it): removes its
-    error.json, marks the old row REQUEUED, moves the file to inbox/<name>."""
+    """Put a quarantined file back where it came in (the operator fixed it): removes its
+    error.json, marks the old row REQUEUED, moves the file to inbox/<name> (score/,
+    labels/ for those kinds)."""
     quarantined = ledger.files(FileState.QUARANTINED)
     matches = [r for r in quarantined if Path(r.path).name == name] or \
               [r for r in quarantined if r.name == name]
@@ -342,13 +344,13 @@ def requeue(ledger: Ledger, home: Home, name: str) -> Path:
         what = "several quarantined files are" if matches else "no quarantined file is"
         raise RetrainError(f"{what} named {name!r}; quarantined files: {names}")
     record = matches[0]
-    target = home.inbox / record.name
+    target = home.intake[record.kind] / record.name
     if os.path.lexists(target):
-        raise RetrainError(f"the inbox already has a file named {record.name!r}; move it away first")
+        raise RetrainError(f"{target.parent.name}/ already has a file named {record.name!r}; move it away first")
     source = Path(record.path)
     ledger.move(record.id, FileState.REQUEUED, str(target))
     source.with_name(source.name + ".error.json").unlink(missing_ok=True)
     _rename(source, target)
     ledger.record_event("requeue", {"file_id": record.id, "name": record.name})
-    log.info("requeued '%s' (file %d) into the inbox", record.name, record.id)
+    log.info("requeued '%s' (file %d) into %s/", record.name, record.id, target.parent.name)
     return target

@@ -66,6 +66,12 @@ class FileRecord:
     error: dict[str, Any] | None = None  # Rejection as a dict, for quarantined files
     attempts: int = 0
     duplicate_of: int | None = None
+    # What the file is for, by the folder it came in through: "train" (inbox/, labelled
+    # rows), "score" (score/, rows to predict), "labels" (labels/, late labels).
+    kind: str = "train"
+    # The files its rows came from, when the service made it (scored rows joined with their
+    # late labels): their names.
+    origin: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,8 @@ class RunRecord:
 # (CREATE ... IF NOT EXISTS), so an older ledger is brought up to date; a newer one was
 # written by a newer retrain and is refused rather than misread. Raise it when a change
 # would be misread by an older retrain (a column's meaning); a table it never reads is not.
-SCHEMA_VERSION = 1
+# 2: files.kind (score/ and labels/ files beside training files) and files.origin.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,7 +112,9 @@ CREATE TABLE IF NOT EXISTS files (
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     duplicate_of INTEGER,
-    archived_seq INTEGER
+    archived_seq INTEGER,
+    kind TEXT NOT NULL DEFAULT 'train',
+    origin TEXT
 );
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
@@ -161,7 +170,16 @@ class Ledger:
         if not readonly:
             with self._lock:
                 self._conn.executescript(_SCHEMA)
+                self._add_missing_columns()
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a table was created (an older ledger): their defaults say
+        what every earlier row was (a training file, made by no one)."""
+        columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(files)")}
+        for name, definition in (("kind", "TEXT NOT NULL DEFAULT 'train'"), ("origin", "TEXT")):
+            if name not in columns:
+                self._conn.execute(f"ALTER TABLE files ADD COLUMN {name} {definition}")
 
     def _check_schema_version(self) -> None:
         found = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -198,12 +216,12 @@ class Ledger:
             return self._conn.execute(sql, args).fetchall()
 
     # -- files ---------------------------------------------------------------------------
-    def begin_claim(self, name: str, dest_path: str, first_seen: float) -> FileRecord:
+    def begin_claim(self, name: str, dest_path: str, first_seen: float, kind: str = "train") -> FileRecord:
         now = time.time()
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO files(name, path, state, first_seen, updated_at) VALUES (?,?,?,?,?)",
-                (name, dest_path, FileState.CLAIMING, first_seen, now))
+                "INSERT INTO files(name, path, state, first_seen, updated_at, kind) VALUES (?,?,?,?,?,?)",
+                (name, dest_path, FileState.CLAIMING, first_seen, now, kind))
             file_id = cur.lastrowid
             if "{id}" in dest_path:
                 c.execute("UPDATE files SET path=? WHERE id=?", (dest_path.replace("{id}", str(file_id)), file_id))
@@ -215,10 +233,12 @@ class Ledger:
                       (FileState.QUEUED, sha256, size, time.time(), file_id))
         return self.get(file_id)
 
-    def find_used(self, sha256: str, exclude_id: int | None = None) -> FileRecord | None:
+    def find_used(self, sha256: str, exclude_id: int | None = None, kind: str = "train") -> FileRecord | None:
+        """A file of the same content and kind used or about to be (the same rows scored
+        twice are a duplicate; the same bytes as labels and as training data are not)."""
         rows = self._read(
-            f"SELECT * FROM files WHERE sha256=? AND id!=? AND state IN ({','.join('?' * len(USED_STATES))})"
-            " ORDER BY id LIMIT 1", (sha256, exclude_id or -1, *USED_STATES))
+            f"SELECT * FROM files WHERE sha256=? AND id!=? AND kind=? AND state IN ({','.join('?' * len(USED_STATES))})"
+            " ORDER BY id LIMIT 1", (sha256, exclude_id or -1, kind, *USED_STATES))
         return _file(rows[0]) if rows else None
 
     def move(self, file_id: int, state: FileState, path: str, *, error: dict | None = None,
@@ -262,8 +282,14 @@ class Ledger:
                           (FileState.ARCHIVED, cutoff))
         return [_file(r) for r in rows]
 
+    def set_origin(self, file_id: int, origin: list[str]) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE files SET origin=? WHERE id=?", (json.dumps(origin), file_id))
+
     def window(self, last_files: int) -> list[FileRecord]:
-        rows = self._read("SELECT * FROM files WHERE state=? ORDER BY archived_seq, id", (FileState.ARCHIVED,))
+        """The archived training files, oldest first (the newest ``last_files``; 0: all)."""
+        rows = self._read("SELECT * FROM files WHERE state=? AND kind='train' ORDER BY archived_seq, id",
+                          (FileState.ARCHIVED,))
         records = [_file(r) for r in rows]
         return records[-last_files:] if last_files > 0 else records
 
@@ -356,14 +382,16 @@ class Ledger:
         rows = self._read("SELECT COALESCE(decision, state) AS outcome, COUNT(*) AS n FROM runs GROUP BY outcome")
         return {row["outcome"]: row["n"] for row in rows}
 
-    def last_completed_run(self) -> RunRecord | None:
-        rows = self._read("SELECT * FROM runs WHERE state='completed' ORDER BY id DESC LIMIT 1")
+    def last_completed_run(self, kind: str = "train") -> RunRecord | None:
+        """The last completed run of a kind ("train", "score", "labels": its details' kind)."""
+        rows = self._read("SELECT * FROM runs WHERE state='completed' AND COALESCE(json_extract(metrics, '$.kind'), 'train')=? "
+                          "ORDER BY id DESC LIMIT 1", (kind,))
         return _run(rows[0]) if rows else None
 
     def rows_since(self, started_after: float) -> int:
         """New rows of the completed runs that started after a moment (their ``rows`` metric)."""
         rows = self._read("SELECT COALESCE(SUM(json_extract(metrics, '$.rows')), 0) AS n FROM runs "
-                          "WHERE state='completed' AND started_at>?", (started_after,))
+                          "WHERE state='completed' AND started_at>? AND COALESCE(json_extract(metrics, '$.kind'), 'train')='train'", (started_after,))
         return int(rows[0]["n"])
 
     def runs(self, limit: int = 20) -> list[RunRecord]:
@@ -409,6 +437,9 @@ def _file(row: sqlite3.Row) -> FileRecord:
         updated_at=row["updated_at"], run_id=row["run_id"],
         error=json.loads(row["error"]) if row["error"] else None, attempts=row["attempts"],
         duplicate_of=row["duplicate_of"],
+        # A ledger of before these columns, opened read-only (no writer has added them yet).
+        kind=row["kind"] if "kind" in row.keys() else "train",
+        origin=json.loads(row["origin"] or "[]") if "origin" in row.keys() else [],
     )
 
 

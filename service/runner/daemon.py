@@ -57,10 +57,11 @@ class RetrainDaemon:
         self.started_at = time.time()
         self.session: RunSession | None = None
         self.ledger: Ledger | None = None
-        self.watcher: InboxWatcher | None = None
-        self.batcher = Batcher(settings.watcher.batch_window_seconds,
-                               settings.watcher.max_batch_wait_seconds,
-                               settings.watcher.max_batch_files)
+        # One watcher and one batcher per folder files come in through (inbox/, score/,
+        # labels/): a batch holds files of one kind, and a run does one kind of work.
+        self.watchers: dict[str, InboxWatcher] = {}
+        self.batchers = {kind: Batcher(settings.watcher.batch_window_seconds, settings.watcher.max_batch_wait_seconds,
+                                       settings.watcher.max_batch_files) for kind in self.home.intake}
         self.scheduler_address: str | None = None
         self.api_url: str | None = None
         self.runner: Runner | None = None
@@ -116,25 +117,28 @@ class RetrainDaemon:
         assert self.deployment is not None
         self.control = DeploymentControl(self.deployment)
         resources.callback(self.control.close)
-        log.info("watching %s (settle %.1fs, batch window %.1fs); press Ctrl+C to stop",
-                 self.home.inbox.resolve(), self.settings.watcher.settle_seconds,
+        log.info("watching %s (training files), %s/ (rows to score) and %s/ (late labels) (settle %.1fs, "
+                 "batch window %.1fs); press Ctrl+C to stop", self.home.inbox.resolve(), self.home.score.name,
+                 self.home.labels.name, self.settings.watcher.settle_seconds,
                  self.settings.watcher.batch_window_seconds)
 
     def start_intake(self, resources: ExitStack) -> None:
         """Start watching the inbox, and batch the files queued before the start."""
         assert self.ledger is not None
-        self.watcher = InboxWatcher(
-            self.home.inbox, observer=self.settings.watcher.observer,
-            settle_seconds=self.settings.watcher.settle_seconds,
-            closed_settle_seconds=self.settings.watcher.closed_settle_seconds,
-            rescan_seconds=self.settings.watcher.rescan_seconds,
-        )
-        self.watcher.start()
-        resources.callback(self.watcher.stop)
-        queued = [r.id for r in self.ledger.files(FileState.QUEUED)]
+        for kind, folder in self.home.intake.items():
+            watcher = InboxWatcher(
+                folder, observer=self.settings.watcher.observer,
+                settle_seconds=self.settings.watcher.settle_seconds,
+                closed_settle_seconds=self.settings.watcher.closed_settle_seconds,
+                rescan_seconds=self.settings.watcher.rescan_seconds,
+            )
+            watcher.start()
+            resources.callback(watcher.stop)
+            self.watchers[kind] = watcher
+        queued = self.ledger.files(FileState.QUEUED)
         if queued:
             log.info("%d file(s) waiting from before the start are queued", len(queued))
-            self.batcher.add(queued, time.monotonic())
+            self.queue([r.id for r in queued])
 
     # -- main loop --------------------------------------------------------------------------
     def main_loop(self) -> None:
@@ -148,15 +152,23 @@ class RetrainDaemon:
             time.sleep(tick)
 
     def take_in_files(self) -> None:
-        assert self.watcher is not None and self.runner is not None
-        claimed = []
-        for entry in self.watcher.poll():
-            record = self.runner.claim(entry.path, entry.first_seen)
-            self.watcher.forget(entry.path)
-            if record is not None and record.state == FileState.QUEUED:
-                claimed.append(record.id)
-        if claimed:
-            self.batcher.add(claimed, time.monotonic())
+        assert self.runner is not None
+        for kind, watcher in self.watchers.items():
+            claimed = []
+            for entry in watcher.poll():
+                record = self.runner.claim(entry.path, entry.first_seen, kind)
+                watcher.forget(entry.path)
+                if record is not None and record.state == FileState.QUEUED:
+                    claimed.append(record.id)
+            if claimed:
+                self.batchers[kind].add(claimed, time.monotonic())
+
+    def queue(self, file_ids: list[int]) -> None:
+        """Files waiting in the queue (from before the start, handed back, made by a run)
+        join the batch of their kind."""
+        assert self.ledger is not None
+        for fid in file_ids:
+            self.batchers[self.ledger.get(fid).kind].add([fid], time.monotonic())
 
     def start_run_if_ready(self) -> None:
         """Start a run for a ready batch, or else for an operator's request (``retrain run``
@@ -166,14 +178,17 @@ class RetrainDaemon:
         now = time.monotonic()
         if self.run_future is not None or now < self.hold_until or self.paused:
             return
-        if self.batcher.ready(now):
-            self.launch(self.runner.start_batch(self.batcher.take(), "new files"))
+        ready = next((kind for kind, batcher in self.batchers.items() if batcher.ready(now)), None)
+        if ready is not None:
+            self.launch(self.runner.start_batch(self.batchers[ready].take(), "new files", ready))
             return
         asked = take_run_request(self.home.requests)
         if asked is not None:
-            started = self.runner.start_window("operator", OPERATOR)
-            self.ledger.record_event(OPERATOR_RUN, {"request": asked, "run": started.record.id})
-            self.launch(started)
+            started = (self.runner.start_backfill(asked.since) if asked.what == "backfill"
+                       else self.runner.start_window("operator", OPERATOR))
+            self.ledger.record_event(OPERATOR_RUN, {"request": asked.id, "run": started.record.id if started else None})
+            if started is not None:
+                self.launch(started)
 
     def start_due_run(self, flow_run) -> None:
         """A flow run Prefect holds for the deployment is due (the Run button, the API, an
@@ -216,9 +231,9 @@ class RetrainDaemon:
         elif not (self.current.stop.requested or result.cancelled):
             self.note_failures(run, result)
         # Files that failed and went back to the queue wait for the next batch.
+        # So do the files a run made (the rows of late labels, to train on).
         requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
-        if requeued:
-            self.batcher.add(requeued, time.monotonic())
+        self.queue(requeued + self.current.made_files)
         self.current, self.run_future = None, None
         self.write_heartbeat()
 
@@ -246,7 +261,8 @@ class RetrainDaemon:
         try:
             paused = self.control.paused()
             idle = self.run_future is None and not paused and now >= self.hold_until
-            due = self.control.due_runs(limit=1) if idle and not self.batcher.ready(now) else []
+            busy = any(batcher.ready(now) for batcher in self.batchers.values())
+            due = self.control.due_runs(limit=1) if idle and not busy else []
         except Exception as exc:  # the API is down or slow: try again at the next poll
             self._note_prefect_trouble(exc)
             return
@@ -272,8 +288,8 @@ class RetrainDaemon:
     def shutdown(self) -> None:
         """Stop intake, let the run finish within the grace period or hand its files back."""
         log.info("stopping: no new files are taken")
-        if self.watcher is not None:
-            self.watcher.stop()
+        for watcher in self.watchers.values():
+            watcher.stop()
         if self.run_future is not None and self.current is not None:
             run = self.current.record
             grace = 0.0 if self.force_exit else self.settings.daemon.grace_seconds
@@ -326,8 +342,8 @@ class RetrainDaemon:
             "paused": self.paused,
             "current_run": self.current.record.id if self.current else None,
             "current_run_files": len(self.current.record.file_ids) if self.current else 0,
-            "batched": len(self.batcher),
-            "settling": self.watcher.pending if self.watcher else 0,
+            "batched": sum(len(batcher) for batcher in self.batchers.values()),
+            "settling": sum(watcher.pending for watcher in self.watchers.values()),
         }
         # Rewritten every few seconds and worthless after a power cut: no fsync.
         write_atomically(self.home.heartbeat_path, json.dumps(beat, indent=1), durable=False)

@@ -58,24 +58,29 @@ def hand_to_daemon(sources: list[Path], home: Home, poll_seconds: float = 0.05) 
         return report_handed(ledger, handed)
 
 
-def ask_daemon_to_retrain(home: Home, poll_seconds: float = 0.05) -> int:
-    """Ask the daemon for a run on its current window and wait for its end: exit 0 when it
-    completed (deployed, rejected or kept), 1 otherwise."""
-    request_id = ask_for_run(home.requests)
-    print(f"retrain: a daemon holds {home.root}; it retrains on its current window now", file=sys.stderr)
+def ask_daemon(home: Home, what: str = "window", since: float | None = None, poll_seconds: float = 0.05) -> int:
+    """Ask the daemon for a run (``what``: "window", a retraining on its current window;
+    "backfill", the archived scoring batches scored again) and wait for its end: exit 0
+    when it completed (deployed, rejected, kept, scored), 1 otherwise."""
+    request_id = ask_for_run(home.requests, what, since)
+    doing = "retrains on its current window" if what == "window" else "scores its archived scoring batches again"
+    print(f"retrain: a daemon holds {home.root}; it {doing} now", file=sys.stderr)
     note_pause(home)
+    command = "retrain run" if what == "window" else "retrain backfill"
     with Ledger(home.ledger_path, readonly=True) as ledger:
-        run_id, run = None, None
+        asked, run = None, None
         while run is None or run.state == "running":
             time.sleep(poll_seconds)
-            if run_id is None:
-                run_id = next((e["run"] for e in ledger.events(OPERATOR_RUN, limit=50)
-                               if e.get("request") == request_id), None)
-            run = ledger.get_run(run_id) if run_id is not None else None
+            if asked is None:
+                asked = next((e for e in ledger.events(OPERATOR_RUN, limit=50) if e.get("request") == request_id), None)
+                if asked is not None and asked["run"] is None:
+                    print("retrain: no archived scoring batch to score again", file=sys.stderr)
+                    return 0
+            run = ledger.get_run(asked["run"]) if asked is not None else None
             if (run is None or run.state == "running") and not daemon_status(home)["alive"]:
                 if run is None and withdraw_run_request(home.requests, request_id):
-                    raise RetrainError("the daemon stopped before it took the request; run `retrain run` again")
-                raise RetrainError("the daemon stopped during the run; run `retrain run` again")
+                    raise RetrainError(f"the daemon stopped before it took the request; run `{command}` again")
+                raise RetrainError(f"the daemon stopped during the run; run `{command}` again")
         print_run(ledger, run)
     return 0 if run.state == "completed" and run.decision != "no_valid_data" else 1
 

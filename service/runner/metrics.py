@@ -21,9 +21,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from core.errors import RetrainError
+from core.records import ProductionMetric
 from flows.models.registry import ModelRegistry
 from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
+from service.status import production_metrics
 
 log = logging.getLogger("retrain.metrics")
 # No `*_created` series beside each counter: Prometheus tracks resets itself.
@@ -43,6 +45,7 @@ class DaemonCollector(Collector):
             return  # no ledger yet: nothing to report
         with ledger:
             counts, outcomes, runs = ledger.counts(), ledger.run_counts(), ledger.runs(limit=50)
+            production = production_metrics(ledger)
         now = time.time()
         files = GaugeMetricFamily("retrain_files", "Files in the ledger, by state", labels=["state"])
         for state, n in counts.items():
@@ -61,6 +64,7 @@ class DaemonCollector(Collector):
                                     value=now - runs[0].started_at)
         yield from self._model_metrics(now)
         yield from _monitoring_metrics(runs)
+        yield from _production_metrics(production)
 
     def _model_metrics(self, now: float) -> Iterator[Metric]:
         registry = ModelRegistry(self.home.registry)
@@ -74,6 +78,22 @@ class DaemonCollector(Collector):
             yield GaugeMetricFamily("retrain_seconds_since_last_deployment",
                                     "Seconds since `current` last changed (a deployment or a rollback)",
                                     value=now - switched)
+
+
+def _production_metrics(production: list[ProductionMetric]) -> Iterator[Metric]:
+    """Each version's metric on what it served, from the labels that came later."""
+    if not production:
+        return
+    value = GaugeMetricFamily("retrain_production_metric", "A version's metric on its predictions whose labels "
+                              "arrived (the gate's metric)", labels=["version", "metric"])
+    rows = GaugeMetricFamily("retrain_production_rows", "A version's predictions whose labels arrived",
+                             labels=["version"])
+    for m in production:
+        if m.value is not None:
+            value.add_metric([m.version, m.metric], m.value)
+        rows.add_metric([m.version], m.rows)
+    yield value
+    yield rows
 
 
 def _monitoring_metrics(runs: list) -> Iterator[Metric]:

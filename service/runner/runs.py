@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,12 @@ from service.intake.inbox import (
     fail_run_files,
 )
 from service.intake.ledger import FileRecord, FileState, Ledger, RunRecord
+from service.runner.production import (
+    production_details,
+    production_of,
+    production_request,
+    take_labelled_rows,
+)
 from service.runner.records import FlowResult, RunStart
 from service.runner.retention import apply_retention
 from service.runtime import events
@@ -61,6 +67,7 @@ class StartedRun:
     request: RetrainRequest
     stop: "RunStop"
     current_before: str | None
+    made_files: list[int] = field(default_factory=list)  # queued files the run made (late labels' rows)
 
 
 class Runner:
@@ -79,24 +86,34 @@ class Runner:
     def deployment_id(self) -> str | None:
         return str(self.deployment.id) if self.deployment else None
 
-    def claim(self, path: Path, first_seen: float) -> FileRecord | None:
-        """Take a file of the inbox into the ledger (queued, duplicate or quarantined), and
-        say so in an event; None when it vanished before it could be claimed."""
-        record = claim_file(self.ledger, self.home, path, first_seen, self.settings.watcher.max_file_bytes)
+    def claim(self, path: Path, first_seen: float, kind: str = "train") -> FileRecord | None:
+        """Take a file that came in (``kind``: through inbox/, score/ or labels/) into the
+        ledger (queued, duplicate or quarantined), and say so in an event; None when it
+        vanished before it could be claimed."""
+        record = claim_file(self.ledger, self.home, path, first_seen, self.settings.watcher.max_file_bytes, kind)
         if record is not None:
             events.file_event(record, self.deployment_id)
         return record
 
-    def start_batch(self, file_ids: list[int], by: str) -> StartedRun:
+    def start_batch(self, file_ids: list[int], by: str, kind: str = "train", backfill: bool = False) -> StartedRun:
         """A run of new files, as a new flow run named after them; ``by`` says who made the
-        batch (the daemon, ``retrain run``)."""
-        run = self.ledger.start_run(file_ids, {"trigger": "files"})
+        batch (the daemon, ``retrain run``); ``kind`` what the files are (one kind a batch)."""
+        run = self.ledger.start_run(file_ids, {"trigger": "operator" if backfill else "files", "kind": kind,
+                                               **({"backfill": True} if backfill else {})})
         names = [self.ledger.get(fid).name for fid in run.file_ids]
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         count = f"{len(names)} file{'s' if len(names) != 1 else ''}"
-        start = RunStart(self.deployment, f"run-{run.id}-{count.replace(' ', '-')}", ["files"],
-                         {"reason": f"{by}: {count} ({shown})"})
-        return self._started(run, start)
+        what = {"train": "", "score": "score-", "labels": "labels-"}[kind] + ("backfill-" if backfill else "")
+        start = RunStart(self.deployment, f"run-{run.id}-{what}{count.replace(' ', '-')}",
+                         ["files" if kind == "train" else kind], {"reason": f"{by}: {count} ({shown})"})
+        return self._started(run, start, kind=kind, backfill=backfill)
+
+    def start_backfill(self, since: float | None = None) -> StartedRun | None:
+        """The archived scoring batches (first seen at ``since`` or later) scored again by the
+        current model, into new predictions/<name>.<version> files; None when there is none."""
+        files = [r.id for r in self.ledger.files(FileState.ARCHIVED)
+                 if r.kind == "score" and (since is None or r.first_seen >= since)]
+        return self.start_batch(files, "retrain backfill", "score", backfill=True) if files else None
 
     def start_window(self, trigger: str, requested_by: str, *, flow_run_id: str | None = None,
                      last_files: int | None = None) -> StartedRun:
@@ -109,12 +126,18 @@ class Runner:
         return self._started(run, start, requested_by, last_files)
 
     def _started(self, run: RunRecord, start: RunStart, requested_by: str | None = None,
-                 last_files: int | None = None) -> StartedRun:
+                 last_files: int | None = None, kind: str = "train", backfill: bool = False) -> StartedRun:
         from service.runner.flowruns import RunStop
 
         request = build_request(self.settings, self.home, self.ledger, run, requested_by, last_files)
-        log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.details.get("trigger"),
-                 len(request.new_files), len(request.window_files) + len(request.new_files))
+        if kind != "train":
+            request = production_request(request, self.home, kind, backfill)
+        if kind == "train":
+            log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.details.get("trigger"),
+                     len(request.new_files), len(request.window_files) + len(request.new_files))
+        else:
+            log.info("run %d started (%s%s): %d file(s)", run.id, "backfill of " if backfill else "",
+                     "rows to score" if kind == "score" else "late labels", len(request.new_files))
         return StartedRun(run, start, request, RunStop(), self.registry.current_version())
 
     def execute(self, started: StartedRun) -> FlowResult:
@@ -136,6 +159,8 @@ class Runner:
             run = self.ledger.get_run(run.id)
         else:
             run = record_result(self.ledger, self.home, run, result, self.settings)
+            if result.outcome is not None and result.outcome.labels is not None:
+                started.made_files = take_labelled_rows(self, result.outcome.labels)
         if result.started:
             events.run_ended(self.ledger, self.registry, run.id, self.deployment_id, result.outcome, self.settings)
         return run
@@ -169,6 +194,7 @@ def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord
     else:
         window = ledger.window(0)
     champion = ModelRegistry(home.registry).current()
+    production = production_of(ledger, champion.version) if champion else None
     return RetrainRequest(
         new_files=new_files,
         window_files=[_ref(r) for r in window],
@@ -178,6 +204,7 @@ def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord
         unscored_files=[_ref(r) for r in unscored_files(ledger)],
         rows_since_champion=rows_since(ledger, champion.created_at) if champion else 0,
         requested_by=requested_by,
+        production=production,
     )
 
 
@@ -197,7 +224,7 @@ def rows_since(ledger: Ledger, created_at: str) -> int:
 
 def _ref(record: FileRecord) -> FileRef:
     return FileRef(file_id=record.id, name=record.name, path=str(record.path),
-                   sha256=record.sha256 or "", size=record.size or 0)
+                   sha256=record.sha256 or "", size=record.size or 0, origin=record.origin)
 
 
 def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult,
@@ -228,10 +255,17 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
         "rejected_rows": sum(f.rejected_rows for f in outcome.files),
         "stage_seconds": outcome.stage_seconds,
     }
+    details.update(production_details(outcome))
+    if run.details.get("backfill"):  # its files stay archived, where the runs that first scored them put them
+        ledger.complete_run(run.id, decision=outcome.decision, reason=outcome.reason, flow_run_id=outcome.flow_run_id,
+                            model_version=outcome.model_version, metric=outcome.metric, details=details,
+                            archived={}, quarantined={})
+        return ledger.get_run(run.id)
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, details=details, accepted=accepted, rejected=rejected)
-    apply_retention(settings, home, ledger, outcome.window_partitions)
+    if run.details.get("kind", "train") == "train":  # the window's partitions: a training run knows them
+        apply_retention(settings, home, ledger, outcome.window_partitions)
     return ledger.get_run(run.id)
 
 

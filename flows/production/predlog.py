@@ -1,0 +1,104 @@
+"""The prediction log: every scored row, kept until its label arrives.
+
+Layout under the log's folder::
+
+    predictions/day=2026-12-06/<token>.parquet   one part per scored partition (or served batch):
+                                                 id, version, scored_at, source, prediction,
+                                                 probability_<class>..., the row's features
+    labels/<sha256 of a labels file>.parquet     the labels taken in so far: id, label, labelled_at
+
+Parts appear only by an atomic rename, so a reader never sees half of one. The log is
+bounded by ``predictions.keep_days``: whole days older than that are removed (their rows can
+no longer be joined with a label, and a late label for them is counted as unknown).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from core.files import write_atomically
+
+PREDICTIONS = "predictions"
+LABELS = "labels"
+# The columns every part has, before its probabilities and features.
+ID, VERSION, SCORED_AT, SOURCE, PREDICTION = "id", "version", "scored_at", "source", "prediction"
+LABEL, LABELLED_AT = "label", "labelled_at"
+PROBABILITY = "probability_"
+
+
+def day_of(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
+
+
+def write_part(log_dir: str | Path, frame: pd.DataFrame, token: str) -> str:
+    """Add a part of scored rows (one day's: ``frame[SCORED_AT]`` of its first row)."""
+    day = day_of(float(frame[SCORED_AT].iloc[0])) if len(frame) else day_of(time.time())
+    path = Path(log_dir) / PREDICTIONS / f"day={day}" / f"{token}.parquet"
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    write_atomically(path, lambda fh: pq.write_table(table, fh))
+    return str(path)
+
+
+def read_part(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_predictions(log_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every logged prediction (the columns asked for, those a part lacks as missing)."""
+    folder = Path(log_dir) / PREDICTIONS
+    parts = sorted(folder.glob("day=*/*.parquet"))
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in (columns or [ID, VERSION, SCORED_AT, SOURCE,
+                                                                              PREDICTION])})
+    # Parts of different models (or servers) may differ in their probability columns: the
+    # dataset is read with the union of their schemas, missing columns as nulls.
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+    dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
+    wanted = [c for c in columns if c in schema.names] if columns else None
+    frame = dataset.to_table(columns=wanted).to_pandas()
+    for column in columns or []:
+        if column not in frame:
+            frame[column] = None
+    return frame
+
+
+def read_labels(log_dir: str | Path) -> pd.DataFrame:
+    """Every label taken in so far: id, label, labelled_at."""
+    parts = sorted((Path(log_dir) / LABELS).glob("*.parquet"))
+    if not parts:
+        return pd.DataFrame({ID: pd.Series(dtype=str), LABEL: pd.Series(dtype=str),
+                             LABELLED_AT: pd.Series(dtype=float)})
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+
+
+def write_labels(log_dir: str | Path, frame: pd.DataFrame, token: str) -> str:
+    path = Path(log_dir) / LABELS / f"{token}.parquet"
+    table = pa.Table.from_pandas(frame[[ID, LABEL, LABELLED_AT]], preserve_index=False)
+    write_atomically(path, lambda fh: pq.write_table(table, fh))
+    return str(path)
+
+
+def prune(log_dir: str | Path, keep_days: float, now: float | None = None) -> list[str]:
+    """Remove the days of predictions older than ``keep_days`` (0 keeps everything); returns
+    the days removed. A day goes whole: its folder name is the day its rows were scored."""
+    if not keep_days:
+        return []
+    cutoff = datetime.fromtimestamp(now or time.time(), timezone.utc) - timedelta(days=keep_days)
+    removed = []
+    for folder in sorted((Path(log_dir) / PREDICTIONS).glob("day=*")):
+        try:
+            day = datetime.strptime(folder.name[4:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        if day + timedelta(days=1) <= cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name[4:])
+    return removed

@@ -1,0 +1,97 @@
+"""The production loop for real: a daemon scores an unlabelled batch dropped in score/, takes
+late labels dropped in labels/, measures what the model actually served, and retrains on the
+labelled rows when that metric falls below the bar."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from harness import Daemon, cli, daemon_env, status_json, wait_for
+from invariants import check_invariant
+from sklearn.metrics import roc_auc_score
+
+from service.sample import SAMPLE_ID_COLUMN, sample_frame
+
+pytestmark = pytest.mark.integration
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    """Appear complete: a hidden temporary name, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.rename(path)
+    return path
+
+
+def _run_with(home: Path, env: dict, decision: str, count: int = 1):
+    runs = [r for r in status_json(home, env)["runs"] if r["decision"] == decision]
+    return runs if len(runs) >= count else None
+
+
+def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = daemon_env(home, schema__id=SAMPLE_ID_COLUMN, policy__retrain="when_needed",
+                     policy__min_live_metric="0.99", policy__min_live_rows="50")
+    daemon = Daemon(home, env, cwd=tmp_path)
+    try:
+        daemon.wait_ready()
+        _write(sample_frame(3000, seed=1), home / "inbox" / "train.csv")
+        wait_for(lambda: _run_with(home, env, "deployed"), 240, "the first model")
+
+        # Unlabelled rows: the target column removed.
+        truth = sample_frame(1200, seed=2)
+        unlabelled = _write(truth.drop(columns=["churned"]), tmp_path / "customers.csv")
+        _write(truth.drop(columns=["churned"]), home / "score" / "customers.csv")
+        wait_for(lambda: _run_with(home, env, "scored"), 240, f"the scoring run\n{daemon.log()}")
+        predictions = pd.read_csv(home / "predictions" / "customers.csv", dtype={"id": str})
+        assert len(predictions) == len(truth)
+        assert list(predictions["id"]) == list(truth[SAMPLE_ID_COLUMN].astype(str))
+        assert set(predictions["version"]) == {"v0001"}
+
+        # The same rows through `retrain predict`: the same predictions.
+        direct = cli("predict", str(unlabelled), env=env, cwd=tmp_path)
+        assert direct.returncode == 0, direct.stderr
+        expected = pd.read_csv(io.StringIO(direct.stdout))
+        assert list(predictions["prediction"].astype(str)) == list(expected["prediction"].astype(str))
+        for column in [c for c in expected if c.startswith("probability_")]:
+            np.testing.assert_allclose(predictions[column], expected[column], rtol=1e-9, atol=1e-12)
+
+        # Late labels for those ids (and a few that name nothing): the production metric.
+        labels = truth[[SAMPLE_ID_COLUMN, "churned"]].copy()
+        labels = pd.concat([labels, pd.DataFrame({SAMPLE_ID_COLUMN: ["nobody-1", "nobody-2"], "churned": [1, 0]})])
+        _write(labels, home / "labels" / "churn-december.csv")
+        status = wait_for(lambda: _production_of(home, env), 240, f"the production metric\n{daemon.log()}")
+        production = status["current_model"]["production"]
+        positive = sorted(truth["churned"].astype(str).unique())[-1]
+        direct_auc = roc_auc_score(truth["churned"].astype(str) == positive, predictions[f"probability_{positive}"])
+        assert production["version"] == "v0001" and production["rows"] == len(truth)
+        assert production["value"] == pytest.approx(direct_auc, abs=1e-9)
+        assert status["production"]["labels"]["unknown_ids"] == 2
+
+        # The bar (0.99) is above it: the labelled rows come back as training data, and the
+        # run that takes them retrains with the production-metric trigger.
+        retrained = wait_for(lambda: _retrained(home, env), 300, f"a retraining\n{daemon.log()}")
+        assert "production_metric" in retrained["policy"]["triggers"]
+        version = retrained["model_version"]
+        shown = json.loads(cli("models", "show", version, env=env, cwd=tmp_path).stdout)
+        origins = [name for f in shown["lineage"]["files"] for name in f.get("origin", [])]
+        assert "customers.csv" in origins and "churn-december.csv" in origins
+        check_invariant(home)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def _production_of(home: Path, env: dict):
+    status = status_json(home, env)
+    model = status["current_model"] or {}
+    return status if model.get("production") else None
+
+
+def _retrained(home: Path, env: dict):
+    runs = status_json(home, env)["runs"]
+    return next((r for r in runs if r["model_version"] and r["model_version"] != "v0001" and r["policy"]), None)
