@@ -43,6 +43,9 @@ class ProductionMetric(_Record):
     # How late the labels came, in hours after the prediction: median and 90th percentile.
     label_delay_hours: dict[str, float] = Field(default_factory=dict)
     enough: bool = True  # rows >= policy.min_live_rows: a verdict can be drawn from it
+    # Scoring file -> {"value", "estimated", "rows"}: the metric of its labelled rows, and what
+    # the model's confidence estimated for them before the labels came (binary classifiers).
+    batches: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class RetrainRequest(_Record):
@@ -313,8 +316,10 @@ class RunOutcome(_Record):
     # the next run scores them with its own.
     unscored_file_ids: list[int] = Field(default_factory=list)
     requested_by: str | None = None
-    # A scoring run: each file's predictions file (file id -> path) and the version that made them.
+    # A scoring run: each file's predictions file (file id -> path) and the version that made
+    # them; and the metrics its confidence estimates before the labels come (binary classifiers).
     predictions: dict[int, str] = Field(default_factory=dict)
+    estimated: dict[str, float] = Field(default_factory=dict)
     # A labels run: the production metric of every version with labelled predictions, what
     # became of the labels, and the joined rows (features + labels) to train on.
     production: list[ProductionMetric] = Field(default_factory=list)

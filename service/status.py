@@ -103,6 +103,8 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
                 # What started it: "files", "operator" (Run button, API, automation), "schedule".
                 "trigger": r.details.get("trigger"),
                 "requested_by": r.details.get("requested_by"),
+                # A scoring run: the metrics its confidence estimates before the labels come.
+                "estimated": r.details.get("estimated"),
                 "file_names": names[r.id],
             }
             for r in recent
@@ -116,6 +118,8 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
             **_latest_live(recent, current.version),
             # What it actually served, joined with the labels that came later.
             "production": next((m.model_dump() for m in production if m.version == current.version), None),
+            "estimated": next((r.details["estimated"] for r in recent
+                               if r.model_version == current.version and r.details.get("estimated")), None),
         },
         # Every version's production metric, and what the last labels run made of its labels.
         "production": {"metrics": [m.model_dump() for m in production],
@@ -258,6 +262,9 @@ def _model_lines(status: dict[str, Any]) -> list[str]:
         lines.append(_live_line(model["live"], model.get("drift"), model["live_run"]))
     if model and model.get("production"):
         lines.append(_production_line(model["production"]))
+    if model and model.get("estimated") and model["metric"] in model["estimated"]:
+        lines.append(f"estimated {model['metric']} {model['estimated'][model['metric']]:.3f} on its last scoring "
+                     "batch, from its confidence (before the labels come)")
     lines.append(f"policy: retrain {policy['retrain']}; live bar {policy['live_bar']:g} on at least "
                  f"{policy['min_live_rows']} rows, max_drift {policy['max_drift'] or 'off'}, "
                  f"max_new_rows {policy['max_new_rows'] or 'off'}, max_age {policy['max_age'] or 'off'}")

@@ -26,6 +26,7 @@ from flows.data.features import parse_numbers
 from flows.models.predict import read_rows
 from flows.models.scoring import metrics
 from flows.production import predlog
+from flows.production.estimate import estimated_metrics
 
 DEFAULT_ID_COLUMN = "id"
 EXAMPLES = 3
@@ -134,12 +135,15 @@ def production_metrics(logged: pd.DataFrame, labels: pd.DataFrame, schema: Resol
         periods = {}
         for name, part in rows.groupby(_period(rows[predlog.SCORED_AT], period), sort=True):
             periods[str(name)] = {"value": _finite(_metrics(part, schema).get(metric)), "rows": len(part)}
+        batches = {str(source): {"value": _finite(_metrics(part, schema).get(metric)), "rows": len(part),
+                                 **_estimate(part, metric)}
+                   for source, part in rows.groupby(predlog.SOURCE, sort=True)}
         delay = (rows[predlog.LABELLED_AT] - rows[predlog.SCORED_AT]) / 3600.0
         result.append(ProductionMetric(
             version=str(version), metric=metric, value=_finite(values.get(metric)), rows=len(rows),
             metrics={k: v for k, v in values.items() if _finite(v) is not None}, periods=periods,
             label_delay_hours={"median": round(float(delay.median()), 3), "p90": round(float(delay.quantile(0.9)), 3)},
-            enough=len(rows) >= min_rows))
+            enough=len(rows) >= min_rows, batches=batches))
     return result
 
 
@@ -155,6 +159,15 @@ def _metrics(rows: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float]:
     if columns:
         outputs["scores"] = rows[columns].to_numpy(dtype=float)
     return metrics(outputs, rows[predlog.LABEL].astype(str), schema, classes)
+
+
+def _estimate(rows: pd.DataFrame, metric: str) -> dict[str, float]:
+    """What the model's confidence estimated for these rows before their labels came."""
+    columns = sorted(c for c in rows.columns if c.startswith(predlog.PROBABILITY) and rows[c].notna().all())
+    if len(columns) != 2:
+        return {}
+    value = estimated_metrics(rows[columns[-1]].to_numpy()).get(metric)
+    return {"estimated": value} if value is not None else {}
 
 
 def _period(scored_at: pd.Series, period: str) -> pd.Series:

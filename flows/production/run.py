@@ -51,9 +51,9 @@ def write_predictions_task(parts: list[str], out_path: str, fmt: str, columns: l
     return scoring.write_predictions(parts, out_path, fmt, columns)
 
 
-@task(name="scored_drift", cache_policy=NO_CACHE, persist_result=False)
-def scored_drift_task(parts: list[str], reference: dict, schema: ResolvedSchema) -> dict | None:
-    return scoring.scored_drift(parts, reference, schema)
+@task(name="scored_monitoring", cache_policy=NO_CACHE, persist_result=False)
+def scored_monitoring_task(parts: list[str], reference: dict, schema: ResolvedSchema) -> dict:
+    return scoring.scored_monitoring(parts, reference, schema)
 
 
 @task(name="join_labels", cache_policy=NO_CACHE, persist_result=False)
@@ -104,7 +104,7 @@ def score_files(request: RetrainRequest, registry: ModelRegistry, champion, sche
     predictions = {fid: out for fid, (future, out) in written.items() if future.result() is not None}
     stages.lap("write")
     every_part = [p for fid in predictions for p in parts[fid]]
-    drift = scored_drift_task.submit(every_part, champion.lineage.get("reference") or {}, schema).result()
+    monitoring = scored_monitoring_task.submit(every_part, champion.lineage.get("reference") or {}, schema).result()
     removed = predlog.prune(request.prediction_log_dir, spec.predictions.keep_days)
     stages.lap("drift")
     rows = sum(s["rows"] for s in summaries if s["file_id"] in predictions)
@@ -115,8 +115,9 @@ def score_files(request: RetrainRequest, registry: ModelRegistry, champion, sche
     outcome = _outcome(request, "scored" if predictions else "no_valid_data", reason, rejections,
                        rows={fid: sum(s["rows"] for s in summaries if s["file_id"] == fid) for fid in predictions})
     outcome.predictions, outcome.model_version, outcome.stage_seconds = predictions, champion.version, stages.seconds
-    if drift is not None:
-        outcome.drift = DriftReport.model_validate(drift)
+    if monitoring["drift"] is not None:
+        outcome.drift = DriftReport.model_validate(monitoring["drift"])
+    outcome.estimated = monitoring["estimated"]
     return outcome
 
 

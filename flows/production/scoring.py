@@ -28,6 +28,7 @@ from flows.models.modelfile import ModelFile
 from flows.models.predict import predict_frame
 from flows.models.scoring import loaded
 from flows.production import predlog
+from flows.production.estimate import estimated_metrics
 
 
 def row_offsets(plans: list[PartitionPlan]) -> list[int]:
@@ -139,10 +140,16 @@ def output_columns(task: str, classes: list[str]) -> list[str]:
     return [predlog.ID, predlog.PREDICTION, *probabilities, predlog.VERSION, predlog.SCORED_AT]
 
 
-def scored_drift(parts: list[str], reference: dict, schema: ResolvedSchema) -> dict | None:
-    """The drift of the scored rows' features from the champion's reference statistics, as
-    for a training batch (no label: it has none)."""
-    if not parts or not reference:
-        return None
-    frame = pd.concat([predlog.read_part(p, columns=schema.features) for p in parts], ignore_index=True)
-    return drift_report(frame, reference, schema).model_dump()
+def scored_monitoring(parts: list[str], reference: dict, schema: ResolvedSchema) -> dict:
+    """What is known of the scored rows before their labels: the drift of their features
+    from the champion's reference statistics, as for a training batch (no label: it has
+    none), and, for a binary classifier, the metrics its confidence estimates."""
+    if not parts:
+        return {"drift": None, "estimated": {}}
+    names = pq.read_schema(parts[0]).names
+    probabilities = sorted(n for n in names if n.startswith(predlog.PROBABILITY))
+    columns = [*schema.features, *probabilities[-1:]] if len(probabilities) == 2 else schema.features
+    frame = pd.concat([predlog.read_part(p, columns=columns) for p in parts], ignore_index=True)
+    drift = drift_report(frame, reference, schema).model_dump() if reference else None
+    estimated = estimated_metrics(frame[probabilities[-1]].to_numpy()) if len(probabilities) == 2 else {}
+    return {"drift": drift, "estimated": estimated}

@@ -37,6 +37,8 @@ def production_details(outcome: RunOutcome) -> dict[str, Any]:
     details: dict[str, Any] = {}
     if outcome.predictions:
         details["predictions"] = {str(fid): path for fid, path in outcome.predictions.items()}
+    if outcome.estimated:
+        details["estimated"] = outcome.estimated
     if outcome.production:
         details["production"] = [m.model_dump() for m in outcome.production]
     if outcome.labels is not None:
