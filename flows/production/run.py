@@ -41,9 +41,9 @@ from flows.reporting.artifacts import publish_production
 @task(name="score_partition", cache_policy=NO_CACHE, persist_result=False)
 def score_partition_task(plan: PartitionPlan, first_row: int, schema: ResolvedSchema, model: ModelFile,
                          trusted_types: list[str], id_column: str | None, log_dir: str, version: str,
-                         scored_at: float, threads: int) -> dict:
+                         scored_at: float, threads: int, out: tuple[str, str] | None) -> dict:
     return scoring.score_partition(plan, first_row, schema, model, trusted_types, id_column, log_dir, version,
-                                   scored_at, threads)
+                                   scored_at, threads, out)
 
 
 @task(name="write_predictions", cache_policy=NO_CACHE, persist_result=False)
@@ -85,23 +85,25 @@ def score_files(request: RetrainRequest, registry: ModelRegistry, champion, sche
     model = ModelFile(str(Path(champion.path) / champion.model_file), champion.model_sha256, champion.version)
     scored_at = time.time()
     plans, rejections = _plans(request, spec.preprocess.rows_per_partition)
+    outputs = {f.file_id: str(Path(request.predictions_dir) / scoring.predictions_name(
+        f.name, spec.predictions.format, champion.version if request.backfill else None)) for f in request.new_files}
     futures = [score_partition_task.submit(plan, first, schema, model, spec.model.trusted_types, schema.id,
                                            request.prediction_log_dir, champion.version, scored_at,
-                                           spec.model.threads)
+                                           spec.model.threads,
+                                           (outputs[plan.file.file_id], spec.predictions.format)
+                                           if plan.count == 1 else None)
                for plan, first in plans]
     summaries = [f.result() for f in futures]
     stages.lap("score")
     parts = _parts_by_file(summaries, rejections)
     written = {}
-    for file in request.new_files:
-        if file.file_id in rejections:
-            continue
-        name = scoring.predictions_name(file.name, spec.predictions.format, champion.version if request.backfill else None)
-        out = str(Path(request.predictions_dir) / name)
-        columns = scoring.output_columns(schema.task, _logged_classes(parts[file.file_id]))
-        written[file.file_id] = (write_predictions_task.submit(parts[file.file_id], out, spec.predictions.format,
-                                                               columns), out)
-    predictions = {fid: out for fid, (future, out) in written.items() if future.result() is not None}
+    for fid, file_parts in parts.items():
+        if len(file_parts) > 1:  # a file of several partitions: its parts, one at a time, in order
+            columns = scoring.output_columns(schema.task, _logged_classes(file_parts))
+            written[fid] = write_predictions_task.submit(file_parts, outputs[fid], spec.predictions.format, columns)
+    for future in written.values():
+        future.result()
+    predictions = {fid: outputs[fid] for fid in parts}
     stages.lap("write")
     every_part = [p for fid in predictions for p in parts[fid]]
     monitoring = scored_monitoring_task.submit(every_part, champion.lineage.get("reference") or {}, schema).result()
@@ -162,7 +164,10 @@ def _parts_by_file(summaries: list[dict], rejections: dict) -> dict[int, list[st
             rejections.setdefault(summary["file_id"], Rejection.model_validate(summary["rejection"]))
         elif summary["path"] is not None:
             parts.setdefault(summary["file_id"], []).append((summary["index"], summary["path"]))
-    return {fid: [p for _, p in sorted(found)] for fid, found in parts.items() if fid not in rejections}
+    for fid in set(parts) & set(rejections):  # a file refused in one part leaves nothing in the log
+        for _, path in parts.pop(fid):
+            Path(path).unlink(missing_ok=True)
+    return {fid: [p for _, p in sorted(found)] for fid, found in parts.items()}
 
 
 def _logged_classes(parts: list[str]) -> list[str]:

@@ -69,10 +69,12 @@ def row_ids(raw: pd.DataFrame, schema: ResolvedSchema, id_column: str | None, sh
 
 def score_partition(plan: PartitionPlan, first_row: int, schema: ResolvedSchema, model: ModelFile,
                     trusted_types: list[str], id_column: str | None, log_dir: str, version: str,
-                    scored_at: float, threads: int = 0) -> dict:
-    """Predict one partition's rows and add them to the prediction log. Returns a small
-    summary: the part's path, its rows, values that were not numbers, or the rejection of
-    the file (a missing feature or id column)."""
+                    scored_at: float, threads: int = 0, out: tuple[str, str] | None = None) -> dict:
+    """Predict one partition's rows and add them to the prediction log; ``out`` (path,
+    format): a file of one partition has its predictions/<name> written here too, without a
+    second task reading the part again. Returns a small summary: the part's path, its rows,
+    values that were not numbers, or the rejection of the file (a missing feature or id
+    column)."""
     name = plan.file.name if plan.count == 1 else f"{plan.file.name} (part {plan.index + 1} of {plan.count})"
     summary = {"file_id": plan.file.file_id, "index": plan.index, "rows": 0, "path": None, "rejection": None,
                "unparsed": 0}
@@ -96,7 +98,19 @@ def score_partition(plan: PartitionPlan, first_row: int, schema: ResolvedSchema,
     token = f"{plan.file.sha256[:16]}-{version}-{int(scored_at * 1000)}-{plan.index:05d}"
     summary.update(rows=len(frame), path=predlog.write_part(log_dir, frame, token),
                    unparsed=sum(d["count"] for d in prepared.unparsed.values()), malformed=malformed)
+    if out is not None:
+        columns = output_columns(schema.task, [c[len(predlog.PROBABILITY):] for c in result
+                                               if c.startswith(predlog.PROBABILITY)])
+        _write_table(pa.Table.from_pandas(frame[columns], preserve_index=False), out[0], out[1])
+        summary["written"] = out[0]
     return summary
+
+
+def _write_table(table: pa.Table, path: str, fmt: str) -> None:
+    if fmt == "parquet":
+        write_atomically(path, lambda fh: pq.write_table(table, fh))
+    else:
+        write_atomically(path, lambda fh: pacsv.write_csv(table, fh))
 
 
 def predictions_name(file_name: str, fmt: str, version: str | None = None) -> str:
