@@ -143,6 +143,11 @@ class ServeSpec(_Section):
     max_rows_per_request: int = Field(100_000, ge=1)
     # A larger body is refused (413) as soon as its size is known, before it is read whole.
     max_body_bytes: int = Field(64 * 1024**2, ge=1)
+    # Micro-batching: requests arriving together go through one model call of at most this
+    # many rows (a larger request goes alone, never split); 1 turns batching off.
+    max_batch_rows: int = Field(1024, ge=1)
+    # How long a batch may wait for requests already on their way (a lone request never waits).
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
 
 
 class RegistrySpec(_Section):
