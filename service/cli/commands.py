@@ -552,6 +552,9 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     print(f"current: {old} -> {new}")
+    from service.integrations.mlflow_export import export_to_mlflow
+
+    export_to_mlflow(settings)  # the MLflow alias follows (attempted before the command exits)
     return 0
 
 

@@ -17,6 +17,7 @@ from flows.models.registry import ModelRegistry
 from service.config import Settings
 from service.intake.inbox import Home, archive_files, cancel_run_files, fail_run_files
 from service.intake.ledger import FileRecord, FileState, Ledger, RunRecord
+from service.integrations.mlflow_export import export_to_mlflow
 from service.runner.retention import apply_retention
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
     apply_retention(settings, home, ledger, outcome.window_partitions)
+    export_to_mlflow(settings)  # in the background; never holds up the next run
     return ledger.get_run(run.id)
 
 
