@@ -506,7 +506,11 @@ def main() -> int:
 
     # Kept as they are: the serving section (serve_load.py's) and the summary of every
     # benchmark's targets, written from their own result files.
-    out.write_text(report + kept_section(out) + kept_section(out, SUMMARY_START, SUMMARY_END))
+    from serve_peer import SECTION_END as PEER_END
+    from serve_peer import SECTION_START as PEER_START
+
+    out.write_text(report + kept_section(out) + kept_section(out, PEER_START, PEER_END)
+                   + kept_section(out, SUMMARY_START, SUMMARY_END))
     print(report)
     print(f"[bench] written to {out}")
     return 0
