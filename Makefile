@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# MLflow pins pyarrow below 26: its tests and the peer benchmark get a venv of their own.
+MLFLOW_VENV  := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment bench-run-command bench-production soak soak-quick server clean
+.PHONY: install run test test-mlflow bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -24,6 +27,16 @@ run: $(STAMP)
 ## make test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+$(MLFLOW_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet -e '.[test,mlflow]'
+	touch $(MLFLOW_STAMP)
+
+## make test-mlflow: the MLflow export's tests, in .venv-mlflow (a SQLite store and a real mlflow server)
+test-mlflow: $(MLFLOW_STAMP)
+	$(MLFLOW_VENV)/bin/python -m pytest -q tests/service/integrations
 
 ## make server: a Prefect server (UI at http://127.0.0.1:4200) with its state under var/
 server: $(STAMP)
@@ -46,6 +59,10 @@ soak-quick: $(STAMP)
 ## make bench-serve: retrain serve under load while three versions are deployed (a few minutes)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_load.py
+
+## make bench-serve-peer: retrain serve against mlflow models serve, same model, 1/8/32 clients (a few minutes)
+bench-serve-peer: $(MLFLOW_STAMP)
+	$(MLFLOW_VENV)/bin/python benchmarks/serve_peer.py
 
 ## make bench-cluster: XGBoost beyond one worker's memory, and the model search (benchmarks/beyond_one_worker.json)
 bench-cluster: $(STAMP)

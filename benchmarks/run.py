@@ -401,11 +401,11 @@ def render(mode: str, sizes: dict, lat: dict, e2e: dict, pre: dict, elapsed: flo
             f"- Latency (medians): detection {lat['detection_p50'] * 1000:.0f} ms, batching "
             f"{lat['batching_p50'] * 1000:.0f} ms (the batch window), flow to deployed {lat['flow_p50']:.2f} s; "
             "flow stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in lat["stages_p50"].items()) + ".",
-            f"- 10 files, service: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["service_ten_stages"].items())
+            "- 10 files, service: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["service_ten_stages"].items())
             + f" ({e2e['runs_for_ten']} run(s)); daemon start (not counted) {e2e['service_start']:.1f} s.",
-            f"- 10 files, script: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["script_ten_stages"].items()) + ".",
-            f"- 11th file, service: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["service_eleven_stages"].items()) + ".",
-            f"- 11 files, script: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["script_eleven_stages"].items()) + ".",
+            "- 10 files, script: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["script_ten_stages"].items()) + ".",
+            "- 11th file, service: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["service_eleven_stages"].items()) + ".",
+            "- 11 files, script: " + ", ".join(f"{k} {v:.2f} s" for k, v in e2e["script_eleven_stages"].items()) + ".",
             f"- Preprocessing: {pre['partitions']} partitions; 1 worker {pre[1]['seconds']:.2f} s, "
             f"2 workers {pre[2]['seconds']:.2f} s.",
             f"- Memory at idle: daemon {mib(e2e['idle']['daemon'])}, workers {mib(e2e['idle']['workers'])}, "
@@ -506,7 +506,11 @@ def main() -> int:
 
     # Kept as they are: the serving section (serve_load.py's) and the summary of every
     # benchmark's targets, written from their own result files.
-    out.write_text(report + kept_section(out) + kept_section(out, SUMMARY_START, SUMMARY_END))
+    from serve_peer import SECTION_END as PEER_END
+    from serve_peer import SECTION_START as PEER_START
+
+    out.write_text(report + kept_section(out) + kept_section(out, PEER_START, PEER_END)
+                   + kept_section(out, SUMMARY_START, SUMMARY_END))
     print(report)
     print(f"[bench] written to {out}")
     return 0

@@ -295,12 +295,13 @@ def render(single: dict, load: dict, metrics: dict, args: argparse.Namespace, ma
     return "\n".join([*lines, SECTION_END, ""])
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the serving section of ``path`` (or append it), leaving the rest as it is."""
+def write_section(path: Path, section: str, start: str = SECTION_START, end: str = SECTION_END) -> None:
+    """Replace a section of ``path`` (by default the serving one) or append it, leaving the
+    rest as it is."""
     text = path.read_text() if path.exists() else ""
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        text = before + section.rstrip("\n") + rest.split(SECTION_END, 1)[1]
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

@@ -130,6 +130,11 @@ class DaemonSpec(_Section):
     # The embedded Prefect API deletes flow runs (their task runs, logs, artifacts) that
     # ended longer ago than this; the ledger keeps every run.
     prefect_history_days: float = Field(30.0, ge=1.0)
+    # The daemon's embedded Prefect API serves Prefect's UI at this address (its API at
+    # /api); when the port is taken, a free one, named in the log. false: no UI.
+    prefect_ui: bool = True
+    prefect_ui_host: str = "127.0.0.1"
+    prefect_ui_port: int = Field(4200, ge=0, le=65535)
 
 
 class ServeSpec(_Section):
@@ -143,6 +148,31 @@ class ServeSpec(_Section):
     max_rows_per_request: int = Field(100_000, ge=1)
     # A larger body is refused (413) as soon as its size is known, before it is read whole.
     max_body_bytes: int = Field(64 * 1024**2, ge=1)
+    # Micro-batching: requests arriving together go through one model call of at most this
+    # many rows (a larger request goes alone, never split); 1 turns batching off.
+    max_batch_rows: int = Field(1024, ge=1)
+    # How long a batch may wait for requests already on their way (a lone request never waits).
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+
+
+class MlflowSpec(_Section):
+    """Optional export of model versions to MLflow (``pip install 'retrain[mlflow]'``);
+    retrain's own registry stays the registry of record."""
+
+    # "" (the default) is off; e.g. "http://127.0.0.1:5000" or "sqlite:///mlflow.db".
+    tracking_uri: str = ""
+    # Registry of the registered model; "" = the tracking URI.
+    registry_uri: str = ""
+    # The MLflow registered model whose alias `champion` follows retrain's `current`.
+    model_name: str = Field("retrain", min_length=1)
+    experiment: str = Field("retrain", min_length=1)
+    # Also log every candidate the gate refused (as runs and model versions without the alias).
+    log_candidates: bool = False
+    # A failed export is retried after this long (doubling up to 10 minutes) while the process lives,
+    # and at the next run in any case.
+    retry_seconds: float = Field(30.0, gt=0)
+    # Each MLflow request gives up after this long (MLflow's own default is 120 s and 7 retries).
+    request_timeout_seconds: float = Field(10.0, gt=0)
 
 
 class RegistrySpec(_Section):
@@ -204,6 +234,7 @@ class Settings(BaseSettings, PipelineSpec):
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     archive: ArchiveSpec = Field(default_factory=ArchiveSpec)
     serve: ServeSpec = Field(default_factory=ServeSpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
 
     model_config = SettingsConfigDict(
         extra="forbid",

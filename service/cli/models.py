@@ -94,6 +94,9 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     with Ledger(Home(settings.home).ledger_path) as ledger:
         ledger.record_event("rollback", {"from": old, "to": new, "by": "retrain models rollback"})
     print(f"current: {old} -> {new}")
+    from service.integrations.mlflow_export import export_to_mlflow
+
+    export_to_mlflow(settings)  # the MLflow alias follows (attempted before the command exits)
     return 0
 
 

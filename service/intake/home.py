@@ -11,6 +11,7 @@
     state/daemon.lock  state/daemon.json                    who holds the home; its heartbeat
     state/requests/                                         runs asked of the daemon
     state/prefect/                                          the embedded Prefect API's home
+    state/mlflow-export.json  state/mlflow-artifacts/       what was exported to MLflow; a local store's artifacts
     report.png                                              `retrain report`'s default output
 """
 
@@ -58,6 +59,10 @@ class Home:
     def requests(self) -> Path: return self.state / "requests"
     @property
     def prefect_home(self) -> Path: return self.state / "prefect"
+    @property
+    def mlflow_export_state(self) -> Path: return self.state / "mlflow-export.json"
+    @property
+    def mlflow_artifacts(self) -> Path: return self.state / "mlflow-artifacts"
     @property
     def report_path(self) -> Path: return self.root / "report.png"
 

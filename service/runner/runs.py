@@ -38,6 +38,7 @@ from service.intake.inbox import (
     fail_run_files,
 )
 from service.intake.ledger import FileRecord, FileState, Ledger, RunRecord
+from service.integrations.mlflow_export import export_to_mlflow
 from service.runner.production import (
     production_details,
     production_of,
@@ -266,6 +267,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
                   metric=outcome.metric, details=details, accepted=accepted, rejected=rejected)
     if run.details.get("kind", "train") == "train":  # the window's partitions: a training run knows them
         apply_retention(settings, home, ledger, outcome.window_partitions)
+    export_to_mlflow(settings)  # in the background; never holds up the next run
     return ledger.get_run(run.id)
 
 

@@ -103,7 +103,11 @@ class RunSession:
             check_scheduler(self.settings.dask.address)
         quiet_libraries()
         # Its URL is in the environment from here on, before any worker starts.
-        api = PrefectApi(self.settings.daemon.prefect_history_days)
+        daemon = self.settings.daemon
+        # The daemon's API serves the UI too; a one-shot `retrain run` needs none.
+        ui = (daemon.prefect_ui_host, daemon.prefect_ui_port) if daemon.prefect_ui and self.holder == "retrain watch" \
+            else None
+        api = PrefectApi(daemon.prefect_history_days, ui)
         self.resources.callback(api.stop)
         if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()

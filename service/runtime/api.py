@@ -52,19 +52,22 @@ class PrefectApi:
     own.
     """
 
-    def __init__(self, history_days: float = DaemonSpec.model_fields["prefect_history_days"].default) -> None:
-        """``history_days``: how long the embedded API keeps ended flow runs."""
+    def __init__(self, history_days: float = DaemonSpec.model_fields["prefect_history_days"].default,
+                 ui: tuple[str, int] | None = None) -> None:
+        """``history_days``: how long the embedded API keeps ended flow runs; ``ui``: the
+        (host, port) where the embedded API also serves Prefect's UI (None: no UI)."""
         self.history_days = history_days
         self.external = os.environ.get("PREFECT_API_URL")
         self.embedded = not self.external
         self.server = None  # the embedded API's server, once started
+        self.ui = ui is not None
         if self.external:
             self.url = self.external
             return
         # The port is chosen here, the server started in ``start``: it boots for seconds,
         # which ``start`` spends beside the cluster's start.
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.host, self.port, self.port_note = ("127.0.0.1", free_port(), None) if ui is None else ui_address(*ui)
+        self.url = f"http://{self.host}:{self.port}/api"
         os.environ["PREFECT_API_URL"] = self.url
 
     def start(self) -> str:
@@ -81,9 +84,15 @@ class PrefectApi:
                 ) from None
             log.info("reporting to the Prefect API at %s", self.url)
             return self.url
-        self.server = EmbeddedApiServer(self.port, self.history_days)
+        self.server = EmbeddedApiServer(self.port, self.history_days, self.host, self.ui)
         self.server.start()
-        log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
+        if self.port_note:
+            log.warning("%s", self.port_note)
+        if self.ui:
+            log.info("Prefect UI at %s (runs, the deployment's Run and Pause, artifacts, events); its API at %s, "
+                     "database in %s", self.url.removesuffix("/api"), self.url, os.environ.get("PREFECT_HOME"))
+        else:
+            log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
         log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
         return self.url
 
@@ -124,9 +133,11 @@ class EmbeddedApiServer:
     start-up; the server's code belongs in the subprocess only.
     """
 
-    def __init__(self, port: int, history_days: float):
+    def __init__(self, port: int, history_days: float, host: str = "127.0.0.1", ui: bool = False):
         self.port = port
         self.history_days = history_days
+        self.host = host
+        self.ui = ui  # Prefect's UI served beside the API
         self.process: subprocess.Popen | None = None
         # Beside the database, in Prefect's home (~/.prefect is Prefect's default).
         self.log_path = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "api-server.log"
@@ -150,9 +161,14 @@ class EmbeddedApiServer:
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
             "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(self.history_days * 86400)),
             **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in UNUSED_SERVER_SERVICES},
+            # The UI asks its API at PREFECT_UI_API_URL (by default the host and port of
+            # Prefect's settings, not the ones chosen here), and copies its static files, on
+            # first start, into a folder it can write: beside the database.
+            **({"PREFECT_UI_API_URL": f"http://{self.host}:{self.port}/api",
+                "PREFECT_UI_STATIC_DIRECTORY": str(self.log_path.parent / "ui")} if self.ui else {}),
             **os.environ,
-            # As Prefect's ephemeral server: no UI (`make server` has one).
-            "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_FINAL": "1"}
+            # The UI when asked for (the daemon's); never for a one-shot `retrain run`.
+            "PREFECT_UI_ENABLED": "1" if self.ui else "0", "PREFECT__SERVER_FINAL": "1"}
         # Its messages (errors only) go to a file beside its database, rewritten at each
         # start: at a stop it cancels what it still serves (see below) with a traceback
         # that is not the operator's concern.
@@ -160,7 +176,7 @@ class EmbeddedApiServer:
         with open(self.log_path, "w") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages),
-                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                 "--factory", "prefect.server.api.server:create_app", "--host", self.host,
                  "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
                  # Our own: Prefect's task-run waiter in this process holds an event
                  # subscription whose handler on the server would keep a stop waiting up to
@@ -181,7 +197,7 @@ class EmbeddedApiServer:
                            else f"{self.last_message()} (its log: {self.log_path})")
                     raise RetrainError(f"the embedded Prefect API exited while starting (code {code}): {why}")
                 try:
-                    if client.get(f"http://127.0.0.1:{self.port}/api/health", timeout=5).status_code == 200:
+                    if client.get(f"http://{self.host}:{self.port}/api/health", timeout=5).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
@@ -201,6 +217,29 @@ class EmbeddedApiServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def ui_address(host: str, port: int) -> tuple[str, int, str | None]:
+    """(host, port, why another port) for the UI: the configured port when it is free now,
+    else one the system chooses, with a line saying so (another daemon, `make server`)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+            return host, sock.getsockname()[1], None
+        except OSError as exc:
+            why = exc.strerror
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise RetrainError(f"the Prefect UI cannot listen on {host} ({exc.strerror}); fix "
+                               "daemon.prefect_ui_host or set daemon.prefect_ui = false") from None
+        chosen = sock.getsockname()[1]
+    return host, chosen, (f"port {port} of {host} is not free ({why}): the Prefect UI is at "
+                          f"http://{host}:{chosen} instead (daemon.prefect_ui_port sets it)")
 
 
 def free_port() -> int:

@@ -11,13 +11,13 @@ GET  /docs, /openapi.json   the API, with the request schema of the model answer
 Every answer of /predict names the version that answered (in the body and the
 X-Model-Version header). Anything a client sends that the model cannot use gets a 4xx and
 ``{"error": "one line"}``; no answer ever carries a traceback. The model is hot-swapped
-(service.serving.holder): a request is answered by one whole model.
+(service.serving.holder): a request is answered by one whole model. Concurrent requests are
+micro-batched (service.serving.batching): one model call for the rows of several requests of
+the same version.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
 import os
 import shutil
@@ -33,20 +33,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import pandas as pd
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import values as prometheus_values
 from starlette.exceptions import HTTPException
 
-from core.errors import InvalidDataError, RetrainError
-from flows.data.features import prepare_features
-from flows.models.predict import predict_frame
+from core.errors import RetrainError
 from flows.models.registry import ModelRegistry
 from service.config import ServeSpec, Settings
 from service.intake.home import Home
+from service.serving.batching import MicroBatcher, check_features
 from service.serving.holder import LoadedModel, ModelHolder
 from service.serving.metrics import (
     MULTIPROCESS_VARIABLE,
@@ -56,13 +57,16 @@ from service.serving.metrics import (
 )
 from service.serving.openapi import document
 from service.serving.rows import ClientError, body_format, parse_rows, read_body
+from service.serving.workers import ForkedServers
 
 __all__ = ["create_app", "parse_rows", "running_server", "serve"]
 
 log = logging.getLogger("retrain.serve")
 ROUTES = "POST /predict, GET /health, /ready, /model, /metrics, /docs"
-# With serve.workers > 1, each server process builds its app from this (set by the parent).
-APP_VARIABLE = "_RETRAIN_SERVE_APP"
+
+# Bodies up to this size are parsed on the event loop (well under a millisecond); larger
+# ones on a thread, so that a big request never holds up the others.
+INLINE_PARSE_BYTES = 16 * 1024
 
 routes = APIRouter()
 
@@ -78,6 +82,7 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
     app = FastAPI(title="retrain", summary="Predictions of the deployed model", version="no model yet",
                   redoc_url=None)
     app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
+    app.state.batcher = MicroBatcher(spec.max_batch_rows, spec.max_batch_wait_ms / 1000, on_batch=metrics.batched)
     app.include_router(routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
@@ -94,30 +99,29 @@ async def predict(request: Request) -> Response:
     state = request.app.state
     content_type = request.headers.get("content-type", "")
     body_format(content_type)  # a wrong Content-Type is refused before the body is read
-    body = await read_body(request.headers.get("content-length"), request.stream(), state.spec.max_body_bytes)
-    version, payload = await run_in_threadpool(answer, state, body, content_type)
-    return Response(payload, media_type="application/json", headers={"X-Model-Version": version})
+    with state.batcher.arriving():  # the batch being formed may wait for these rows
+        loaded = model_or_503(state.holder)
+        body = await read_body(request.headers.get("content-length"), request.stream(), state.spec.max_body_bytes)
+        if len(body) <= INLINE_PARSE_BYTES:
+            frame = request_rows(loaded, body, content_type, state.spec.max_rows_per_request)
+        else:
+            frame = await run_in_threadpool(request_rows, loaded, body, content_type,
+                                            state.spec.max_rows_per_request)
+    answer = await state.batcher.predict(loaded, frame)
+    if answer.error is not None:
+        raise answer.error
+    return Response(answer.payload, media_type="application/json", headers={"X-Model-Version": answer.version})
 
 
-def answer(state: Any, body: bytes, content_type: str) -> tuple[str, bytes]:
-    """Predictions for the rows of ``body`` by one model, as (version, JSON)."""
-    loaded = model_or_503(state.holder)
+def request_rows(loaded: LoadedModel, body: bytes, content_type: str, max_rows: int) -> pd.DataFrame:
+    """The request's rows, refused (4xx naming the version) when the model cannot use them."""
     try:
-        frame = parse_rows(body, content_type, loaded.schema.features, state.spec.max_rows_per_request)
-        prepared = prepare_features(frame, loaded.schema, "request")
-        if prepared.unparsed:
-            # Training drops such rows, so a prediction from them would be a guess: refuse.
-            raise ClientError(422, f"{prepared.unparsed_message('request')}; send numbers "
-                                   "(null or empty when unknown)")
-    except InvalidDataError as exc:
-        raise ClientError(422, str(exc), loaded.version) from None
+        frame = parse_rows(body, content_type, loaded.schema.features, max_rows)
+        check_features(frame, loaded)
+        return frame
     except ClientError as exc:
         exc.version = loaded.version
         raise
-    result = predict_frame(loaded.model, prepared.features, loaded.schema.task)
-    state.metrics.rows.labels(version=loaded.version).inc(len(result))
-    payload = {"version": loaded.version, "predictions": result.to_dict(orient="records")}
-    return loaded.version, json.dumps(payload).encode()
 
 
 def model_or_503(holder: ModelHolder) -> LoadedModel:
@@ -253,47 +257,44 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
                  spec.host, port)
         server.run(sockets=[sock])
         return
-    from uvicorn.supervisors import Multiprocess
-
-    os.environ[APP_VARIABLE] = json.dumps({
-        "registry": str(registry.root.resolve()), "trusted_types": settings.model.trusted_types,
-        "serve": spec.model_dump(), "log_format": log_format, "verbose": verbose})
     with multiprocess_metrics():
+        app = create_app(registry, settings.model.trusted_types, spec)  # loaded once, before the fork
+        forget_process(os.getpid())  # the parent answers nothing: only its servers' metrics count
         log.info("serving predictions on http://%s:%d with %d processes; press Ctrl+C to quit",
                  spec.host, port, spec.workers)
-        config = server_config("service.serving.app:app_from_environment", spec, factory=True)
-        Multiprocess(config, sockets=[sock]).run()
+        ForkedServers(app, lambda forked: server_config(forked, spec), sock, spec.workers,
+                      on_start=_announce_model, on_end=forget_process).run()
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def app_from_environment() -> FastAPI:
-    """The app of one of several server processes, as the parent process described it."""
-    from service.log import setup_logging
-
-    given = json.loads(os.environ[APP_VARIABLE])
-    setup_logging(given["log_format"], given["verbose"])
-    atexit.register(forget_process, os.getpid())
-    return create_app(ModelRegistry(given["registry"]), given["trusted_types"],
-                      ServeSpec.model_validate(given["serve"]))
+def _announce_model(app: FastAPI) -> None:
+    """In a forked server process: its metrics name the model it inherited."""
+    loaded = app.state.holder.serving
+    if loaded is not None:
+        app.state.metrics.announce(loaded.version, loaded.load_seconds)
 
 
 @contextmanager
 def multiprocess_metrics() -> Iterator[None]:
-    """A fresh folder where the server processes write their metrics, for /metrics to add up."""
+    """A fresh folder where the server processes write their metrics, for /metrics to add up.
+    prometheus_client picks its file-backed values when it is imported, before this folder
+    exists: the choice is made again here, before any metric of the servers is created."""
     folder = tempfile.mkdtemp(prefix="retrain-serve-metrics-")
     os.environ[MULTIPROCESS_VARIABLE] = folder
+    in_memory, prometheus_values.ValueClass = prometheus_values.ValueClass, prometheus_values.get_value_class()
     try:
         yield
     finally:
+        prometheus_values.ValueClass = in_memory
         os.environ.pop(MULTIPROCESS_VARIABLE, None)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def server_config(app: Any, spec: ServeSpec, factory: bool = False) -> uvicorn.Config:
-    return uvicorn.Config(app, host=spec.host, port=spec.port, workers=spec.workers, factory=factory,
+def server_config(app: Any, spec: ServeSpec) -> uvicorn.Config:
+    return uvicorn.Config(app, host=spec.host, port=spec.port,
                           log_config=None, access_log=False, timeout_graceful_shutdown=10)
 
 

@@ -31,6 +31,8 @@ disable_created_metrics()
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds; a one-row prediction takes a few milliseconds, a 100,000-row one seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Requests and rows per model call of the micro-batcher (service.serving.batching).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 # Label of requests that matched no route: the raw path would let any client create series.
 UNMATCHED = "unmatched"
 
@@ -52,6 +54,10 @@ class ServeMetrics:
         self.load_seconds = Gauge("retrain_serve_model_load_seconds",
                                   "Seconds the last swap took to load its model (hash check included)",
                                   registry=self.registry, multiprocess_mode="livemostrecent")
+        self.batch_requests = Histogram("retrain_serve_batch_requests", "Requests answered by one model call",
+                                        buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("retrain_serve_batch_rows", "Rows predicted by one model call",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
         self.swaps = Counter("retrain_serve_model_swaps", "Models loaded and swapped in", registry=self.registry)
         self.load_failures = Counter("retrain_serve_model_load_failures",
                                      "Deployed versions that could not be loaded (the previous one kept serving)",
@@ -63,6 +69,17 @@ class ServeMetrics:
         self.model.labels(version=new).set(1)
         self.load_seconds.set(seconds)
         self.swaps.inc()
+
+    def announce(self, version: str, seconds: float) -> None:
+        """The model this process answers with, without counting a swap (a forked server
+        process starts with the model its parent loaded)."""
+        self.model.labels(version=version).set(1)
+        self.load_seconds.set(seconds)
+
+    def batched(self, version: str, requests: int, rows: int) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_rows.observe(rows)
+        self.rows.labels(version=version).inc(rows)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()

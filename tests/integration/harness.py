@@ -24,6 +24,8 @@ def daemon_env(home: Path, prefect_api_url: str | None = None, **settings: str) 
         "RETRAIN_WATCHER__BATCH_WINDOW_SECONDS": "0.5",
         "RETRAIN_DEPLOY__RETRY_DELAY_SECONDS": "0.2",
         "RETRAIN_DASK__DASHBOARD_ADDRESS": "null",
+        # The Prefect UI only in the tests that look at it (its files are copied at each new home).
+        "RETRAIN_DAEMON__PREFECT_UI": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PYTHONUNBUFFERED": "1",

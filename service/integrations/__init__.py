@@ -1,0 +1,1 @@
+"""Tools the people who use retrain already have: MLflow (``mlflow_export``, optional)."""
