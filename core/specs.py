@@ -208,13 +208,18 @@ class EvaluationSpec(_Section):
 
     def margin(self, metric: str, champion_value: float | None = None) -> float:
         """The margin of non-inferiority for ``metric``: ``tolerance`` when set, else the
-        metric's default (relative to ``champion_value`` for rmse and mae)."""
-        if self.tolerance is not None:
-            return self.tolerance
-        if metric in RELATIVE_TOLERANCE:
-            value = champion_value if champion_value is not None and champion_value == champion_value else 0.0
-            return RELATIVE_TOLERANCE[metric] * abs(value)
-        return DEFAULT_TOLERANCE[metric]
+        metric's default (``default_margin``)."""
+        return self.tolerance if self.tolerance is not None else default_margin(metric, champion_value)
+
+
+def default_margin(metric: str, reference: float | None = None) -> float:
+    """The metric's default margin (DEFAULT_TOLERANCE), relative to ``reference`` for rmse
+    and mae. The signal check uses it whatever ``tolerance`` says: a wide tolerance set to
+    let candidates through must not make "better than chance" impossible to show."""
+    if metric in RELATIVE_TOLERANCE:
+        value = reference if reference is not None and reference == reference else 0.0
+        return RELATIVE_TOLERANCE[metric] * abs(value)
+    return DEFAULT_TOLERANCE[metric]
 
 
 class WindowSpec(_Section):

@@ -182,8 +182,7 @@ def _judge_parts(spec: EvaluationSpec, window: Window, y: pd.Series, outputs: di
     higher = METRICS[metric][1]
     margin = spec.margin(metric, scores[old.key].get(metric))
     parts = compare_parts(scored, masks, higher, margin)
-    signal = (check_signal(scored, masks["new rows"][0], higher, champion_version, margin)
-              if "new rows" in masks else None)
+    signal = check_signal(scored, masks["new rows"][0], higher, champion_version) if "new rows" in masks else None
     return parts, signal
 
 

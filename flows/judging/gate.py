@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core.records import PairedComparison, ResolvedSchema, SignalCheck, SliceComparison
-from core.specs import EvaluationSpec
+from core.specs import EvaluationSpec, default_margin
 from flows.judging.compare import chance_outputs, paired_comparison, row_statistics
 from flows.models.scoring import metrics
 
@@ -169,22 +169,23 @@ def refusing_part(parts: list[SliceComparison], margin: float) -> str | None:
     return None
 
 
-def check_signal(scored: Scored, new_rows: np.ndarray, higher: bool, champion_version: str,
-                 margin: float) -> SignalCheck | None:
+def check_signal(scored: Scored, new_rows: np.ndarray, higher: bool, champion_version: str) -> SignalCheck | None:
     """Whether the new rows carry anything to learn (see the module's docstring); None when
-    the champion is shown better than chance by more than ``margin`` on them (they do), or
-    cannot be compared. "Better than chance" is itself a claim of superiority by the margin:
-    pure noise passes it far more rarely than the 2.5% of a bound above chance alone."""
+    the champion is shown better than chance by more than the metric's default margin on
+    them (they do), or cannot be compared. "Better than chance" is itself a claim of
+    superiority by that margin: pure noise passes it far more rarely than the 2.5% of a
+    bound above chance alone."""
     rows = int(new_rows.sum())
     if rows == 0:
         return None
+    y_new = scored.y[new_rows]
+    chance = metrics(chance_outputs(y_new, scored.schema, scored.classes[0]), y_new, scored.schema,
+                     scored.classes[0]).get(scored.metric)
+    margin = default_margin(scored.metric, chance)
     champion = scored.compare(new_rows, against_chance=1)
     if champion is None or improvement_bounds(champion, higher)[0] > margin + EPS:
         return None
     candidate = scored.compare(new_rows, against_chance=0)
-    y_new = scored.y[new_rows]
-    chance = metrics(chance_outputs(y_new, scored.schema, scored.classes[0]), y_new, scored.schema,
-                     scored.classes[0]).get(scored.metric)
     learnable = candidate is not None and improvement_bounds(candidate, higher)[0] > margin + EPS
     metric, confidence = scored.metric, f"{scored.spec.confidence:.0%}"
     numbers = (f"on the new files' {rows:,} holdout rows champion {champion_version} scores {metric} "

@@ -104,7 +104,7 @@ def monitoring_lines(outcome: RunOutcome) -> list[str]:
 def _metrics_lines(evaluation: EvaluationResult) -> list[str]:
     better = "higher" if METRICS[evaluation.metric][1] else "lower"
     lines = [f"## Metrics (gate on `{evaluation.metric}`, {better} is better; threshold "
-             f"{evaluation.threshold}, tolerance {evaluation.tolerance})", "",
+             f"{evaluation.threshold}, margin {evaluation.tolerance:.4f})", "",
              "| metric | candidate | champion |", "|---|---:|---:|"]
     champion = evaluation.champion or {}
     for name, value in evaluation.candidate.items():

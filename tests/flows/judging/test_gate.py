@@ -140,7 +140,7 @@ def test_noise_on_the_new_rows_is_told_from_a_new_concept() -> None:
     # Neither model carries the labels: nothing to learn.
     noise = Scored("roc_auc", CLASSES, y, model(y, 8, signal=0.0), model(y, 9, signal=0.0), ["0", "1"],
                    ["0", "1"], spec)
-    check = check_signal(noise, everything, True, "v0001", 0.01)
+    check = check_signal(noise, everything, True, "v0001")
     assert check.verdict == "no_signal" and check.champion_near_chance and not check.learnable
     assert check.chance == 0.5 and "carry nothing to learn" in check.reason
     gate = decide({"roc_auc": 0.70}, {"roc_auc": 0.70}, EvaluationSpec(threshold=0.5), "classification", 5000,
@@ -150,14 +150,14 @@ def test_noise_on_the_new_rows_is_told_from_a_new_concept() -> None:
     assert gate.reason.endswith("v0001 stays deployed")
     # The champion knows nothing of them but the candidate learned them: a new concept.
     concept = Scored("roc_auc", CLASSES, y, model(y, 8), model(y, 9, signal=0.0), ["0", "1"], ["0", "1"], spec)
-    check = check_signal(concept, everything, True, "v0001", 0.01)
+    check = check_signal(concept, everything, True, "v0001")
     assert check.verdict == "new_concept" and check.learnable and check.candidate.low > 0
     # The champion is better than chance on them: the batch carries a signal, no check.
     assert check_signal(Scored("roc_auc", CLASSES, y, model(y, 8), model(y, 9), ["0", "1"], ["0", "1"], spec),
-                        everything, True, "v0001", 0.01) is None
+                        everything, True, "v0001") is None
     # Too few new rows to tell.
     few = np.arange(1000) < 60
-    assert check_signal(noise, few, True, "v0001", 0.01).verdict == "too_few_rows"
+    assert check_signal(noise, few, True, "v0001").verdict == "too_few_rows"
 
 
 def test_a_model_that_learned_nothing_scores_chance() -> None:
