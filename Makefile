@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment bench-run-command soak soak-quick server clean
+.PHONY: install run test bench bench-quick bench-serve bench-cluster bench-deployment bench-run-command bench-real-data scenarios soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -58,6 +58,15 @@ bench-deployment: $(STAMP)
 ## make bench-run-command: `retrain run FILE` handed to a warm daemon and on its own, against the warm drop and the plain script (benchmarks/run-command-results.md)
 bench-run-command: $(STAMP)
 	$(BIN)/python benchmarks/run_command.py
+
+## make scenarios: the gate's decisions on synthetic streams whose truth is known, over 3 seeds (benchmarks/scenarios-results.md)
+scenarios: $(STAMP)
+	$(BIN)/python benchmarks/scenarios.py
+
+## make bench-real-data: real tabular data bundled in packages (scikit-learn, statsmodels) as four batches through retrain run, against a hand-written pipeline (benchmarks/real-data-results.md)
+bench-real-data: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/real_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
