@@ -79,7 +79,8 @@ def split(frame: pd.DataFrame, target: str, task: str, seed: int = 0) -> tuple[p
     train, test = train_test_split(frame, test_size=0.25, random_state=seed,
                                    stratify=frame[target] if task == "classification" else None)
     train = train.sample(frac=1.0, random_state=seed)
-    return test.reset_index(drop=True), [part.reset_index(drop=True) for part in np.array_split(train, BATCHES)]
+    bounds = np.linspace(0, len(train), BATCHES + 1).astype(int)
+    return test.reset_index(drop=True), [train.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds, bounds[1:])]
 
 
 def hand_written(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str) -> np.ndarray:
@@ -91,7 +92,7 @@ def hand_written(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str
     from sklearn.preprocessing import OneHotEncoder
 
     features = [c for c in train.columns if c != target]
-    text = [c for c in features if train[c].dtype == object]
+    text = [c for c in features if not pd.api.types.is_numeric_dtype(train[c])]
     prepare = ColumnTransformer([("num", SimpleImputer(strategy="median"), [c for c in features if c not in text]),
                                  ("cat", OneHotEncoder(handle_unknown="ignore"), text)])
     model = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor

@@ -336,6 +336,10 @@ class PipelineSpec(_Section):
         metric = self.evaluation.metric_for(task)
         if METRICS[metric][0] != task:
             raise ValueError(f"evaluation.metric {metric!r} is not a {task} metric")
+        for column in self.evaluation.slices:
+            if column == self.schema_.target or column in self.schema_.drop or \
+                    (self.schema_.features and column not in self.schema_.features):
+                raise ValueError(f"evaluation.slices: {column!r} is not a feature; slices are categorical features")
         names = [("model.estimator", self.model.estimator)] if self.model.factory is None else []
         names += [(f"model.candidates[{i}].estimator", c.estimator) for i, c in enumerate(self.model.candidates)]
         for key, name in names:

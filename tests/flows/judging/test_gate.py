@@ -166,3 +166,15 @@ def test_a_model_that_learned_nothing_scores_chance() -> None:
     assert metrics(outputs, y, CLASSES, ["0", "1"])["roc_auc"] == 0.5
     truth = pd.Series(np.random.default_rng(2).normal(size=400))
     assert metrics(chance_outputs(truth, REGRESS, []), truth, REGRESS, [])["r2"] == pytest.approx(0.0)
+
+
+def test_slices_must_be_features() -> None:
+    from pydantic import ValidationError
+
+    from core.specs import PipelineSpec
+
+    assert PipelineSpec.model_validate({"evaluation": {"slices": ["region"]}}).evaluation.slices == ["region"]
+    for wrong in ({"evaluation": {"slices": ["churned"]}},
+                  {"schema": {"drop": ["region"]}, "evaluation": {"slices": ["region"]}}):
+        with pytest.raises(ValidationError, match="evaluation.slices: 'churned' is not a feature|'region' is not"):
+            PipelineSpec.model_validate(wrong)
