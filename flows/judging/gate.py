@@ -11,8 +11,8 @@
   the margin: a proof on each of many small slices would refuse nearly every candidate (a
   200-row slice's AUC interval is about 0.1 wide), so slices guard against a regression
   shown, while the whole holdout and the earlier rows carry the proof.
-- **Nothing to learn**: when the champion is not shown better than chance (by more than
-  the margin) on the new rows, the candidate must be (the new rows are a new concept), or
+- **Nothing to learn**: when the champion is neither shown better nor shown worse than
+  chance (by more than the metric's default margin) on the new rows, the candidate must be (the new rows are a new concept), or
   the batch is noise: it never replaces a model. "Chance" is a model that learned nothing
   (``flows.judging.compare.chance_outputs``), paired with each model on the same rows.
 
@@ -171,8 +171,8 @@ def refusing_part(parts: list[SliceComparison], margin: float) -> str | None:
 
 def check_signal(scored: Scored, new_rows: np.ndarray, higher: bool, champion_version: str) -> SignalCheck | None:
     """Whether the new rows carry anything to learn (see the module's docstring); None when
-    the champion is shown better than chance by more than the metric's default margin on
-    them (they do), or cannot be compared. "Better than chance" is itself a claim of
+    the champion is shown better, or worse, than chance by more than the metric's default
+    margin on them (they do), or cannot be compared. "Better than chance" is itself a claim of
     superiority by that margin: pure noise passes it far more rarely than the 2.5% of a
     bound above chance alone."""
     rows = int(new_rows.sum())
@@ -183,7 +183,12 @@ def check_signal(scored: Scored, new_rows: np.ndarray, higher: bool, champion_ve
                      scored.classes[0]).get(scored.metric)
     margin = default_margin(scored.metric, chance)
     champion = scored.compare(new_rows, against_chance=1)
-    if champion is None or improvement_bounds(champion, higher)[0] > margin + EPS:
+    if champion is None:
+        return None
+    worst, best = improvement_bounds(champion, higher)
+    # Shown better than chance: the rows carry what the champion knows. Shown *worse*: they
+    # carry a relation too, one that changed (a reversed concept); the gate decides.
+    if worst > margin + EPS or best < -margin - EPS:
         return None
     candidate = scored.compare(new_rows, against_chance=0)
     learnable = candidate is not None and improvement_bounds(candidate, higher)[0] > margin + EPS

@@ -155,6 +155,10 @@ def test_noise_on_the_new_rows_is_told_from_a_new_concept() -> None:
     # The champion is better than chance on them: the batch carries a signal, no check.
     assert check_signal(Scored("roc_auc", CLASSES, y, model(y, 8), model(y, 9), ["0", "1"], ["0", "1"], spec),
                         everything, True, "v0001") is None
+    # Far worse than chance: the relation reversed, which is a signal too; the gate decides.
+    reversed_y = y.map({"0": "1", "1": "0"})
+    assert check_signal(Scored("roc_auc", CLASSES, y, model(y, 8, signal=0.0), model(reversed_y, 9), ["0", "1"],
+                               ["0", "1"], spec), everything, True, "v0001") is None
     # Too few new rows to tell.
     few = np.arange(1000) < 60
     assert check_signal(noise, few, True, "v0001").verdict == "too_few_rows"
