@@ -241,6 +241,9 @@ def main() -> int:
                     found = run_scenario(scenario, seed, work, cluster.scheduler_address, champion)
                     results.setdefault(scenario.name, []).append(found)
                     print(f"{scenario.name} / seed {seed}: {found['decision']} ({found['seconds']} s)", flush=True)
+    previous = Path(args.out).with_suffix(".json")
+    if args.only and previous.exists():  # a partial run replaces only its scenarios' rows
+        results = {**json.loads(previous.read_text()), **results}
     Path(args.out).write_text(render(results, seeds, started, load))
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     print(f"written {args.out}")
