@@ -10,7 +10,7 @@ MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test test-mlflow bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production soak soak-quick server clean
+.PHONY: install run test test-mlflow bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production bench-real-data scenarios soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -79,6 +79,15 @@ bench-run-command: $(STAMP)
 ## make bench-production: scoring 1,000,000 rows and joining their late labels through a warm daemon vs plain scripts (benchmarks/production-results.md)
 bench-production: $(STAMP)
 	$(BIN)/python benchmarks/production.py
+
+## make scenarios: the gate's decisions on synthetic streams whose truth is known, over 3 seeds (benchmarks/scenarios-results.md)
+scenarios: $(STAMP)
+	$(BIN)/python benchmarks/scenarios.py
+
+## make bench-real-data: real tabular data bundled in packages (scikit-learn, statsmodels) as four batches through retrain run, against a hand-written pipeline (benchmarks/real-data-results.md)
+bench-real-data: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/real_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

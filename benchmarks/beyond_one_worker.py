@@ -132,9 +132,8 @@ def window_bytes(home: Path) -> dict:
 
 def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
     from dask.utils import parse_bytes
+    from direct import call_flow
 
-    from service.runner.flowruns import execute
-    from service.runner.records import RunStart
     from service.sample import write_samples
 
     files = write_samples(work / "data", files=max(1, rows // 500_000), rows=min(rows, 500_000), seed=3)
@@ -142,7 +141,7 @@ def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
     local, pids = cluster(memory_limit)
     try:
         with Peaks(pids) as peaks:
-            result = execute(RunStart(None, "bench"), request(files, home, {"estimator": "xgboost", "threads": 1}), local.scheduler_address)
+            result = call_flow(request(files, home, {"estimator": "xgboost", "threads": 1}), local.scheduler_address)
     finally:
         local.close()
     outcome = result.outcome
@@ -154,11 +153,11 @@ def beyond_one_worker(work: Path, rows: int, memory_limit: str) -> dict:
 
 
 def search(work: Path, rows: int) -> dict:
+    from direct import call_flow
+
     from core.specs import DEFAULT_CANDIDATES, ModelSpec
     from flows.data.window import Window
     from flows.training.train import train_candidate
-    from service.runner.flowruns import execute
-    from service.runner.records import RunStart
     from service.sample import write_samples
 
     files = write_samples(work / "search-data", files=2, rows=rows // 2, seed=4)
@@ -168,8 +167,8 @@ def search(work: Path, rows: int) -> dict:
     try:
         # The first search knows no candidate's time and starts them in config order; the
         # next one (as a daemon retrains) starts the longest first, by the first one's times.
-        first = execute(RunStart(None, "bench"), request(files, home, model), local.scheduler_address)
-        result = execute(RunStart(None, "bench"), request(files, home, model), local.scheduler_address)
+        first = call_flow(request(files, home, model), local.scheduler_address)
+        result = call_flow(request(files, home, model), local.scheduler_address)
     finally:
         local.close()
     meta = json.loads(sorted((home / "registry").glob("v*/metadata.json"))[-1].read_text())

@@ -173,12 +173,11 @@ def main() -> None:
     home = Home(Path(tempfile.mkdtemp(prefix="soak-profile-"))).ensure().root
 
     prepare_environment(Home(home))
+    from direct import call_flow
     from distributed import Client
 
     from flows.retrain import RetrainRequest
     from service.config import load_settings
-    from service.runner.flowruns import execute
-    from service.runner.records import RunStart
     from service.runtime.api import prefect_api
     from service.runtime.cluster import dask_cluster
     from service.sample import write_samples
@@ -195,7 +194,7 @@ def main() -> None:
                                      pipeline=settings.pipeline(),
                                      registry_dir=str(home / "registry"), cache_dir=str(home / "cache"))
             started = time.perf_counter()
-            result = execute(RunStart(None, "soak-profile"), request, address)
+            result = call_flow(request, address)
             seconds = time.perf_counter() - started
             if args.trim:
                 print(f"run {i + 1}: {seconds:.1f}s, rss {rss_mib():.1f} MiB, after malloc_trim "

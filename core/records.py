@@ -182,6 +182,41 @@ class PairedComparison(_Record):
     confidence: float
     samples: int  # bootstrap resamples
     must_show: Literal["not_worse", "better"]
+    rows: int = 0  # the rows compared
+    margin: float | None = None  # of non-inferiority, in the metric's units
+
+
+class SliceComparison(_Record):
+    """The paired comparison on one part of the holdout: the new files' rows, the earlier
+    window's rows (those the champion already handled), or one value of a slice feature."""
+
+    name: str  # "new rows", "earlier rows", "region=south"
+    # "prove": non-inferiority must be shown (the earlier rows); "guard": must not be shown
+    # worse beyond the margin (a slice); "record": recorded only (the new rows).
+    role: Literal["prove", "guard", "record"]
+    rows: int
+    candidate: float | None  # the metric on these rows
+    champion: float | None
+    comparison: PairedComparison | None  # None when the metric cannot be computed on them
+    # "shown": non-inferiority shown (or superiority for must_show "better"); "not shown";
+    # "worse": a regression beyond the margin shown; "recorded": not judged (new rows);
+    # "too few rows": below evaluation.min_slice_rows.
+    verdict: str
+
+
+class SignalCheck(_Record):
+    """Whether the new rows carry anything to learn, asked when the champion scores near
+    chance on them: each model against a model that learned nothing (the class shares or
+    the mean of these rows), paired on the new rows' holdout."""
+
+    rows: int
+    chance: float  # the metric of the no-skill model on these rows
+    champion: PairedComparison | None  # champion - chance
+    candidate: PairedComparison | None  # candidate - chance
+    champion_near_chance: bool  # the champion is not shown better than chance
+    learnable: bool  # the candidate is shown better than chance
+    verdict: Literal["signal", "new_concept", "no_signal", "too_few_rows"]
+    reason: str
 
 
 class EvaluationResult(_Record):
@@ -190,7 +225,7 @@ class EvaluationResult(_Record):
     metric: str
     greater_is_better: bool
     threshold: float
-    tolerance: float
+    tolerance: float  # the margin of non-inferiority used
     holdout_rows: int
     candidate: dict[str, float]
     champion: dict[str, float] | None = None
@@ -205,6 +240,12 @@ class EvaluationResult(_Record):
     check_value: float | None = None
     # The paired comparison the gate judged the champion by (None without a champion).
     comparison: PairedComparison | None = None
+    # The same on the new rows, the earlier rows and each slice of `evaluation.slices`.
+    slices: list[SliceComparison] = Field(default_factory=list)
+    # Whether the new rows carry a signal (asked when the champion is near chance on them).
+    signal: SignalCheck | None = None
+    # The batch carries nothing to learn: never deployed, its files set aside.
+    no_signal: bool = False
 
 
 class ModelVersion(_Record):
@@ -218,8 +259,9 @@ class ModelVersion(_Record):
     model_sha256: str
     metrics: dict[str, float] = Field(default_factory=dict)
     champion_metrics: dict[str, float] | None = None
-    # "cancelled": its run was cancelled by an operator (rolled back if it had been deployed).
-    decision: Literal["deployed", "rejected", "deploy_failed", "cancelled", "pending"] = "pending"
+    # "cancelled": its run was cancelled by an operator (rolled back if it had been deployed);
+    # "no_signal": its batch carried nothing to learn (never deployed).
+    decision: Literal["deployed", "rejected", "no_signal", "deploy_failed", "cancelled", "pending"] = "pending"
     reason: str = ""
     # Where it came from and how it was made: the gate's metric and evaluation, its training,
     # schema, data files, reference statistics, config and library versions. Versions written
@@ -292,8 +334,8 @@ class RunOutcome(_Record):
     """What the flow returns to the service."""
 
     flow_run_id: str | None
-    decision: Literal["deployed", "rejected", "kept", "no_valid_data", "not_trained", "deploy_failed", "scored",
-                      "labelled"]
+    decision: Literal["deployed", "rejected", "no_signal", "kept", "no_valid_data", "not_trained", "deploy_failed",
+                      "scored", "labelled"]
     reason: str
     files: list[FileOutcome]
     model_version: str | None = None

@@ -163,20 +163,44 @@ class ModelSpec(_Section):
         return value
 
 
+# The gate's default margin of non-inferiority per metric (``evaluation.tolerance`` unset):
+# the loss a careful operator accepts for a model trained on more recent data. One point of
+# AUC, accuracy, balanced accuracy or R² is about the spread of those metrics between two
+# fits of the same model on resampled data of a few thousand rows, and far below what any
+# user notices; f1 moves about twice as much with the decision threshold, so two points.
+# rmse and mae are in the target's units: their margin is relative, 2% of the champion's
+# value on the rows compared (see ``EvaluationSpec.margin``).
+DEFAULT_TOLERANCE: dict[str, float] = {"roc_auc": 0.01, "accuracy": 0.01, "balanced_accuracy": 0.01,
+                                       "f1": 0.02, "r2": 0.01}
+RELATIVE_TOLERANCE: dict[str, float] = {"rmse": 0.02, "mae": 0.02}
+
+
 class EvaluationSpec(_Section):
     """How a candidate is judged."""
 
     metric: str | None = None  # None: roc_auc for classification, r2 for regression
     threshold: float = 0.6
-    tolerance: float = Field(0.0, ge=0.0)
+    # The margin of non-inferiority, in the metric's units. None: the metric's default
+    # (DEFAULT_TOLERANCE; 2% of the champion's value for rmse and mae).
+    tolerance: float | None = Field(None, ge=0.0)
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     min_holdout_rows: int = Field(20, ge=1)
     # What the candidate must show against the champion, judged by a paired bootstrap of the
-    # metric's difference on the shared holdout rows: "not_worse" (deployed unless it is
-    # worse by more than `tolerance` with `confidence`) or "better" (deployed only when it
-    # is better by more than `tolerance` with `confidence`).
+    # metric's difference on the shared holdout rows: "not_worse" (deployed only when the
+    # interval's bound on the side of "worse" lies above -margin: non-inferiority shown) or
+    # "better" (deployed only when it lies above +margin: superiority shown).
     must_show: Literal["not_worse", "better"] = "not_worse"
+    # Of the two-sided interval; its lower bound is a one-sided test at (1 - confidence) / 2,
+    # the usual 2.5% of non-inferiority trials.
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    # Categorical features whose every value with at least `min_slice_rows` holdout rows is a
+    # slice of its own: a candidate shown worse than the champion beyond the margin on one is
+    # refused.
+    slices: list[str] = Field(default_factory=list)
+    min_slice_rows: int = Field(200, ge=1)
+    # New rows' holdout rows needed to tell a batch with nothing to learn (noise) from a new
+    # concept when the champion scores near chance on them; fewer give no verdict.
+    min_signal_rows: int = Field(100, ge=1)
 
     @field_validator("metric")
     @classmethod
@@ -187,6 +211,21 @@ class EvaluationSpec(_Section):
 
     def metric_for(self, task: TaskType) -> str:
         return self.metric or DEFAULT_METRIC[task]
+
+    def margin(self, metric: str, champion_value: float | None = None) -> float:
+        """The margin of non-inferiority for ``metric``: ``tolerance`` when set, else the
+        metric's default (``default_margin``)."""
+        return self.tolerance if self.tolerance is not None else default_margin(metric, champion_value)
+
+
+def default_margin(metric: str, reference: float | None = None) -> float:
+    """The metric's default margin (DEFAULT_TOLERANCE), relative to ``reference`` for rmse
+    and mae. The signal check uses it whatever ``tolerance`` says: a wide tolerance set to
+    let candidates through must not make "better than chance" impossible to show."""
+    if metric in RELATIVE_TOLERANCE:
+        value = reference if reference is not None and reference == reference else 0.0
+        return RELATIVE_TOLERANCE[metric] * abs(value)
+    return DEFAULT_TOLERANCE[metric]
 
 
 class WindowSpec(_Section):
@@ -315,6 +354,10 @@ class PipelineSpec(_Section):
         metric = self.evaluation.metric_for(task)
         if METRICS[metric][0] != task:
             raise ValueError(f"evaluation.metric {metric!r} is not a {task} metric")
+        for column in self.evaluation.slices:
+            if column == self.schema_.target or column in self.schema_.drop or \
+                    (self.schema_.features and column not in self.schema_.features):
+                raise ValueError(f"evaluation.slices: {column!r} is not a feature; slices are categorical features")
         names = [("model.estimator", self.model.estimator)] if self.model.factory is None else []
         names += [(f"model.candidates[{i}].estimator", c.estimator) for i, c in enumerate(self.model.candidates)]
         for key, name in names:

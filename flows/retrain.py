@@ -45,6 +45,7 @@ from core.records import (
     ModelVersion,
     PartitionPlan,
     PartitionSummary,
+    Rejection,
     ResolvedSchema,
     RetrainRequest,
     RunOutcome,
@@ -109,11 +110,12 @@ def train_xgboost_task(window: Window, spec: ModelSpec, out_path: str, validate:
 
 @task(name="evaluate_against_champion", cache_policy=NO_CACHE, persist_result=False)
 def evaluate_task(trained: TrainResult, champion: ModelVersion | None, window: Window,
-                  pipeline: PipelineSpec, registry_dir: str, cache_dir: str) -> EvaluationResult:
+                  pipeline: PipelineSpec, registry_dir: str, cache_dir: str,
+                  new_paths: list[str] | None = None) -> EvaluationResult:
     return evaluate_against_champion(
         trained, champion, window, pipeline.evaluation, ModelRegistry(registry_dir),
         pipeline.model.trusted_types, check_rows=pipeline.deploy.check_rows,
-        threads=pipeline.model.threads, outputs_dir=str(Path(cache_dir) / "outputs"))
+        threads=pipeline.model.threads, outputs_dir=str(Path(cache_dir) / "outputs"), new_paths=new_paths)
 
 
 @materialize("retrain://models/candidate", name="register_candidate", cache_policy=NO_CACHE,
@@ -199,7 +201,8 @@ def retrain(request: RetrainRequest) -> State:
     window = Window(plan.parquet_paths(), schema)
     staged = str(registry.staging_path(f"candidate-{flow_run.id or uuid.uuid4()}"))
     try:
-        trained, evaluation, reference = train_and_evaluate(window, champion, staged, request, stages)
+        trained, evaluation, reference = train_and_evaluate(window, champion, staged, request, stages,
+                                                            plan.new_parquet_paths())
     except TrainingError as exc:
         get_run_logger().warning("not trained: %s", exc)
         return finish(plan, stages, "not_trained", str(exc))
@@ -209,6 +212,8 @@ def retrain(request: RetrainRequest) -> State:
     stages.lap("register")
     decision, reason = deploy_if_better(registry, version, window, evaluation, spec, lease)
     stages.lap("deploy")
+    if decision == "no_signal":
+        plan.set_aside_new_files(no_signal_rejection(evaluation))
     publish_history(registry, spec.evaluation.threshold)
     return finish(plan, stages, decision, reason, version=version, evaluation=evaluation, trained=trained)
 
@@ -248,7 +253,8 @@ def monitor(plan: RunPlan, champion: ModelVersion | None, schema: ResolvedSchema
 
 
 def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: str, request: RetrainRequest,
-                       stages: "Stopwatch") -> tuple[TrainResult, EvaluationResult, dict[str, Any] | None]:
+                       stages: "Stopwatch", new_paths: list[str] | None = None
+                       ) -> tuple[TrainResult, EvaluationResult, dict[str, Any] | None]:
     """Train the candidate (the best of a search) into files named after ``staged`` (while
     another task takes the reference statistics of the same rows), then score it and the
     champion on the same holdout rows. Raises TrainingError when the window cannot be
@@ -260,7 +266,7 @@ def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: st
                            champion.lineage.get("training", {}).get("candidates") if champion else None)
     stages.lap("train")
     evaluation = evaluate_task.submit(trained, champion, window, request.pipeline, request.registry_dir,
-                                      request.cache_dir).result()
+                                      request.cache_dir, new_paths).result()
     stages.lap("evaluate")
     try:
         return trained, evaluation, reference.result()
@@ -324,7 +330,7 @@ def deploy_if_better(registry: ModelRegistry, version: str, window: Window, eval
     backoff (each attempt rolls itself back), and record the decision on the version."""
     logger = get_run_logger()
     logger.info("candidate %s: %s", version, evaluation.reason)
-    decision, reason = "rejected", evaluation.reason
+    decision, reason = ("no_signal" if evaluation.no_signal else "rejected"), evaluation.reason
     if evaluation.deploy:
         deploy = deploy_task.with_options(
             retries=spec.deploy.retries,
@@ -343,6 +349,15 @@ def deploy_if_better(registry: ModelRegistry, version: str, window: Window, eval
             logger.error(reason)
     registry.update(version, decision=decision, reason=reason)
     return decision, reason
+
+
+def no_signal_rejection(evaluation: EvaluationResult) -> Rejection:
+    """Why the files of a batch with nothing to learn are set aside, with the numbers."""
+    signal = evaluation.signal
+    return Rejection(reason=f"no signal: {signal.reason if signal else evaluation.reason}",
+                     hint="set aside, not trained on: check this file's labels; `retrain requeue NAME` takes it "
+                          "back, to be judged again with the next batches",
+                     details={"signal": signal.model_dump(mode="json") if signal else None})
 
 
 def gather_with_progress(futures, groups: list[list[PartitionPlan]], done: int,

@@ -132,6 +132,7 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
         "operator_actions": [{**e, "at": _iso(e["at"])} for e in events],
         "gate": {"metric": settings.evaluation.metric_for(settings.schema_.task),
                  "threshold": settings.evaluation.threshold,
+                 # The margin of non-inferiority; None: the metric's default (core.specs).
                  "tolerance": settings.evaluation.tolerance,
                  "must_show": settings.evaluation.must_show,
                  "confidence": settings.evaluation.confidence},
@@ -255,7 +256,8 @@ def _model_lines(status: dict[str, Any]) -> list[str]:
         lines = [f"current model [bold]{model['version']}[/] (trained {model['created_at']}, "
                  f"current since {model['deployed_at']}): "
                  f"{model['metric']} {_fmt_metric(model['metrics'], model['metric'])}; gate: "
-                 f"{gate['metric']} >= {gate['threshold']}, tolerance {gate['tolerance']}"]
+                 f"{gate['metric']} >= {gate['threshold']}, {gate['must_show']} within margin "
+                 f"{'the metric default' if gate['tolerance'] is None else gate['tolerance']}"]
     else:
         lines = [f"no model deployed yet; gate: {gate['metric']} >= {gate['threshold']}"]
     if model and model.get("live"):

@@ -153,6 +153,17 @@ class RunPlan:
         """The window's partitions in window order: what training and evaluation read."""
         return [s.parquet_path for parts in self.usable().values() for s in parts if s.parquet_path]
 
+    def new_parquet_paths(self) -> list[str]:
+        """The partitions of this batch's usable new files."""
+        return [s.parquet_path for parts in self.usable(self.new_files).values() for s in parts if s.parquet_path]
+
+    def set_aside_new_files(self, rejection: Rejection) -> None:
+        """The batch carried nothing to learn: its usable new files are refused (the service
+        quarantines them with ``rejection``, out of every later window, for an operator to
+        decide)."""
+        for file_id in self.usable(self.new_files):
+            self.rejected.setdefault(file_id, rejection)
+
     def has_new_data(self) -> bool:
         usable = self.usable()
         return any(ref.file_id in usable for ref in self.new_files)

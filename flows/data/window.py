@@ -92,6 +92,15 @@ class Window:
         the partitions that hold them are read)."""
         return load_partitions(self.parquet_paths, self.columns, holdout=True, limit=limit)
 
+    def holdout_counts(self) -> list[int]:
+        """Holdout rows per partition, in window order (only the split's column is read)."""
+        return [int(pc.sum(pq.read_table(path, columns=[HOLDOUT_COLUMN])[HOLDOUT_COLUMN]).as_py() or 0)
+                for path in self.parquet_paths]
+
+    def holdout_column(self, column: str) -> pd.Series:
+        """One column of the holdout rows, in window order."""
+        return load_partitions(self.parquet_paths, [column], holdout=True)[column]
+
     def holdout_parts(self) -> list[tuple[str, pd.DataFrame]]:
         """The holdout rows of each partition that has any, read once: evaluation scores
         and keeps models' outputs per partition."""

@@ -82,6 +82,23 @@ def row_statistics(metric: str, outputs: dict[str, np.ndarray], y: pd.Series, sc
     return None
 
 
+def chance_outputs(y: pd.Series, schema: ResolvedSchema, model_classes: list[str]) -> dict[str, np.ndarray]:
+    """The outputs of a model that learned nothing, on the rows of ``y``: scikit-learn's
+    DummyClassifier(strategy="prior") / DummyRegressor() fitted on these very rows (the
+    share of each class as every row's scores and the most frequent class as its
+    prediction; the mean as every prediction). Knowing the rows' own balance and mean is
+    the best such a model can do, so beating it is a fair test of "better than chance"."""
+    n = len(y)
+    if schema.task == "regression":
+        return {"predicted": np.full(n, float(y.astype(float).mean()) if n else 0.0)}
+    y_text = y.astype(str).to_numpy()
+    classes = model_classes or sorted(set(y_text))
+    shares = np.array([(y_text == c).mean() if n else 0.0 for c in classes])
+    scores = np.tile(shares, (n, 1))
+    return {"predicted": np.full(n, classes[int(np.argmax(shares))], dtype=object).astype(str),
+            "scores": scores}
+
+
 def _columns(*columns) -> np.ndarray:
     """Per-row statistics as a float matrix, with a last column of ones (the row count)."""
     return np.column_stack([*(np.asarray(c, dtype=float) for c in columns), np.ones(len(columns[0]))])

@@ -87,12 +87,33 @@ def summary_markdown(outcome: RunOutcome, evaluation: EvaluationResult | None,
     lines += monitoring_lines(outcome)
     if evaluation is not None:
         lines += _metrics_lines(evaluation)
+        lines += _parts_lines(evaluation)
     if trained is not None and trained.candidates:
         lines += _candidate_lines(trained, evaluation.metric if evaluation else None)
     if outcome.stage_seconds:
         lines += ["", "Time per stage: " + ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds
                                                     in outcome.stage_seconds.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _parts_lines(evaluation: EvaluationResult) -> list[str]:
+    """Markdown: candidate - champion on each part of the holdout, and the signal check."""
+    lines: list[str] = []
+    if evaluation.slices:
+        lines += ["", f"## Parts of the holdout (margin {evaluation.tolerance:.4f})", "",
+                  "| part | rows | candidate | champion | difference | interval | verdict |", "|---|---:|---:|---:|---:|---|---|"]
+        for part in evaluation.slices:
+            c = part.comparison
+            lines.append(f"| {part.name} | {part.rows:,} | {_num(part.candidate)} | {_num(part.champion)} | "
+                         + (f"{c.difference:+.4f} | {c.low:+.4f} to {c.high:+.4f}" if c else " | ")
+                         + f" | {part.verdict} |")
+    if evaluation.signal is not None:
+        lines += ["", f"**Signal in the new rows:** {evaluation.signal.verdict}: {evaluation.signal.reason}"]
+    return lines
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def monitoring_lines(outcome: RunOutcome) -> list[str]:
@@ -125,7 +146,7 @@ def monitoring_lines(outcome: RunOutcome) -> list[str]:
 def _metrics_lines(evaluation: EvaluationResult) -> list[str]:
     better = "higher" if METRICS[evaluation.metric][1] else "lower"
     lines = [f"## Metrics (gate on `{evaluation.metric}`, {better} is better; threshold "
-             f"{evaluation.threshold}, tolerance {evaluation.tolerance})", "",
+             f"{evaluation.threshold}, margin {evaluation.tolerance:.4f})", "",
              "| metric | candidate | champion |", "|---|---:|---:|"]
     champion = evaluation.champion or {}
     for name, value in evaluation.candidate.items():

@@ -27,6 +27,7 @@ from core.specs import METRICS
 DECISION_STYLE = {
     "deployed": ("tab:green", "o", "deployed"),
     "rejected": ("tab:red", "x", "rejected"),
+    "no_signal": ("tab:brown", "x", "no signal (batch set aside)"),
     "deploy_failed": ("tab:orange", "s", "deploy failed"),
     "cancelled": ("tab:purple", "^", "cancelled"),
     "pending": ("tab:gray", ".", "pending"),

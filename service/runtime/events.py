@@ -4,8 +4,8 @@ automations").
 Event names and their resource::
 
     retrain.file.claimed | archived | quarantined | duplicate     a file
-    retrain.run.deployed | rejected | kept | rolled-back | failed | cancelled |
-                no-valid-data | not-trained | scored | labelled   a model version
+    retrain.run.deployed | rejected | no-signal | kept | rolled-back | failed |
+                cancelled | no-valid-data | not-trained | scored | labelled   a model version
     retrain.model.degraded | drifted                              the champion
 
 A file is ``retrain.file.<sha256>`` (the same bytes are the same file), named after its

@@ -53,15 +53,15 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         assert models["current"] == first["model_version"]
         assert [v["decision"] for v in models["versions"]] == ["deployed"]
 
-        # A batch no model can learn from is evaluated and not deployed.
+        # A batch no model can learn from: not deployed, its file set aside with the numbers.
         assert cli("sample", "--out", str(home / "inbox"), "--files", "1", "--rows", "3000",
                    "--seed", "2", "--label-noise", "0.5", env=env, cwd=tmp_path).returncode == 0
         status = wait_for(lambda: _runs_finished(home, env, 2), 180, "the second run")
         second = status["runs"][0]
-        assert second["decision"] == "rejected", (second, daemon.log())
-        assert "threshold" in second["reason"]
+        assert second["decision"] == "no_signal", (second, daemon.log())
+        assert "the new rows carry nothing to learn" in second["reason"]
         assert status["current_model"]["version"] == first["model_version"]
-        assert status["files"]["archived"] == 3
+        assert status["files"]["archived"] == 2 and status["files"]["quarantined"] == 1
 
         # The embedded API recorded both as flow runs of the home's deployment, completed,
         # told apart by name, tag and state name, each with its summary artifact.
@@ -73,8 +73,9 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         for run in status["runs"][:2]:
             flow_run = ours[run["flow_run_id"]]
             assert flow_run["state_type"] == "COMPLETED" and flow_run["deployment_id"] == deployment["id"]
-            assert flow_run["name"].startswith(f"run-{run['id']}-") and run["decision"] in flow_run["tags"]
-            assert flow_run["state_name"] == run["decision"].capitalize()
+            assert flow_run["name"].startswith(f"run-{run['id']}-")
+            assert run["decision"].replace("_", "-") in flow_run["tags"]
+            assert flow_run["state_name"] == "".join(w.capitalize() for w in run["decision"].split("_"))
 
         # Paused through the embedded API: status shows it; resumed.
         assert cli("pause", env=env, cwd=tmp_path).returncode == 0
@@ -86,13 +87,13 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
             r["flow_run_id"] for r in status["runs"][:2]}
 
         text = cli("status", env=env, cwd=tmp_path).stdout
-        assert "rejected" in text and "threshold" in text
+        assert "no_signal" in text and "carry nothing to learn" in text
 
         # The same, for Prometheus, on the daemon's opt-in metrics port.
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
         assert 'retrain_runs_total{decision="deployed"} 1.0' in metrics
-        assert 'retrain_runs_total{decision="rejected"} 1.0' in metrics
-        assert 'retrain_files{state="archived"} 3.0' in metrics
+        assert 'retrain_runs_total{decision="no_signal"} 1.0' in metrics
+        assert 'retrain_files{state="archived"} 2.0' in metrics
         assert f'retrain_current_model{{version="{first["model_version"]}"}} 1.0' in metrics
 
         # `retrain run` while the daemon holds the home hands its files to the daemon and
@@ -110,7 +111,7 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         code = daemon.stop(signal.SIGTERM)
     assert code == 0, daemon.log()
     counts = check_invariant(home)
-    assert counts["archived"] == 4 and counts["quarantined"] == 1
+    assert counts["archived"] == 3 and counts["quarantined"] == 2
 
 
 def test_retrain_run_rejects_file_without_target(tmp_path: Path, prefect_api_url: str,

@@ -78,7 +78,7 @@ class Served:
         self.hold = root / "hold-deploys"
         hook = f"{sys.executable} -c \"import os,time\nwhile os.path.exists('{self.hold}'): time.sleep(0.1)\""
         # Each run trains on its own file and deploys whenever it reaches the threshold: a
-        # noisy batch is rejected, any good one is deployed.
+        # noisy batch is set aside (no signal), any good one is deployed.
         self.env = daemon_env(self.home, api, dask__dashboard_address=":0", policy__schedule="0 2 * * *",
                               policy__timezone="Europe/Paris", deploy__hook_command=hook,
                               window__last_files="1", evaluation__tolerance="1.0")
@@ -205,17 +205,17 @@ def test_a_flow_run_created_through_the_api_is_executed_by_the_daemon(served: Se
     assert "operator" in flow_run.tags and run["decision"].replace("_", "-") in flow_run.tags
 
 
-def test_runs_of_a_deployed_and_a_rejected_batch_differ_in_name_tags_and_state(served: Served) -> None:
+def test_runs_of_a_deployed_and_a_noise_batch_differ_in_name_tags_and_state(served: Served) -> None:
     deployed = served.run_of(file_name=next(p.name for p in (served.home / "archive").iterdir()))
     name = served.drop("--rows", "3000", "--seed", "52", "--label-noise", "0.5").name
-    rejected = served.wait_run("the noisy batch's run", file_name=name)
-    assert rejected["decision"] == "rejected", rejected
+    noise = served.wait_run("the noisy batch's run", file_name=name)
+    assert noise["decision"] == "no_signal", noise
     with served.client() as client:
-        good, bad = (client.read_flow_run(r["flow_run_id"]) for r in (deployed, rejected))
-    assert (good.name, bad.name) == (f"run-{deployed['id']}-1-file", f"run-{rejected['id']}-1-file")
-    assert "deployed" in good.tags and "rejected" in bad.tags and "rejected" not in good.tags
-    assert (good.state.name, bad.state.name) == ("Deployed", "Rejected")
-    assert bad.state.is_completed() and bad.state.message.startswith("not deployed")
+        good, bad = (client.read_flow_run(r["flow_run_id"]) for r in (deployed, noise))
+    assert (good.name, bad.name) == (f"run-{deployed['id']}-1-file", f"run-{noise['id']}-1-file")
+    assert "deployed" in good.tags and "no-signal" in bad.tags and "no-signal" not in good.tags
+    assert (good.state.name, bad.state.name) == ("Deployed", "NoSignal")
+    assert bad.state.is_completed() and bad.state.message.startswith("not deployed, no signal")
 
 
 def _events(served: Served, prefix: str) -> list:
@@ -236,9 +236,11 @@ def test_events_of_a_deployed_run_a_quarantined_file_and_a_duplicate(served: Ser
     os.replace(served.home / "notes.txt", served.home / "inbox" / "notes.txt")
 
     def seen() -> dict | None:
-        found = {e.event: e for e in _events(served, "retrain.")}
+        # The notes file's quarantine, not the noise batch's (set aside too).
+        found = {e.event: e for e in _events(served, "retrain.")
+                 if e.event != "retrain.file.quarantined" or e.resource.name == "notes.txt"}
         wanted = {"retrain.file.duplicate", "retrain.file.quarantined", "retrain.run.deployed", "retrain.file.archived",
-                  "retrain.run.rejected", "retrain.model.degraded"}
+                  "retrain.run.no-signal", "retrain.model.degraded"}
         return found if wanted <= set(found) else None
 
     events = wait_for(seen, 60, "the events on the server")
@@ -249,8 +251,9 @@ def test_events_of_a_deployed_run_a_quarantined_file_and_a_duplicate(served: Ser
     assert deployed.resource.id.endswith("/v0001") and deployed.resource.name == "v0001"
     roles = {r.role for r in deployed.related}
     assert {"deployment", "flow-run", "file"} <= roles
-    # The noisy batch: its candidate rejected, and the champion's live metric on it below the bar.
-    assert events["retrain.run.rejected"].resource.id != deployed.resource.id
+    # The noisy batch: nothing to learn, and the champion's live metric on it below the bar.
+    assert events["retrain.run.no-signal"].resource.id != deployed.resource.id
+    assert "carry nothing to learn" in events["retrain.run.no-signal"].payload["reason"]
     degraded = events["retrain.model.degraded"]
     assert degraded.resource.id.startswith(deployed.resource.id.rsplit("/", 1)[0])
     assert degraded.payload["value"] < 0.6 and "live" in degraded.payload["reason"]

@@ -77,11 +77,14 @@ def test_a_difference_within_noise_is_not_worse_but_not_better() -> None:
     comparison, (value, champ) = compare(model(104), model(100), y)
     assert -0.006 < comparison.difference < -0.004 and comparison.low < 0 < comparison.high
 
+    # Non-inferiority is not shown with no margin at all: the interval reaches below 0.
     spec = EvaluationSpec(threshold=0.6, tolerance=0.0)
     gate = decide({"roc_auc": value}, {"roc_auc": champ}, spec, "classification", len(y), "v0001", comparison)
-    assert gate.deploy and "not worse by more than tolerance 0.0000" in gate.reason and "95% interval" in gate.reason
-    point = decide({"roc_auc": value}, {"roc_auc": champ}, spec, "classification", len(y), "v0001")
-    assert not point.deploy  # the point difference alone would have refused it
+    assert not gate.deploy and "not shown non-inferior" in gate.reason and "95% interval" in gate.reason
+    # A margin the interval's lower bound stays above shows it.
+    wide = EvaluationSpec(threshold=0.6, tolerance=round(-comparison.low + 0.001, 4))
+    gate = decide({"roc_auc": value}, {"roc_auc": champ}, wide, "classification", len(y), "v0001", comparison)
+    assert gate.deploy and "shown not worse by more than the margin" in gate.reason
 
     better = EvaluationSpec(threshold=0.6, must_show="better")
     comparison = comparison.model_copy(update={"must_show": "better"})
@@ -96,7 +99,7 @@ def test_a_clear_difference_decides_both_ways() -> None:
     assert worse.high < 0
     refused = decide({"roc_auc": value}, {"roc_auc": champ}, EvaluationSpec(threshold=0.5), "classification",
                      len(y), "v0001", worse)
-    assert not refused.deploy and "worse by more than tolerance 0.0000 with 95% confidence" in refused.reason
+    assert not refused.deploy and "worse than the champion by more than the margin 0.0100" in refused.reason
     better, (value, champ) = compare(good, poor, y, must_show="better")
     assert better.low > 0
     assert decide({"roc_auc": value}, {"roc_auc": champ}, EvaluationSpec(threshold=0.5, must_show="better"),

@@ -37,7 +37,7 @@ def test_gate_lower_is_better_for_errors() -> None:
     spec = EvaluationSpec(metric="rmse", threshold=10.0, tolerance=0.5)
     assert decide({"rmse": 9.0}, {"rmse": 8.6}, spec, "regression", 50, "v0002").deploy
     worse = decide({"rmse": 9.2}, {"rmse": 8.6}, spec, "regression", 50, "v0002")
-    assert not worse.deploy and "9.2000 > champion v0002 8.6000 + tolerance 0.5000" in worse.reason
+    assert not worse.deploy and "9.2000 > champion v0002 8.6000 + margin 0.5000" in worse.reason
     too_high = decide({"rmse": 10.5}, None, spec, "regression", 50)
     assert not too_high.deploy and "rmse 10.5000 > threshold 10.0000" in too_high.reason
 
