@@ -11,7 +11,6 @@ import importlib.util
 import logging
 import os
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterator
 
 from core.errors import RetrainError
 from service.config import DaemonSpec
+from service.runtime import tethered
 
 log = logging.getLogger("retrain.runtime")
 
@@ -157,16 +157,18 @@ class EmbeddedApiServer:
         # that is not the operator's concern.
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log_file:
+            # Tethered (service.runtime.tethered): it ignores the signals meant for the
+            # daemon, which stops it itself, and it never outlives the daemon.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages),
+                tethered.command("uvicorn", "--app-dir", str(site_packages),
                  "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
                  # Our own: Prefect's task-run waiter in this process holds an event
                  # subscription whose handler on the server would keep a stop waiting up to
                  # 2 s for its next idle tick. This process's last requests are answered
                  # before ``stop`` (``send_what_is_queued``): what is left is cancelled.
-                 "--timeout-graceful-shutdown", "0"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                 "--timeout-graceful-shutdown", "0"),
+                env=env, stdout=log_file, stderr=subprocess.STDOUT, **tethered.launch_options())
         import httpx
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
@@ -193,12 +195,7 @@ class EmbeddedApiServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        tethered.stop(self.process)
         self.process = None
 
 
