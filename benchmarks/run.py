@@ -504,9 +504,10 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     from serve_load import kept_section
 
-    # Kept as they are: the serving section (serve_load.py's) and the summary of every
-    # benchmark's targets, written from their own result files.
-    out.write_text(report + kept_section(out) + kept_section(out, SUMMARY_START, SUMMARY_END))
+    # Kept as they are: the serving section (serve_load.py's), the fault matrix (faults.py's)
+    # and the summary of every benchmark's targets, written from their own result files.
+    faults = kept_section(out, "<!-- faults: written by benchmarks/faults.py -->", "<!-- /faults -->")
+    out.write_text(report + kept_section(out) + faults + kept_section(out, SUMMARY_START, SUMMARY_END))
     print(report)
     print(f"[bench] written to {out}")
     return 0

@@ -39,6 +39,7 @@ from service.intake.inbox import Home, claim_file, fail_run_files
 from service.intake.ledger import FileState, Ledger, RunRecord
 from service.intake.requests import OPERATOR_RUN, take_run_request
 from service.intake.watcher import InboxWatcher
+from service.runner.agreement import mend_current
 from service.runner.runs import (
     OPERATOR,
     FlowResult,
@@ -159,6 +160,8 @@ class RetrainDaemon:
             self.ask_prefect_if_due()
             self.start_run_if_ready()
             self.write_heartbeat_if_due()
+            if self.session is not None and self.session.api is not None:
+                self.session.api.revive_if_dead()  # an embedded API killed under us
             time.sleep(tick)
 
     def take_in_files(self) -> None:
@@ -182,8 +185,8 @@ class RetrainDaemon:
         the deployment."""
         assert self.ledger is not None
         now = time.monotonic()
-        if self.run_future is not None or now < self.hold_until or self.paused:
-            return
+        if self.run_future is not None or now < self.hold_until or self.paused or self._prefect_trouble:
+            return  # (a run needs the Prefect API: while it does not answer, files wait)
         if self.batcher.ready(now):
             run = self.ledger.start_run(self.batcher.take(), {"trigger": "files"})
             self.launch(run, batch_start(self.deployment, run, self.ledger, "new files"),
@@ -253,8 +256,10 @@ class RetrainDaemon:
         elif not result.started:
             fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
                            self.settings.daemon.max_attempts, count_attempt=False)
+            assert self.session is not None and self.session.registry is not None
+            mend_current(self.ledger, self.session.registry, f"after run {run.id}")
             self.hold_until = time.monotonic() + PREFECT_POLL_SECONDS * 5
-            log.warning("run %d could not start: %s; its files wait for the next run", run.id, result.error)
+            log.warning("run %d did not run: %s; its files wait for the next run", run.id, result.error)
         else:
             run = record_result(self.ledger, self.home, run, result, self.settings)
             self.note_failures(run, result)
@@ -340,6 +345,7 @@ class RetrainDaemon:
                 # Whatever of the run still runs somewhere may no longer switch `current`.
                 assert self.session is not None and self.session.registry is not None
                 self.session.registry.release_lease()
+                mend_current(self.ledger, self.session.registry, f"stop during run {self.current_run.id}")
                 self.end_abandoned_flow_run()
                 log.warning("run %d did not finish in time; its files are handed back to the queue",
                             self.current_run.id)

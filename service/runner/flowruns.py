@@ -163,10 +163,31 @@ def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
         return FlowResult(start.flow_run_id, None, str(exc), started=False)
     except Exception as exc:  # the engine itself failed (API gone, ...)
         log.debug("%s", traceback.format_exc())  # the caller reports the one line
+        if not api_answers():
+            return api_lost(stop.flow_run_id, one_line(exc))
         return FlowResult(stop.flow_run_id, None, f"the flow did not run: {one_line(exc)}")
     result = result_of(state)
+    if result.outcome is None and not result.cancelled and not api_answers():
+        return api_lost(result.flow_run_id, result.error or "")
     close_flow_run(result)
     return result
+
+
+def api_answers() -> bool:
+    """Whether this process's Prefect API answers now (its /health)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        return httpx.get(f"{str(PREFECT_API_URL.value()).rstrip('/')}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def api_lost(flow_run_id: str | None, error: str) -> FlowResult:
+    """A run that failed because the Prefect API went away is not the files' fault: it is
+    handed back (``started=False``: no attempt counted) and runs again once the API answers."""
+    return FlowResult(flow_run_id, None, f"the Prefect API did not answer ({error})", started=False)
 
 
 @contextmanager

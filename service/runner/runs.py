@@ -17,6 +17,7 @@ from flows.models.registry import ModelRegistry
 from service.config import Settings
 from service.intake.inbox import Home, archive_files, cancel_run_files, fail_run_files
 from service.intake.ledger import FileRecord, FileState, Ledger, RunRecord
+from service.runner.agreement import mend_current
 from service.runner.retention import apply_retention
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     outcome = result.outcome
     if outcome is None:
         fail_run_files(ledger, home, run.id, result.error or "flow failed", settings.daemon.max_attempts)
+        mend_current(ledger, ModelRegistry(home.registry), f"after run {run.id}")  # a switch it could not undo
         return ledger.get_run(run.id)
 
     accepted = [f.file_id for f in outcome.files if f.accepted]
@@ -136,6 +138,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, metrics=metrics, accepted=accepted, rejected=rejected)
+    mend_current(ledger, ModelRegistry(home.registry), f"after run {run.id}")
     apply_retention(settings, home, ledger, outcome.window_partitions)
     return ledger.get_run(run.id)
 

@@ -28,6 +28,7 @@ from service.config import Settings
 from service.intake.inbox import Home, reconcile
 from service.intake.ledger import Ledger
 from service.intake.lock import HomeLock
+from service.runner.agreement import mend_current
 from service.runner.retention import finish_expiry
 from service.runtime.deployment import DeploymentRef, register_deployment
 
@@ -50,6 +51,7 @@ class RunSession:
         self.api_url: str | None = None
         self.scheduler_address: str | None = None
         self.deployment: DeploymentRef | None = None
+        self.api = None  # service.runtime.api.PrefectApi, once started
 
     def open_home(self) -> Ledger:
         """Lock the home, open the ledger and repair what an unclean stop left."""
@@ -72,6 +74,7 @@ class RunSession:
         leftovers = self.registry.clean_staging()
         repaired = reconcile(self.ledger, self.home, self.settings.daemon.max_attempts)
         repaired["expiries_finished"] = finish_expiry(self.ledger)
+        repaired["current_mended"] = int(mend_current(self.ledger, self.registry, "start-up repair") is not None)
         if leftovers or any(repaired.values()):
             log.info("recovered after an unclean stop: %s%s",
                      ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
@@ -99,6 +102,7 @@ class RunSession:
         # Its URL is in the environment from here on, before any worker starts.
         api = PrefectApi(self.settings.daemon.prefect_history_days)
         self.resources.callback(api.stop)
+        self.api = api
         if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()
 

@@ -41,6 +41,10 @@ def prepare_environment(home: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
+# How long a daemon waits before it starts its embedded API again after a failed start.
+REVIVE_INTERVAL_SECONDS = 10.0
+
+
 class PrefectApi:
     """The Prefect API every flow of this process reports to, for the process's whole life.
 
@@ -57,6 +61,7 @@ class PrefectApi:
         self.external = os.environ.get("PREFECT_API_URL")
         self.embedded = not self.external
         self.server = None  # the embedded API's server, once started
+        self._next_revival = 0.0
         if self.external:
             self.url = self.external
             return
@@ -85,6 +90,29 @@ class PrefectApi:
         log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
         log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
         return self.url
+
+    def revive_if_dead(self) -> bool:
+        """The embedded API's process ended under a running daemon (killed, crashed): start
+        it again, on the same port (its URL is in every worker's environment) and the same
+        database. Flow runs in flight ride it out on the Prefect client's retries. Returns
+        whether it was started again; a start that fails is tried again
+        ``REVIVE_INTERVAL_SECONDS`` later."""
+        server = self.server
+        if server is None or server.process is None or server.process.poll() is None:
+            return False
+        if time.monotonic() < self._next_revival:
+            return False
+        log.warning("the embedded Prefect API exited (code %s); starting it again at %s",
+                    server.process.returncode, self.url)
+        tethered.stop(server.process)  # reaped, its pipe closed
+        try:
+            server.start()
+        except RetrainError as exc:
+            self._next_revival = time.monotonic() + REVIVE_INTERVAL_SECONDS
+            log.error("%s; trying again in %.0fs", exc, REVIVE_INTERVAL_SECONDS)
+            return False
+        log.info("the embedded Prefect API answers again at %s", self.url)
+        return True
 
     def stop(self) -> None:
         started = time.perf_counter()
