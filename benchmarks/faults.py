@@ -34,8 +34,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 
-from harness import Daemon, cli, daemon_env, wait_for  # noqa: E402
-from invariants import check_invariant, check_registry_agrees  # noqa: E402
+from harness import Daemon, cli, daemon_env, wait_for
+from invariants import check_invariant, check_registry_agrees
 
 SECTION_START = "<!-- faults: written by benchmarks/faults.py -->"
 SECTION_END = "<!-- /faults -->"

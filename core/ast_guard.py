@@ -27,6 +27,7 @@ letting it in (a reentrant lock) is better than a deadlock.
 """
 
 import __future__
+
 import ast
 import builtins
 import sys

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -128,6 +129,7 @@ def test_an_embedded_api_killed_under_the_daemon_is_started_again(tmp_path: Path
         daemon.wait_ready(timeout=240)
         _drop(first, home)
         wait_for(lambda: "run 1 started" in daemon.log(), 120, "the run to start")
+        time.sleep(3)  # into the flow: its tasks report to the API while it is gone
         api = [p for p in _descendants(daemon.proc.pid) if "service.runtime.tethered" in " ".join(p.cmdline())]
         assert len(api) == 1
         api[0].kill()
