@@ -10,7 +10,7 @@ MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test test-mlflow bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production bench-real-data scenarios soak soak-quick server clean
+.PHONY: install run test test-mlflow faults bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production bench-real-data scenarios soak soak-quick server clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ soak: $(STAMP)
 
 soak-quick: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --quick
+
+## make faults: the fault matrix (stops, kills, the Prefect API going away, a full disk, a read-only registry; needs root for mount); writes benchmarks/faults-results.md and its section of benchmarks/results.md
+faults: $(STAMP)
+	$(BIN)/python benchmarks/faults.py
 
 ## make bench-serve: retrain serve under load while three versions are deployed (a few minutes)
 bench-serve: $(STAMP)

@@ -504,12 +504,14 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     from serve_load import kept_section
 
-    # Kept as they are: the serving section (serve_load.py's) and the summary of every
-    # benchmark's targets, written from their own result files.
+    # Kept as they are: the serving sections (serve_load.py's and serve_peer.py's), the fault
+    # matrix (faults.py's) and the summary of every benchmark's targets, written from their own
+    # result files.
     from serve_peer import SECTION_END as PEER_END
     from serve_peer import SECTION_START as PEER_START
 
-    out.write_text(report + kept_section(out) + kept_section(out, PEER_START, PEER_END)
+    faults = kept_section(out, "<!-- faults: written by benchmarks/faults.py -->", "<!-- /faults -->")
+    out.write_text(report + kept_section(out) + kept_section(out, PEER_START, PEER_END) + faults
                    + kept_section(out, SUMMARY_START, SUMMARY_END))
     print(report)
     print(f"[bench] written to {out}")

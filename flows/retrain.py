@@ -58,7 +58,7 @@ from flows.data.window import Window
 from flows.judging.evaluate import evaluate_against_champion
 from flows.judging.monitor import monitor_champion, reference_statistics
 from flows.judging.policy import decide_policy
-from flows.models.deploy import deploy_version
+from flows.models.deploy import deploy_version, undo_switch
 from flows.models.registry import ModelRegistry
 from flows.production.run import run_production
 from flows.reporting import progress
@@ -133,10 +133,10 @@ def register_candidate_task(registry_dir: str, staged: str, metadata: dict[str, 
 
 @materialize("retrain://models/current", name="deploy_model", cache_policy=NO_CACHE, persist_result=False)
 def deploy_task(registry_dir: str, version: str, window: Window, evaluation: EvaluationResult,
-                pipeline: PipelineSpec, lease: str) -> str | None:
+                pipeline: PipelineSpec, lease: str, previous: str | None) -> str | None:
     """A deploy materializes the registry's deployed model (the assets are set per run),
     downstream of the version: deployed versions lead to it, rejected candidates do not."""
-    previous = deploy_version(ModelRegistry(registry_dir), version, window, evaluation, pipeline, lease)
+    deploy_version(ModelRegistry(registry_dir), version, window, evaluation, pipeline, lease, previous)
     for asset in materialized_assets():
         add_asset_metadata(asset, {"version": version, "previous": previous})
     return previous
@@ -337,15 +337,16 @@ def deploy_if_better(registry: ModelRegistry, version: str, window: Window, eval
             retry_delay_seconds=exponential_backoff(spec.deploy.retry_delay_seconds),
             assets=[model_asset(registry.root, "current")], asset_deps=[model_asset(registry.root, version)],
         )
+        previous = registry.current_version()
         try:
-            deploy.submit(registry.root.as_posix(), version, window, evaluation, spec, lease).result()
+            deploy.submit(registry.root.as_posix(), version, window, evaluation, spec, lease, previous).result()
             decision = "deployed"
         except CancelledError:
             raise  # the run was cancelled: not a failed deploy
-        except Exception as exc:  # the deploy was rolled back inside the task
+        except Exception as exc:  # each attempt rolled itself back, unless its end was lost
             decision = "deploy_failed"
-            reason = (f"deploy of {version} failed after {spec.deploy.retries + 1} attempts and was "
-                      f"rolled back: {exc}")
+            reason = (f"deploy of {version} failed after {spec.deploy.retries + 1} attempts; "
+                      f"{undo_switch(registry, version, previous)}: {exc}")
             logger.error(reason)
     registry.update(version, decision=decision, reason=reason)
     return decision, reason

@@ -58,3 +58,27 @@ def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]
     leftovers = [p.name for p in (home / "inbox").iterdir() if not p.name.startswith(".")]
     assert allow_in_flight or not leftovers, f"files left in the inbox: {leftovers}"
     return counts
+
+
+def check_registry_agrees(home: Path) -> str | None:
+    """Assert that `current` is what the ledger recorded (the newest recorded deploy or
+    rollback) and that no file was used by two completed runs; return `current`."""
+    from flows.models.registry import ModelRegistry
+    from service.runner.agreement import recorded_current
+
+    home = home.root if isinstance(home, Home) else Path(home)
+    ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
+    try:
+        expected = recorded_current(ledger)
+        completed = [r for r in ledger.runs(limit=10_000) if r.state == "completed"]
+    finally:
+        ledger.close()
+    registry = ModelRegistry(home / "registry")
+    current = registry.current_version()
+    assert current == expected, f"current is {current}, the ledger says {expected}"
+    if current is not None:
+        assert registry.get(current).decision == "deployed", registry.get(current)
+    used = [fid for r in completed for fid in r.file_ids]
+    twice = sorted({fid for fid in used if used.count(fid) > 1})
+    assert not twice, f"files used by two completed runs: {twice}"
+    return current

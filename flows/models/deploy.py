@@ -14,12 +14,14 @@ from flows.models.scoring import check_score, score_window
 
 
 def deploy_version(registry: ModelRegistry, version: str, window: Window, evaluation: EvaluationResult,
-                   pipeline: PipelineSpec, lease: str) -> str | None:
-    """Switch ``current`` to ``version`` (only while the run ``lease`` holds the registry),
-    check what is now on disk, run the deploy hooks; on any failure switch back, so that a
-    retry (or the end of the retries) starts from the old champion. Returns the previous
-    current version."""
-    previous = switch_current(registry, version, lease)
+                   pipeline: PipelineSpec, lease: str, previous: str | None) -> str | None:
+    """Switch ``current`` from ``previous`` (what it was before the deploy's first attempt)
+    to ``version`` (only while the run ``lease`` holds the registry), check what is now on
+    disk, run the deploy hooks; on any failure switch back to ``previous``, so that a retry
+    (or the end of the retries) starts from the old champion. An attempt that finds
+    ``version`` already current (an earlier attempt switched, then failed to report its
+    result) checks it again rather than taking it for the champion. Returns ``previous``."""
+    switch_current(registry, version, lease)
     try:
         post_deploy_check(registry, version, window, evaluation, pipeline.model.trusted_types,
                           pipeline.model.threads)
@@ -64,7 +66,19 @@ def switch_current(registry: ModelRegistry, version: str, holder: str) -> str | 
         raise DeployError(f"not deploying {version}: its run {holder} no longer holds the registry "
                           f"(lease: {current_holder or 'released'}); the daemon that started it stopped "
                           "or another run took over")
+    if registry.current_version() == version:  # an earlier attempt switched already
+        return version
     return registry.promote(version)
+
+
+def undo_switch(registry: ModelRegistry, version: str, previous: str | None) -> str:
+    """After a deploy that failed where its attempts could not roll back (their result was
+    lost, e.g. with the Prefect API): ``current`` must not stay ``version``. Returns what
+    became of it, for the version's reason."""
+    if registry.current_version() != version:
+        return f"each attempt was rolled back (current is {registry.current_version() or 'unset'})"
+    rollback(registry, previous, version)
+    return f"rolled back to {previous}" if previous else "rolled back: no version is current"
 
 
 def rollback(registry: ModelRegistry, previous: str | None, failed: str) -> None:

@@ -19,7 +19,10 @@ def run_deploy_hooks(spec: DeploySpec, version: str, model_path: str) -> None:
         env = {**os.environ, "RETRAIN_MODEL_VERSION": version, "RETRAIN_MODEL_PATH": model_path}
         try:
             result = subprocess.run(shlex.split(spec.hook_command), env=env, capture_output=True,
-                                    text=True, timeout=spec.hook_timeout_seconds)
+                                    text=True, timeout=spec.hook_timeout_seconds,
+                                    # A session of its own: a Ctrl+C meant for the daemon
+                                    # (the whole group) must not cut the deploy short.
+                                    start_new_session=True)
         except FileNotFoundError:
             raise DeployError(f"deploy hook command not found: {spec.hook_command!r}; "
                               "fix deploy.hook_command") from None

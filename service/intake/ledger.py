@@ -394,6 +394,16 @@ class Ledger:
                           "WHERE state='completed' AND started_at>? AND COALESCE(json_extract(metrics, '$.kind'), 'train')='train'", (started_after,))
         return int(rows[0]["n"])
 
+    def run_of_flow_run(self, flow_run_id: str) -> RunRecord | None:
+        rows = self._read("SELECT * FROM runs WHERE flow_run_id=? ORDER BY id DESC LIMIT 1", (flow_run_id,))
+        return _run(rows[0]) if rows else None
+
+    def last_deployed_run(self, other_than: str | None = None) -> RunRecord | None:
+        """The newest completed run that recorded a deploy (of a version other than ``other_than``)."""
+        rows = self._read("SELECT * FROM runs WHERE state='completed' AND decision='deployed' "
+                          "AND model_version IS NOT ? ORDER BY finished_at DESC LIMIT 1", (other_than,))
+        return _run(rows[0]) if rows else None
+
     def runs(self, limit: int = 20) -> list[RunRecord]:
         return [_run(r) for r in self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
 

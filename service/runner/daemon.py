@@ -37,6 +37,7 @@ from service.intake.inbox import fail_run_files
 from service.intake.ledger import FileState, Ledger, RunRecord
 from service.intake.requests import OPERATOR_RUN, take_run_request
 from service.intake.watcher import InboxWatcher
+from service.runner.agreement import mend_current
 from service.runner.records import FlowResult
 from service.runner.runs import OPERATOR, Runner, StartedRun, run_line
 from service.runner.session import CRASH_REASON, RunSession
@@ -149,6 +150,8 @@ class RetrainDaemon:
             self.ask_prefect_if_due()
             self.start_run_if_ready()
             self.write_heartbeat_if_due()
+            if self.session is not None and self.session.api is not None:
+                self.session.api.revive_if_dead()  # an embedded API killed under us
             time.sleep(tick)
 
     def take_in_files(self) -> None:
@@ -176,8 +179,8 @@ class RetrainDaemon:
         the deployment."""
         assert self.ledger is not None and self.runner is not None
         now = time.monotonic()
-        if self.run_future is not None or now < self.hold_until or self.paused:
-            return
+        if self.run_future is not None or now < self.hold_until or self.paused or self._prefect_trouble:
+            return  # (a run needs the Prefect API: while it does not answer, files wait)
         ready = next((kind for kind, batcher in self.batchers.items() if batcher.ready(now)), None)
         if ready is not None:
             self.launch(self.runner.start_batch(self.batchers[ready].take(), "new files", ready))
@@ -227,7 +230,7 @@ class RetrainDaemon:
         run = self.runner.record(self.current, result)
         if not result.started:
             self.hold_until = time.monotonic() + PREFECT_POLL_SECONDS * 5
-            log.warning("run %d could not start: %s; its files wait for the next run", run.id, result.error)
+            log.warning("run %d did not run: %s; its files wait for the next run", run.id, result.error)
         elif not (self.current.stop.requested or result.cancelled):
             self.note_failures(run, result)
         # Files that failed and went back to the queue wait for the next batch.
@@ -307,6 +310,7 @@ class RetrainDaemon:
                 # Whatever of the run still runs somewhere may no longer switch `current`.
                 assert self.session is not None and self.session.registry is not None
                 self.session.registry.release_lease()
+                mend_current(self.ledger, self.session.registry, f"stop during run {run.id}")
                 self.end_abandoned_flow_run()
                 log.warning("run %d did not finish in time; its files are handed back to the queue", run.id)
                 self.current, self.run_future = None, None

@@ -15,6 +15,7 @@ keeps every state change in its own loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import traceback
@@ -96,8 +97,14 @@ def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
     stop = stop or RunStop()
     flow = retrain.with_options(task_runner=StoppableDaskTaskRunner(scheduler_address, stop))
     # One client (and its open connection) for opening the flow run, the engine and its end.
-    with SyncClientContext.get_or_create(), without_flow_run_heartbeats():
-        return _execute(flow, start, request, stop, on_flow_run)
+    try:
+        with SyncClientContext.get_or_create(), without_flow_run_heartbeats():
+            return _execute(flow, start, request, stop, on_flow_run)
+    except Exception as exc:  # the client could not be opened (the API went away just now)
+        log.debug("%s", traceback.format_exc())
+        if not api_answers():
+            return api_lost(stop.flow_run_id, one_line(exc))
+        return FlowResult(stop.flow_run_id, None, f"the flow did not run: {one_line(exc)}")
 
 
 @contextmanager
@@ -143,10 +150,49 @@ def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
         return FlowResult(start.flow_run_id, None, str(exc), started=False)
     except Exception as exc:  # the engine itself failed (API gone, ...)
         log.debug("%s", traceback.format_exc())  # the caller reports the one line
+        if not api_answers():
+            return api_lost(stop.flow_run_id, one_line(exc))
         return FlowResult(stop.flow_run_id, None, f"the flow did not run: {one_line(exc)}")
     result = result_of(state)
+    if result.outcome is None and not result.cancelled and not api_answers():
+        return api_lost(result.flow_run_id, result.error or "")
     close_flow_run(result)
+    fault = storage_fault(state)
+    if fault is not None:
+        return FlowResult(result.flow_run_id, None, fault, started=False)
     return result
+
+
+# Failures of the home's storage, not of the files: the run is handed back without counting
+# an attempt, and runs again once the disk has room (or is writable) again.
+STORAGE_ERRNOS = {errno.ENOSPC: "the disk under the home is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "a folder of the home is read-only"}
+
+
+def storage_fault(state) -> str | None:
+    """The one line of a run that failed because the home could not be written, else None."""
+    value = state.result(raise_on_failure=False) if state.is_failed() else None
+    if not isinstance(value, OSError) or value.errno not in STORAGE_ERRNOS:
+        return None
+    where = f" ({value.filename})" if value.filename else ""
+    return f"{STORAGE_ERRNOS[value.errno]}{where}: {value.strerror}; its files wait in the queue"
+
+
+def api_answers() -> bool:
+    """Whether this process's Prefect API answers now (its /health)."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        return httpx.get(f"{str(PREFECT_API_URL.value()).rstrip('/')}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def api_lost(flow_run_id: str | None, error: str) -> FlowResult:
+    """A run that failed because the Prefect API went away is not the files' fault: it is
+    handed back (``started=False``: no attempt counted) and runs again once the API answers."""
+    return FlowResult(flow_run_id, None, f"the Prefect API did not answer ({error})", started=False)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from service.intake.inbox import (
 )
 from service.intake.ledger import FileRecord, FileState, Ledger, RunRecord
 from service.integrations.mlflow_export import export_to_mlflow
+from service.runner.agreement import mend_current
 from service.runner.production import (
     production_details,
     production_of,
@@ -157,6 +158,7 @@ class Runner:
         elif not result.started:  # never ran: its files wait for the next run, no attempt counted
             fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
                            self.settings.daemon.max_attempts, count_attempt=False)
+            mend_current(self.ledger, self.registry, f"after run {run.id}")
             run = self.ledger.get_run(run.id)
         else:
             run = record_result(self.ledger, self.home, run, result, self.settings)
@@ -239,6 +241,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     outcome = result.outcome
     if outcome is None:
         fail_run_files(ledger, home, run.id, result.error or "flow failed", settings.daemon.max_attempts)
+        mend_current(ledger, ModelRegistry(home.registry), f"after run {run.id}")  # a switch it could not undo
         return ledger.get_run(run.id)
 
     accepted = [f.file_id for f in outcome.files if f.accepted]
@@ -265,6 +268,7 @@ def record_result(ledger: Ledger, home: Home, run: RunRecord, result: FlowResult
     archive_files(ledger, home, run.id, decision=outcome.decision, reason=outcome.reason,
                   flow_run_id=outcome.flow_run_id, model_version=outcome.model_version,
                   metric=outcome.metric, details=details, accepted=accepted, rejected=rejected)
+    mend_current(ledger, ModelRegistry(home.registry), f"after run {run.id}")
     if run.details.get("kind", "train") == "train":  # the window's partitions: a training run knows them
         apply_retention(settings, home, ledger, outcome.window_partitions)
     export_to_mlflow(settings)  # in the background; never holds up the next run

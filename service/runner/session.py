@@ -29,6 +29,7 @@ from service.intake.home import Home
 from service.intake.inbox import reconcile
 from service.intake.ledger import Ledger
 from service.intake.lock import HomeLock
+from service.runner.agreement import mend_current
 from service.runner.retention import finish_expiry
 from service.runner.runs import Runner
 from service.runtime.deployment import DeploymentRef, register_deployment
@@ -53,6 +54,7 @@ class RunSession:
         self.scheduler_address: str | None = None
         self.deployment: DeploymentRef | None = None
         self.runner: Runner | None = None  # from open_home on; runs once start_runtime is done
+        self.api = None  # service.runtime.api.PrefectApi, once started
 
     def open_home(self) -> Ledger:
         """Lock the home, open the ledger and repair what an unclean stop left."""
@@ -78,6 +80,7 @@ class RunSession:
         leftovers = self.registry.clean_staging()
         repaired = reconcile(self.ledger, self.home, self.settings.daemon.max_attempts)
         repaired["expiries_finished"] = finish_expiry(self.ledger)
+        repaired["current_mended"] = int(mend_current(self.ledger, self.registry, "start-up repair") is not None)
         if leftovers or any(repaired.values()):
             log.info("recovered after an unclean stop: %s%s",
                      ", ".join(f"{k}={v}" for k, v in repaired.items() if v) or "ledger consistent",
@@ -109,6 +112,7 @@ class RunSession:
             else None
         api = PrefectApi(daemon.prefect_history_days, ui)
         self.resources.callback(api.stop)
+        self.api = api
         if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()
 

@@ -11,7 +11,6 @@ import importlib.util
 import logging
 import os
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Iterator
 from core.errors import RetrainError
 from service.config import DaemonSpec
 from service.intake.home import Home
+from service.runtime import tethered
 
 log = logging.getLogger("retrain.runtime")
 
@@ -42,6 +42,10 @@ def prepare_environment(home: Home) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
+# How long a daemon waits before it starts its embedded API again after a failed start.
+REVIVE_INTERVAL_SECONDS = 10.0
+
+
 class PrefectApi:
     """The Prefect API every flow of this process reports to, for the process's whole life.
 
@@ -61,6 +65,7 @@ class PrefectApi:
         self.embedded = not self.external
         self.server = None  # the embedded API's server, once started
         self.ui = ui is not None
+        self._next_revival = 0.0
         if self.external:
             self.url = self.external
             return
@@ -95,6 +100,29 @@ class PrefectApi:
             log.info("embedded Prefect API at %s (database in %s)", self.url, os.environ.get("PREFECT_HOME"))
         log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
         return self.url
+
+    def revive_if_dead(self) -> bool:
+        """The embedded API's process ended under a running daemon (killed, crashed): start
+        it again, on the same port (its URL is in every worker's environment) and the same
+        database. Flow runs in flight ride it out on the Prefect client's retries. Returns
+        whether it was started again; a start that fails is tried again
+        ``REVIVE_INTERVAL_SECONDS`` later."""
+        server = self.server
+        if server is None or server.process is None or server.process.poll() is None:
+            return False
+        if time.monotonic() < self._next_revival:
+            return False
+        log.warning("the embedded Prefect API exited (code %s); starting it again at %s",
+                    server.process.returncode, self.url)
+        tethered.stop(server.process)  # reaped, its pipe closed
+        try:
+            server.start()
+        except RetrainError as exc:
+            self._next_revival = time.monotonic() + REVIVE_INTERVAL_SECONDS
+            log.error("%s; trying again in %.0fs", exc, REVIVE_INTERVAL_SECONDS)
+            return False
+        log.info("the embedded Prefect API answers again at %s", self.url)
+        return True
 
     def stop(self) -> None:
         started = time.perf_counter()
@@ -174,16 +202,18 @@ class EmbeddedApiServer:
         # that is not the operator's concern.
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "w") as log_file:
+            # Tethered (service.runtime.tethered): it ignores the signals meant for the
+            # daemon, which stops it itself, and it never outlives the daemon.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(site_packages),
+                tethered.command("uvicorn", "--app-dir", str(site_packages),
                  "--factory", "prefect.server.api.server:create_app", "--host", self.host,
                  "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
                  # Our own: Prefect's task-run waiter in this process holds an event
                  # subscription whose handler on the server would keep a stop waiting up to
                  # 2 s for its next idle tick. This process's last requests are answered
                  # before ``stop`` (``send_what_is_queued``): what is left is cancelled.
-                 "--timeout-graceful-shutdown", "0"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                 "--timeout-graceful-shutdown", "0"),
+                env=env, stdout=log_file, stderr=subprocess.STDOUT, **tethered.launch_options())
         import httpx
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
@@ -210,12 +240,7 @@ class EmbeddedApiServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        tethered.stop(self.process)
         self.process = None
 
 

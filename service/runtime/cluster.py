@@ -145,3 +145,6 @@ def quiet_libraries() -> None:
     for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny",
                  "distributed.worker", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from service.runtime.readable_logs import one_line_library_logs
+
+    one_line_library_logs()

@@ -23,13 +23,16 @@ class WarmUp(WorkerPlugin):
 
 class ParentHandlesInterrupts(WorkerPlugin):
     """For the workers of the service's own local cluster only: a Ctrl+C in the terminal
-    reaches every process of the foreground group, and each worker would print a
-    KeyboardInterrupt traceback while the daemon is already stopping them in order. The
-    workers ignore it; the daemon (or `retrain run`) closes them."""
+    reaches every process of the foreground group, and systemd's SIGTERM every process of
+    the unit's cgroup (``KillMode=control-group``). A worker that acted on it would die
+    under the run the daemon is letting finish. The workers ignore both; the daemon (or
+    `retrain run`) closes them through their nannies, and a worker whose daemon died exits
+    by itself (Dask's own pipe to the parent: ``distributed.process.AsyncProcess``)."""
 
     name = "retrain-parent-handles-interrupts"
     idempotent = True
 
     def setup(self, worker) -> None:
         if threading.current_thread() is threading.main_thread():  # a worker process's loop
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for stop in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(stop, signal.SIG_IGN)
