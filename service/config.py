@@ -153,6 +153,10 @@ class ServeSpec(_Section):
     max_batch_rows: int = Field(1024, ge=1)
     # How long a batch may wait for requests already on their way (a lone request never waits).
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    # Every answer (its id, version, time, outputs and features) also goes to the home's
+    # prediction log, so that late labels dropped into labels/ are joined with served
+    # predictions as with scored batches (the production metric).
+    log_predictions: bool = False
 
 
 class MlflowSpec(_Section):

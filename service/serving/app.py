@@ -56,6 +56,7 @@ from service.serving.metrics import (
     forget_process,
 )
 from service.serving.openapi import document
+from service.serving.prediction_log import PredictionLogWriter, request_ids
 from service.serving.rows import ClientError, body_format, parse_rows, read_body
 from service.serving.workers import ForkedServers
 
@@ -73,8 +74,10 @@ routes = APIRouter()
 
 # -- the app --------------------------------------------------------------------------------
 
-def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpec) -> FastAPI:
-    """The prediction app, its model holder primed (a broken model is reported at once)."""
+def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpec,
+               prediction_log: str | None = None) -> FastAPI:
+    """The prediction app, its model holder primed (a broken model is reported at once);
+    ``prediction_log``: the folder its answers are logged to (``[serve] log_predictions``)."""
     metrics = ServeMetrics()
     holder = ModelHolder(registry, trusted_types,
                          on_swap=lambda old, new: metrics.swapped(old, new.version, new.load_seconds),
@@ -82,7 +85,11 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
     app = FastAPI(title="retrain", summary="Predictions of the deployed model", version="no model yet",
                   redoc_url=None)
     app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
-    app.state.batcher = MicroBatcher(spec.max_batch_rows, spec.max_batch_wait_ms / 1000, on_batch=metrics.batched)
+    app.state.prediction_log = PredictionLogWriter(prediction_log) if prediction_log else None
+    if app.state.prediction_log is not None:  # what is buffered is written when the server stops
+        app.router.on_shutdown.append(app.state.prediction_log.close)
+    app.state.batcher = MicroBatcher(spec.max_batch_rows, spec.max_batch_wait_ms / 1000, on_batch=metrics.batched,
+                                     log=app.state.prediction_log)
     app.include_router(routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
@@ -107,7 +114,8 @@ async def predict(request: Request) -> Response:
         else:
             frame = await run_in_threadpool(request_rows, loaded, body, content_type,
                                             state.spec.max_rows_per_request)
-    answer = await state.batcher.predict(loaded, frame)
+    ids = request_ids(frame, loaded.schema.id, request.headers.get("x-request-id"))
+    answer = await state.batcher.predict(loaded, frame, ids)
     if answer.error is not None:
         raise answer.error
     return Response(answer.payload, media_type="application/json", headers={"X-Model-Version": answer.version})
@@ -252,18 +260,23 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
         signal.signal(signal.SIGTERM, _exit_quietly)
     port = sock.getsockname()[1]
     if spec.workers == 1:
-        server = uvicorn.Server(server_config(create_app(registry, settings.model.trusted_types, spec), spec))
+        server = uvicorn.Server(server_config(create_app(registry, settings.model.trusted_types, spec, prediction_log(settings)), spec))
         log.info("serving predictions on http://%s:%d (POST /predict, docs at /docs); press Ctrl+C to quit",
                  spec.host, port)
         server.run(sockets=[sock])
         return
     with multiprocess_metrics():
-        app = create_app(registry, settings.model.trusted_types, spec)  # loaded once, before the fork
+        app = create_app(registry, settings.model.trusted_types, spec, prediction_log(settings))  # loaded once, before the fork
         forget_process(os.getpid())  # the parent answers nothing: only its servers' metrics count
         log.info("serving predictions on http://%s:%d with %d processes; press Ctrl+C to quit",
                  spec.host, port, spec.workers)
         ForkedServers(app, lambda forked: server_config(forked, spec), sock, spec.workers,
                       on_start=_announce_model, on_end=forget_process).run()
+
+
+def prediction_log(settings: Settings) -> str | None:
+    """Where the answers are logged for their late labels, when ``[serve] log_predictions``."""
+    return str(Home(Path(settings.home)).prediction_log) if settings.serve.log_predictions else None
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:

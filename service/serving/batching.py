@@ -36,6 +36,7 @@ from core.errors import InvalidDataError
 from flows.data.features import prepare_features
 from flows.models.predict import predict_frame
 from service.serving.holder import LoadedModel
+from service.serving.prediction_log import PredictionLogWriter, log_frame, request_ids
 from service.serving.rows import ClientError
 
 log = logging.getLogger("retrain.serve")
@@ -48,6 +49,7 @@ class Pending:
     loaded: LoadedModel
     frame: pd.DataFrame
     future: asyncio.Future = field(repr=False)
+    ids: list[str] = field(default_factory=list)  # a prediction id per row
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,16 @@ def check_features(frame: pd.DataFrame, loaded: LoadedModel) -> None:
             raise ClientError(422, str(exc), loaded.version) from None
 
 
-def predict_batch(loaded: LoadedModel, frames: list[pd.DataFrame]) -> list[Answer]:
-    """One model call for the rows of every request in ``frames``; an answer per request."""
+def predict_batch(loaded: LoadedModel, frames: list[pd.DataFrame], ids: list[list[str]] | None = None,
+                  log: PredictionLogWriter | None = None) -> list[Answer]:
+    """One model call for the rows of every request in ``frames``; an answer per request,
+    each row with its id (``ids``, a list per request); ``log``: where the answers are kept
+    for their late labels."""
+    ids = ids or [request_ids(one, None, None) for one in frames]
     frame = stack_frames(frames)
     prepared = prepare_features(frame, loaded.schema, "request")
     if prepared.unparsed and len(frames) > 1:
-        return [predict_batch(loaded, [one])[0] for one in frames]
+        return [predict_batch(loaded, [one], [one_ids], log)[0] for one, one_ids in zip(frames, ids)]
     if prepared.unparsed:
         # Training drops such rows, so a prediction from them would be a guess: refuse.
         return [Answer(loaded.version, error=ClientError(
@@ -85,8 +91,11 @@ def predict_batch(loaded: LoadedModel, frames: list[pd.DataFrame]) -> list[Answe
         if len(frames) == 1:
             raise
         log.warning("a batch of %d requests failed in the model; predicting them one by one", len(frames))
-        return [predict_batch(loaded, [one])[0] for one in frames]
-    records = result.to_dict(orient="records")
+        return [predict_batch(loaded, [one], [one_ids], log)[0] for one, one_ids in zip(frames, ids)]
+    every_id = [i for one_ids in ids for i in one_ids]
+    if log is not None:
+        log.add(log_frame(every_id, loaded.version, result, prepared.features))
+    records = [{"id": i, **r} for i, r in zip(every_id, result.to_dict(orient="records"))]
     answers, start = [], 0
     for one in frames:
         part = records[start:start + len(one)]
@@ -117,10 +126,12 @@ class MicroBatcher:
     """Queues parsed requests and answers them a batch at a time (see the module's doc)."""
 
     def __init__(self, max_rows: int, max_wait_seconds: float,
-                 on_batch: Callable[[str, int, int], None] | None = None):
+                 on_batch: Callable[[str, int, int], None] | None = None,
+                 log: PredictionLogWriter | None = None):
         self.max_rows = max_rows
         self.max_wait = max_wait_seconds
         self.on_batch = on_batch  # (version, requests, rows) after each model call
+        self.log = log  # [serve] log_predictions: the answers, for their late labels
         self._queue: deque[Pending] = deque()
         self._arriving = 0  # requests being read or parsed: worth a short wait
         self._wakeup: asyncio.Event | None = None
@@ -132,10 +143,10 @@ class MicroBatcher:
         """Context of a request from its start to its queueing: the batcher may wait for it."""
         return _Arrival(self)
 
-    async def predict(self, loaded: LoadedModel, frame: pd.DataFrame) -> Answer:
+    async def predict(self, loaded: LoadedModel, frame: pd.DataFrame, ids: list[str] | None = None) -> Answer:
         loop = asyncio.get_running_loop()
         self._start(loop)
-        pending = Pending(loaded, frame, loop.create_future())
+        pending = Pending(loaded, frame, loop.create_future(), ids or request_ids(frame, None, None))
         self._queue.append(pending)
         self._notify()
         return await pending.future
@@ -165,7 +176,8 @@ class MicroBatcher:
             batch = self._take()
             try:
                 answers = await loop.run_in_executor(
-                    self._executor, predict_batch, batch[0].loaded, [p.frame for p in batch])
+                    self._executor, predict_batch, batch[0].loaded, [p.frame for p in batch],
+                    [p.ids for p in batch], self.log)
             except Exception as exc:  # noqa: BLE001 - the model failed on one request: its 500
                 for pending in batch:
                     if not pending.future.done():

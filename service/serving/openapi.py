@@ -81,7 +81,9 @@ def row_schema(loaded: LoadedModel | None) -> dict[str, Any]:
 
 
 def predictions_schema(loaded: LoadedModel | None) -> dict[str, Any]:
-    prediction: dict[str, Any] = {"prediction": {"description": f"the predicted {loaded.schema.target}"
+    prediction: dict[str, Any] = {"id": {"type": "string", "description": "the row's id: its [schema] id column, or "
+                                         "the request's X-Request-ID (-N for its Nth row), or made up"},
+                                  "prediction": {"description": f"the predicted {loaded.schema.target}"
                                                  if loaded else "the prediction"}}
     for label in loaded.classes if loaded else []:
         prediction[f"probability_{label}"] = {"type": "number", "minimum": 0, "maximum": 1}

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from harness import Daemon, cli, daemon_env, status_json, wait_for
+from harness import RETRAIN, Daemon, cli, daemon_env, status_json, wait_for
 from invariants import check_invariant
 from sklearn.metrics import roc_auc_score
 
@@ -61,16 +65,23 @@ def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path) 
         for column in [c for c in expected if c.startswith("probability_")]:
             np.testing.assert_allclose(predictions[column], expected[column], rtol=1e-9, atol=1e-12)
 
-        # Late labels for those ids (and a few that name nothing): the production metric.
-        labels = truth[[SAMPLE_ID_COLUMN, "churned"]].copy()
+        # Rows served over HTTP by `retrain serve`, logged with their ids.
+        served_truth = sample_frame(300, seed=3)
+        served = _serve(served_truth.drop(columns=["churned"]), env, tmp_path)
+        assert [p["id"] for p in served] == list(served_truth[SAMPLE_ID_COLUMN])
+
+        # Late labels for the scored and the served ids (and a few that name nothing): the
+        # production metric of everything v0001 answered.
+        labels = pd.concat([truth, served_truth])[[SAMPLE_ID_COLUMN, "churned"]]
         labels = pd.concat([labels, pd.DataFrame({SAMPLE_ID_COLUMN: ["nobody-1", "nobody-2"], "churned": [1, 0]})])
         _write(labels, home / "labels" / "churn-december.csv")
         status = wait_for(lambda: _production_of(home, env), 240, f"the production metric\n{daemon.log()}")
         production = status["current_model"]["production"]
-        positive = sorted(truth["churned"].astype(str).unique())[-1]
-        direct_auc = roc_auc_score(truth["churned"].astype(str) == positive, predictions[f"probability_{positive}"])
-        assert production["version"] == "v0001" and production["rows"] == len(truth)
-        assert production["value"] == pytest.approx(direct_auc, abs=1e-9)
+        every_truth = pd.concat([truth, served_truth])["churned"].astype(str) == "1"
+        every_score = list(predictions["probability_1"]) + [p["probability_1"] for p in served]
+        assert production["version"] == "v0001" and production["rows"] == len(truth) + len(served_truth)
+        assert production["value"] == pytest.approx(roc_auc_score(every_truth, every_score), abs=1e-9)
+        assert set(production["batches"]) == {"customers.csv", "retrain serve"}
         assert status["production"]["labels"]["unknown_ids"] == 2
 
         # The bar (0.99) is above it: the labelled rows come back as training data, and the
@@ -84,6 +95,37 @@ def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path) 
         check_invariant(home)
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def _serve(rows: pd.DataFrame, env: dict, cwd: Path) -> list[dict]:
+    """`retrain serve` with [serve] log_predictions, its answers to ``rows``; stopped after
+    (it writes what it logged when it stops)."""
+    port = _free_port()
+    server = subprocess.Popen([RETRAIN, "serve", "--port", str(port)], cwd=cwd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env={**env, "RETRAIN_SERVE__LOG_PREDICTIONS": "true"})
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            wait_for(lambda: _answers(client, "/ready"), 120, "retrain serve")
+            body = json.loads(rows.to_json(orient="records"))
+            answer = client.post("/predict", json=body)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["predictions"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, server.stderr.read()
+
+
+def _answers(client, path: str) -> bool:
+    try:
+        return client.get(path).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _production_of(home: Path, env: dict):

@@ -53,9 +53,9 @@ def same(answered: list[dict], expected: list[dict]) -> bool:
     matrix product may round differently in a larger batch (trees give identical values)."""
     assert [a["prediction"] for a in answered] == [e["prediction"] for e in expected]
     for a, e in zip(answered, expected):
-        assert a.keys() == e.keys()
-        assert [a[k] for k in a if k != "prediction"] == pytest.approx([e[k] for k in e if k != "prediction"],
-                                                                      rel=1e-12, abs=1e-15)
+        assert a.keys() == {"id", *e.keys()} and a["id"]  # every answered row has its id
+        assert [a[k] for k in e if k != "prediction"] == pytest.approx([e[k] for k in e if k != "prediction"],
+                                                                       rel=1e-12, abs=1e-15)
     return True
 
 

@@ -107,7 +107,8 @@ def test_predict_names_the_version_and_openapi_describes_the_model(server) -> No
     body = answer.json()
     assert body["version"] == answer.headers["x-model-version"] == "v0001"
     assert len(body["predictions"]) == 2
-    assert set(body["predictions"][0]) == {"prediction", "probability_0", "probability_1"}
+    assert set(body["predictions"][0]) == {"id", "prediction", "probability_0", "probability_1"}
+    assert len({p["id"] for p in body["predictions"]}) == 2  # made up, one per row
 
     doc = client.get("/openapi.json").json()
     row = doc["components"]["schemas"]["Row"]
@@ -375,3 +376,27 @@ def test_a_port_in_use_is_one_line(home: Path, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"retrain: error: cannot listen on 127.0.0.1:{port}")
     assert "Traceback" not in result.stderr
+
+
+def test_answers_carry_ids_and_go_to_the_prediction_log(home: Path, tmp_path: Path) -> None:
+    """[serve] log_predictions: every answer, under its id, in the prediction log that late
+    labels are joined with (flows.production)."""
+    from flows.production import predlog
+
+    registry = ModelRegistry(home / "registry")
+    app = create_app(registry, [], ServeSpec(), prediction_log=str(tmp_path / "log"))
+    with running_server(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        two = client.post("/predict", json=[ROW, {**ROW, "age": 70}], headers={"X-Request-ID": "req-7"}).json()
+        one = client.post("/predict", json=[ROW], headers={"X-Request-ID": "req-8"}).json()
+        anonymous = client.post("/predict", json=[ROW]).json()
+    assert [p["id"] for p in two["predictions"]] == ["req-7-1", "req-7-2"]
+    assert [p["id"] for p in one["predictions"]] == ["req-8"]
+    made_up = anonymous["predictions"][0]["id"]
+    logged = predlog.read_predictions(tmp_path / "log")  # written when the server stopped
+    assert sorted(logged["id"]) == sorted(["req-7-1", "req-7-2", "req-8", made_up])
+    by_id = logged.set_index("id")
+    for answer in two["predictions"] + one["predictions"]:
+        assert by_id.loc[answer["id"], "prediction"] == str(answer["prediction"])
+        assert by_id.loc[answer["id"], "probability_1"] == pytest.approx(answer["probability_1"])
+    assert set(logged["version"]) == {"v0001"} and set(logged["source"]) == {"retrain serve"}
+    assert by_id.loc["req-7-2", "age"] == 70
