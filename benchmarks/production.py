@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -49,18 +48,6 @@ def unlabelled(work: Path, files: int, rows: int) -> tuple[list[Path], Path]:
     return sorted(out.glob("*.csv")), labels_path
 
 
-def drop_into(daemon: Daemon, folder: str, files: list[Path]) -> float:
-    """Hard links in a staging folder, then renames: one atomic appearance each."""
-    staging = daemon.home / "drop-staging"
-    staging.mkdir(exist_ok=True)
-    for path in files:
-        os.link(path, staging / path.name)
-    dropped = time.time()
-    for path in files:
-        os.rename(staging / path.name, daemon.home / folder / path.name)
-    return dropped
-
-
 def plain(*args: str) -> dict:
     started = time.perf_counter()
     result = subprocess.run([sys.executable, PLAIN, *args], capture_output=True, text=True, check=True)
@@ -79,14 +66,14 @@ def measure(work: Path, files: int, rows: int) -> dict:
         current = daemon.home / "registry" / "current"
         model = str(current.resolve() / "model.skops")
 
-        dropped = drop_into(daemon, "score", scoring)
+        dropped = daemon.drop(scoring, "score")
         run = daemon.wait_for_runs([p.name for p in scoring])[-1]
         service_score = run["finished_at"] - dropped
         plain_out = work / "plain-predictions"
         plain_out.mkdir()
         baseline_score = plain("score", model, *map(str, scoring), "--out", str(plain_out))
 
-        dropped = drop_into(daemon, "labels", [labels])
+        dropped = daemon.drop([labels], "labels")
         run = daemon.wait_for_runs([labels.name])[-1]
         service_join = run["finished_at"] - dropped
         details = json.loads(run["metrics"])

@@ -161,16 +161,17 @@ class Daemon:
         self.ledger = sqlite3.connect(f"file:{self.home / 'state' / 'ledger.sqlite'}?mode=ro", uri=True)
         self.ledger.row_factory = sqlite3.Row
 
-    def drop(self, files: list[Path]) -> float:
-        """Put files into the inbox the way a careful producer does (hard link in a staging
-        folder, then rename: one atomic appearance each); returns the time of the drop."""
+    def drop(self, files: list[Path], folder: str = "inbox") -> float:
+        """Put files into the inbox (or score/, labels/) the way a careful producer does (hard
+        link in a staging folder, then rename: one atomic appearance each); returns the time
+        of the drop."""
         staging = self.home / "drop-staging"
         staging.mkdir(exist_ok=True)
         for path in files:
             os.link(path, staging / path.name)
         dropped = time.time()
         for path in files:
-            os.rename(staging / path.name, self.home / "inbox" / path.name)
+            os.rename(staging / path.name, self.home / folder / path.name)
         return dropped
 
     def drop_until_deployed(self, path: Path) -> tuple[float, float, sqlite3.Row]:
