@@ -26,8 +26,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -79,7 +79,7 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
                          on_swap=lambda old, new: metrics.swapped(old, new.version, new.load_seconds),
                          on_failure=lambda version: metrics.load_failures.inc())
     app = FastAPI(title="retrain", summary="Predictions of the deployed model", version="no model yet",
-                  redoc_url=None)
+                  redoc_url=None, lifespan=_lifespan)
     app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
     app.state.batcher = MicroBatcher(spec.max_batch_rows, spec.max_batch_wait_ms / 1000, on_batch=metrics.batched)
     app.include_router(routes)
@@ -91,6 +91,12 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
     except RetrainError as exc:
         log.warning("%s; answering 503 until a loadable version is deployed", exc)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.batcher.close()  # the server stops: its batching task and model thread with it
 
 
 @routes.post("/predict", summary="Predictions of the model answering, one per row")
