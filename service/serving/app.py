@@ -250,7 +250,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) -> None:
     """Serve until SIGTERM or Ctrl+C, with ``settings.serve.workers`` processes."""
     spec = settings.serve
-    sock = bind(spec.host, spec.port)
+    sock = bind(spec.host, spec.port, reuse_port=spec.workers > 1)
     registry = ModelRegistry(Path(settings.home) / "registry")
     if threading.current_thread() is threading.main_thread():
         # Uvicorn shuts down gracefully on SIGTERM, then raises it again: end with status 0.
@@ -303,13 +303,15 @@ def server_config(app: Any, spec: ServeSpec) -> uvicorn.Config:
                           log_config=None, access_log=False, timeout_graceful_shutdown=10)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The listening socket, bound here so that a port in use is one line, not uvicorn's exit.
     Its protocol is named: asyncio turns Nagle's algorithm off only on sockets whose proto is
     IPPROTO_TCP, and with it on, every response body waits for the client's delayed ACK (40 ms)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
                          socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # several server processes, each listening with a socket of its own
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
