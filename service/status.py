@@ -16,6 +16,7 @@ from service.intake.home import Home
 from service.intake.ledger import FileState, Ledger
 from service.intake.lock import lock_holder
 from service.intake.requests import OPERATOR_RUN
+from service.integrations.mlflow_export import export_status
 
 MAIN_STATES = ("queued", "running", "archived", "quarantined", "duplicate")
 # The names of a run's first files shown (a batch may hold a thousand).
@@ -137,6 +138,7 @@ def collect_status(home: Home, settings, runs: int = 10) -> dict[str, Any]:
                  "must_show": settings.evaluation.must_show,
                  "confidence": settings.evaluation.confidence},
         "policy": {**settings.policy.model_dump(), "live_bar": live_bar(settings)},
+        "mlflow": export_status(settings),
     }
 
 
@@ -229,6 +231,8 @@ def render_status(status: dict[str, Any]):
                  + ", ".join(f"{state} {count}" for state, count in shown.items()))
 
     parts += _model_lines(status)
+    if status.get("mlflow"):
+        parts.append(_mlflow_line(status["mlflow"]))
     parts += _runs_parts(status)
 
     if status["quarantined"]:
@@ -247,6 +251,16 @@ def render_status(status: dict[str, Any]):
             actions.add_row(event["at"], event["kind"], describe_event(event))
         parts.append(actions)
     return Group(*parts)
+
+
+def _mlflow_line(export: dict[str, Any]) -> str:
+    line = (f"MLflow {export['tracking_uri']}: {export['model_name']}@champion = {export['champion'] or 'unset'}, "
+            f"{export['exported']} version(s) exported")
+    if export["pending"] or export["alias_behind"]:
+        line += f"; [bold yellow]behind[/] ({', '.join(export['pending']) or 'the alias'} to do)"
+    if export["last_error"]:
+        line += f"; last attempt failed ({export['failed_attempts']}x): {export['last_error']}"
+    return line
 
 
 def _model_lines(status: dict[str, Any]) -> list[str]:

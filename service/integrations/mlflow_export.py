@@ -88,6 +88,21 @@ def state_path(settings: Settings) -> Path:
     return Home(settings.home).mlflow_export_state
 
 
+def export_status(settings: Settings) -> dict[str, Any] | None:
+    """What ``retrain status`` shows of the export (None when it is off)."""
+    spec = settings.mlflow
+    if not spec.tracking_uri:
+        return None
+    state = ExportState.read(state_path(settings))
+    registry = ModelRegistry(Home(settings.home).registry)
+    current = registry.current_version()
+    pending = [v.version for v in wanted(spec, registry.versions(), current) if v.version not in state.exported]
+    return {"tracking_uri": spec.tracking_uri, "model_name": spec.model_name, "champion": state.champion,
+            "exported": len(state.exported), "pending": pending, "alias_behind": state.champion != current,
+            "last_success": state.last_success, "last_error": state.last_error,
+            "failed_attempts": state.failed_attempts}
+
+
 # -- what to export ------------------------------------------------------------------------------
 
 def wanted(spec: MlflowSpec, versions: list[ModelVersion], current: str | None) -> list[ModelVersion]:

@@ -26,8 +26,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -83,7 +83,7 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
                          on_swap=lambda old, new: metrics.swapped(old, new.version, new.load_seconds),
                          on_failure=lambda version: metrics.load_failures.inc())
     app = FastAPI(title="retrain", summary="Predictions of the deployed model", version="no model yet",
-                  redoc_url=None)
+                  redoc_url=None, lifespan=_lifespan)
     app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
     app.state.prediction_log = PredictionLogWriter(prediction_log) if prediction_log else None
     if app.state.prediction_log is not None:  # what is buffered is written when the server stops
@@ -99,6 +99,12 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
     except RetrainError as exc:
         log.warning("%s; answering 503 until a loadable version is deployed", exc)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.batcher.close()  # the server stops: its batching task and model thread with it
 
 
 @routes.post("/predict", summary="Predictions of the model answering, one per row")
@@ -253,7 +259,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) -> None:
     """Serve until SIGTERM or Ctrl+C, with ``settings.serve.workers`` processes."""
     spec = settings.serve
-    sock = bind(spec.host, spec.port)
+    sock = bind(spec.host, spec.port, reuse_port=spec.workers > 1)
     registry = ModelRegistry(Home(Path(settings.home)).registry)
     if threading.current_thread() is threading.main_thread():
         # Uvicorn shuts down gracefully on SIGTERM, then raises it again: end with status 0.
@@ -311,13 +317,15 @@ def server_config(app: Any, spec: ServeSpec) -> uvicorn.Config:
                           log_config=None, access_log=False, timeout_graceful_shutdown=10)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The listening socket, bound here so that a port in use is one line, not uvicorn's exit.
     Its protocol is named: asyncio turns Nagle's algorithm off only on sockets whose proto is
     IPPROTO_TCP, and with it on, every response body waits for the client's delayed ACK (40 ms)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
                          socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # several server processes, each listening with a socket of its own
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

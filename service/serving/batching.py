@@ -12,7 +12,8 @@ server process takes the queue in order and makes batches:
   are known to be on their way (their bodies being read or parsed): a lone client never
   waits, and under load the requests that arrive while the model runs form the next batch
   (the same idea as BentoML's adaptive batching and Triton's dynamic batching);
-- the model runs on one thread of its own, so the event loop keeps reading requests.
+- the model runs on one thread of its own, so the event loop keeps reading requests; a lone
+  request with nothing else on its way is answered on the event loop itself.
 
 Rows are prepared once for the whole batch (``flows.data.features``, row by row the same
 as preparing each request alone). When a batch contains values that are not numbers, or
@@ -40,6 +41,8 @@ from service.serving.prediction_log import PredictionLogWriter, log_frame, reque
 from service.serving.rows import ClientError
 
 log = logging.getLogger("retrain.serve")
+# Up to this many rows, a lone request is predicted on the event loop (milliseconds).
+INLINE_ROWS = 64
 
 
 @dataclass
@@ -175,9 +178,7 @@ class MicroBatcher:
             await self._gather(loop)
             batch = self._take()
             try:
-                answers = await loop.run_in_executor(
-                    self._executor, predict_batch, batch[0].loaded, [p.frame for p in batch],
-                    [p.ids for p in batch], self.log)
+                answers = await self._predict(loop, batch)
             except Exception as exc:  # noqa: BLE001 - the model failed on one request: its 500
                 for pending in batch:
                     if not pending.future.done():
@@ -189,6 +190,15 @@ class MicroBatcher:
             if self.on_batch is not None:
                 answered = [len(p.frame) for p, a in zip(batch, answers) if a.payload is not None]
                 self.on_batch(batch[0].loaded.version, len(answered), sum(answered))
+
+    async def _predict(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> list[Answer]:
+        frames, ids = [p.frame for p in batch], [p.ids for p in batch]
+        if len(batch) == 1 and len(frames[0]) <= INLINE_ROWS and not self._queue and self._arriving == 0:
+            # A small lone request, nothing else on its way: answered on the event loop, without
+            # the two thread hand-offs (each a wait for the scheduler on a busy machine). A larger
+            # one would hold up /health and /metrics: it goes to the model thread.
+            return predict_batch(batch[0].loaded, frames, ids, self.log)
+        return await loop.run_in_executor(self._executor, predict_batch, batch[0].loaded, frames, ids, self.log)
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait, within ``max_wait``, while more rows for this batch are on their way."""

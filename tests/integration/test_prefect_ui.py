@@ -21,6 +21,14 @@ pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+STATE_NAMES = {"deployed": "Deployed", "rejected": "Rejected", "kept": "Kept"}
+
+
+def finished_runs(home: Path, env: dict[str, str], count: int) -> list[dict] | None:
+    runs = status_json(home, env)["runs"]
+    return runs if len([r for r in runs if r["state"] != "running"]) >= count else None
+
+
 def page_text(url: str, tmp_path: Path) -> str:
     """What a person sees on ``url``: the page rendered by Chromium, its scripts run."""
     result = subprocess.run(
@@ -62,25 +70,7 @@ def test_the_daemon_serves_the_ui_and_a_browser_sees_the_runs_with_their_decisio
 
         assert cli("sample", "--out", str(home / "inbox"), "--rows", "3000", "--seed", "1",
                    env=env, cwd=tmp_path).returncode == 0
-        wait_for(lambda: status_json(home, env)["runs"] and status_json(home, env)["runs"][0]["state"] != "running",
-                 240, "the first run")
-        assert cli("sample", "--out", str(home / "inbox"), "--rows", "3000", "--seed", "2", "--label-noise", "0.5",
-                   env=env, cwd=tmp_path).returncode == 0
-        runs = wait_for(lambda: [r for r in status_json(home, env)["runs"] if r["state"] != "running"][1:] and
-                        status_json(home, env)["runs"], 240, "the second run")
-        assert [r["decision"] for r in runs[:2]] == ["rejected", "deployed"], daemon.log()
-
-        def runs_page() -> str | None:
-            text = page_text(f"{ui}/runs", tmp_path)
-            return text if all(word in text for word in ("run-1-1-file", "run-2-1-file", "Deployed", "Rejected")) \
-                else None
-
-        text = wait_for(runs_page, 300, "the runs and their decisions on the runs page", interval=2)
-        assert "Flow runs" in text and "retrain" in text
-
-        artifacts = wait_for(lambda: (t := page_text(f"{ui}/artifacts", tmp_path)) and "retrain-summary" in t and t,
-                             300, "the artifacts page", interval=2)
-        assert "retrain-history" in artifacts
+        wait_for(lambda: finished_runs(home, env, 1), 240, "the run of the file")
 
         # The deployment's Pause and Run buttons send these requests to the API they are served with.
         api = f"{ui}/api"
@@ -90,8 +80,21 @@ def test_the_daemon_serves_the_ui_and_a_browser_sees_the_runs_with_their_decisio
         httpx.post(f"{api}/deployments/{deployment['id']}/resume_deployment", timeout=30).raise_for_status()
         httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
                    json={"parameters": {"reason": "the Run button"}}, timeout=30).raise_for_status()
-        third = wait_for(lambda: len(done := [r for r in status_json(home, env)["runs"] if r["state"] != "running"]) >= 3
-                         and done[0], 300, "the run asked for in the UI")
-        assert "the Run button" in str(third), third
+        runs = wait_for(lambda: finished_runs(home, env, 2), 300, "the run asked for in the UI")
+        assert "the Run button" in str(runs[0]) and runs[1]["decision"] == "deployed", runs
+
+        # What a person sees: each run by name, with its decision as its state's name.
+        expected = ["run-1-1-file", "Deployed", f"run-{runs[0]['id']}-window", STATE_NAMES[runs[0]["decision"]]]
+
+        def runs_page() -> str | None:
+            text = page_text(f"{ui}/runs", tmp_path)
+            return text if all(word in text for word in expected) else None
+
+        text = wait_for(runs_page, 300, f"{expected} on the runs page", interval=2)
+        assert "Flow runs" in text and "retrain" in text
+
+        artifacts = wait_for(lambda: (t := page_text(f"{ui}/artifacts", tmp_path)) and "retrain-summary" in t and t,
+                             300, "the artifacts page", interval=2)
+        assert "retrain-history" in artifacts and "retrain-versions" in artifacts
     finally:
         assert daemon.stop() == 0, daemon.log()

@@ -4,6 +4,7 @@ Runs where MLflow is installed (`pip install '.[mlflow]'`, `make test-mlflow`)."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from test_serve import SCHEMA, train  # noqa: E402 - after the skip
 from core.errors import RetrainError  # noqa: E402
 from flows.models.registry import ModelRegistry  # noqa: E402
 from service.config import load_settings  # noqa: E402
+from service.intake.ledger import Ledger  # noqa: E402
 from service.integrations.mlflow_export import (  # noqa: E402
     ExportState,
     export_to_mlflow,
@@ -65,6 +67,7 @@ def home(tmp_path: Path, models) -> Path:
     """v0001 deployed, v0002 rejected, v0003 deployed and current."""
     home = tmp_path / "home"
     (home / "state").mkdir(parents=True)
+    Ledger(home / "state" / "ledger.sqlite").close()  # a home as a daemon leaves it (status reads it)
     registry = ModelRegistry(home / "registry")
     for seed, (trained, decision) in enumerate(zip(models, ["deployed", "rejected", "deployed"]), start=1):
         registry.promote(version) if (version := register(registry, trained, decision, seed)) and decision == "deployed" else None
@@ -123,6 +126,8 @@ def test_deployed_versions_with_a_sqlite_store_and_the_alias_follows_a_rollback(
     assert client.get_model_version_by_alias("retrain", "champion").tags["retrain_version"] == "v0001"
     champion_predicts_what_retrain_predict_does(home, env, tmp_path, "retrain")
     assert ExportState.read(state_path(settings)).champion == "v0001"
+    shown = json.loads(cli("status", "--json", env=env, cwd=tmp_path).stdout)["mlflow"]
+    assert shown["champion"] == "v0001" and shown["pending"] == [] and shown["last_error"] is None
     assert sync(settings).exported == state.exported  # nothing is exported twice
 
 
@@ -165,6 +170,8 @@ def test_a_real_mlflow_server_down_then_up_never_blocks_and_the_export_is_retrie
     assert time.monotonic() - started < 60  # one bounded try, not MLflow's minutes of retries
     recorded = ExportState.read(state_path(settings))
     assert recorded.last_error and recorded.failed_attempts == 1 and recorded.exported == {}
+    shown = json.loads(cli("status", "--json", env=env, cwd=tmp_path).stdout)["mlflow"]
+    assert shown["pending"] == ["v0001", "v0003"] and "did not take the export" in shown["last_error"]
 
     thread = export_to_mlflow(settings)  # the background export keeps retrying
     server = subprocess.Popen(

@@ -164,6 +164,17 @@ def test_forked_server_processes_share_the_warm_model_and_end_with_their_parent(
             for _ in range(10):
                 assert client.post("/predict", json=[ROW]).json()["version"] == "v0001"
             samples = metric_samples(client.get("/metrics").text)
+            # Connections are spread over the processes (each listens with a socket of its own).
+            kept = [httpx.Client(base_url=base, timeout=30) for _ in range(16)]
+            try:
+                for other in kept:
+                    assert other.post("/predict", json=[ROW]).status_code == 200
+                per_process = [len([c for c in child.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED])
+                               for child in parent.children()]
+            finally:
+                for other in kept:
+                    other.close()
+            assert sum(per_process) >= 16 and min(per_process) > 0, per_process
         # Each live server process reports the model it inherited (the gauge has one series per pid).
         in_use = [value for (name, labels), value in samples.items()
                   if name == "retrain_serve_model_version" and ("version", "v0001") in labels]
