@@ -114,9 +114,9 @@ def evaluate_against_champion(candidate: TrainResult, champion: ModelVersion | N
     """Score candidate and champion on the same holdout rows of the window, one partition
     at a time (on the cluster's workers when there is one), compare them row by row, and
     decide, on the whole holdout and on its parts (the rows of ``new_paths``, the new files'
-    partitions, and the others; the slices). Both models are loaded hash-checked; with ``outputs_dir`` their outputs per
-    partition are kept there, under their sha256, so a champion only scores partitions new
-    since it was a candidate."""
+    partitions, and the others; the slices). Both models are loaded hash-checked; with
+    ``outputs_dir`` their outputs per partition are kept there, under their sha256, so a
+    champion only scores partitions new since it was a candidate."""
     schema = window.schema
     new = ModelFile(candidate.model_path, candidate.model_sha256, "the candidate")
     old, note = _champion_file(champion, registry, trusted_types)
