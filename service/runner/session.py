@@ -51,7 +51,6 @@ class RunSession:
         self.api_url: str | None = None
         self.scheduler_address: str | None = None
         self.deployment: DeploymentRef | None = None
-        self.api = None  # service.runtime.api.PrefectApi, once started
 
     def open_home(self) -> Ledger:
         """Lock the home, open the ledger and repair what an unclean stop left."""
@@ -102,7 +101,6 @@ class RunSession:
         # Its URL is in the environment from here on, before any worker starts.
         api = PrefectApi(self.settings.daemon.prefect_history_days)
         self.resources.callback(api.stop)
-        self.api = api
         if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()
 
