@@ -370,7 +370,7 @@ def sample_data(root: Path) -> dict[str, Path]:
 def report(results: list[Result], started: float, load: tuple[float, float]) -> str:
     lines = [SECTION_START, "## Fault matrix (`make faults`)", "",
              f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/faults.py` in "
-             f"{time.monotonic() - started:.0f} s on {platform.node() and 'this'} machine: 2 cores shared with other "
+             f"{time.monotonic() - started:.0f} s on the development machine: 2 cores shared with other "
              f"work (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end), Python "
              f"{platform.python_version()}. Every fault is real: signals to real processes, real Prefect servers, "
              "a real tmpfs and a read-only bind mount. Lost: a dropped file in no folder the ledger names; "
@@ -419,7 +419,8 @@ def main() -> int:
                                   measured="see " + str(root / name)))
         print(f"  {results[-1]}", flush=True)
     section = report(results, started, (load, os.getloadavg()[0]))
-    args.out.write_text(section.replace(SECTION_START + "\n", "# Fault matrix\n\n").replace(SECTION_END + "\n", ""))
+    args.out.write_text(section.replace(SECTION_START + "\n## Fault matrix", "# Fault matrix")
+                        .replace(SECTION_END + "\n", ""))
     if args.only is None:  # only the whole matrix replaces the one in the results
         write_section(args.results, section)
     print(section)
