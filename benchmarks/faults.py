@@ -242,6 +242,22 @@ def kill_embedded_api(root: Path, data: dict) -> Result:
                    f"API started again by the daemon after {back:.1f} s; the file dropped after it archived")
 
 
+def api_killed_after_the_switch(root: Path, data: dict) -> Result:
+    """The first deploy has switched `current` (its hook still runs) when the embedded API
+    dies: whatever the deploy task can still report, `current` and the ledger must agree."""
+    s = Scenario(root, "api-killed-at-deploy", data, deploy__hook_command="sleep 8")
+    s.start()
+    try:
+        s.drop("small")
+        wait_for(lambda: (s.home / "registry" / "current").is_symlink(), 600, "the deploy's switch", interval=0.1)
+        s.children("service.runtime.tethered")[0].kill()
+        s.wait_settled()
+    finally:
+        s.stop()
+    return s.check("embedded Prefect API killed right after the first deploy's switch",
+                   f"{s.outcome_of(1)}; last: {s.last_outcome()}", "current and the ledger compared after the stop")
+
+
 def restart_external_server(root: Path, data: dict) -> Result:
     from service.runtime.api import free_port
 
@@ -350,6 +366,7 @@ FAULTS: dict[str, Callable[[Path, dict], Result]] = {
     "kill-daemon": kill_daemon,
     "kill-worker": kill_worker,
     "api-killed": kill_embedded_api,
+    "api-killed-at-deploy": api_killed_after_the_switch,
     "server-restart": restart_external_server,
     "full-disk": full_disk,
     "read-only-registry": read_only_registry,
@@ -375,7 +392,9 @@ def report(results: list[Result], started: float, load: tuple[float, float]) -> 
              f"{platform.python_version()}. Every fault is real: signals to real processes, real Prefect servers, "
              "a real tmpfs and a read-only bind mount. Lost: a dropped file in no folder the ledger names; "
              "trained twice: a file used by two completed runs; disagreements: `current` is not the version the "
-             "ledger recorded (deployed or rolled back to).", "",
+             "ledger recorded (deployed or rolled back to). The daemons run with `daemon.grace_seconds = "
+             f"{GRACE_SECONDS:.0f}` (on this loaded machine the run in flight must fit in it), "
+             "`daemon.max_attempts = 5` and `model.params = {max_iter = 20}`.", "",
              "| fault | the run in flight | files | lost | trained twice | registry/ledger disagreements | measured |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
