@@ -150,8 +150,6 @@ class RetrainDaemon:
             self.ask_prefect_if_due()
             self.start_run_if_ready()
             self.write_heartbeat_if_due()
-            if self.session is not None and self.session.api is not None:
-                self.session.api.revive_if_dead()  # an embedded API killed under us
             time.sleep(tick)
 
     def take_in_files(self) -> None:
@@ -349,8 +347,12 @@ class RetrainDaemon:
             "batched": sum(len(batcher) for batcher in self.batchers.values()),
             "settling": sum(watcher.pending for watcher in self.watchers.values()),
         }
-        # Rewritten every few seconds and worthless after a power cut: no fsync.
-        write_atomically(self.home.heartbeat_path, json.dumps(beat, indent=1), durable=False)
+        # Rewritten every few seconds and worthless after a power cut: no fsync. A full disk
+        # must not stop the daemon: the beat is written again once there is room.
+        try:
+            write_atomically(self.home.heartbeat_path, json.dumps(beat, indent=1), durable=False)
+        except OSError as exc:
+            log.debug("heartbeat not written: %s", exc)
 
     def _remove_heartbeat(self) -> None:
         self.home.heartbeat_path.unlink(missing_ok=True)

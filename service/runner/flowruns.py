@@ -154,7 +154,7 @@ def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
             return api_lost(stop.flow_run_id, one_line(exc))
         return FlowResult(stop.flow_run_id, None, f"the flow did not run: {one_line(exc)}")
     result = result_of(state)
-    if result.outcome is None and not result.cancelled and not api_answers():
+    if result.outcome is None and not result.cancelled and (failed_on_the_api(state) or not api_answers()):
         return api_lost(result.flow_run_id, result.error or "")
     close_flow_run(result)
     fault = storage_fault(state)
@@ -175,7 +175,17 @@ def storage_fault(state) -> str | None:
     if not isinstance(value, OSError) or value.errno not in STORAGE_ERRNOS:
         return None
     where = f" ({value.filename})" if value.filename else ""
-    return f"{STORAGE_ERRNOS[value.errno]}{where}: {value.strerror}; its files wait in the queue"
+    return f"{STORAGE_ERRNOS[value.errno]}{where}: {value.strerror}"
+
+
+def failed_on_the_api(state) -> bool:
+    """Whether the flow failed because the Prefect API could not be reached (it may answer
+    again by now: the client's retries ended first)."""
+    import httpx
+
+    value = state.result(raise_on_failure=False) if state.is_failed() else None
+    return isinstance(value, httpx.TransportError) or (
+        isinstance(value, Exception) and str(value).startswith("Failed to reach API"))
 
 
 def api_answers() -> bool:

@@ -112,7 +112,6 @@ class RunSession:
             else None
         api = PrefectApi(daemon.prefect_history_days, ui)
         self.resources.callback(api.stop)
-        self.api = api
         if not api.embedded:  # an existing API: checked first, quickly, before any worker starts
             api.start()
 

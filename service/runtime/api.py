@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +43,9 @@ def prepare_environment(home: Home) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
-# How long a daemon waits before it starts its embedded API again after a failed start.
+# How often the embedded API's process is looked at, and how long to wait before starting
+# it again after a start that failed.
+SUPERVISE_SECONDS = 0.5
 REVIVE_INTERVAL_SECONDS = 10.0
 
 
@@ -66,6 +69,8 @@ class PrefectApi:
         self.server = None  # the embedded API's server, once started
         self.ui = ui is not None
         self._next_revival = 0.0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a revival and the stop never overlap
         if self.external:
             self.url = self.external
             return
@@ -91,6 +96,9 @@ class PrefectApi:
             return self.url
         self.server = EmbeddedApiServer(self.port, self.history_days, self.host, self.ui)
         self.server.start()
+        # A thread of its own: the loops that use the API block for a minute in Prefect's
+        # client retries when it is gone, and it must be back before those end.
+        threading.Thread(target=self._supervise, name="prefect-api-supervisor", daemon=True).start()
         if self.port_note:
             log.warning("%s", self.port_note)
         if self.ui:
@@ -101,14 +109,22 @@ class PrefectApi:
         log.debug("start-up: Prefect API ready in %.1fs", time.perf_counter() - started)
         return self.url
 
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_SECONDS):
+            self.revive_if_dead()
+
     def revive_if_dead(self) -> bool:
         """The embedded API's process ended under a running daemon (killed, crashed): start
         it again, on the same port (its URL is in every worker's environment) and the same
         database. Flow runs in flight ride it out on the Prefect client's retries. Returns
         whether it was started again; a start that fails is tried again
         ``REVIVE_INTERVAL_SECONDS`` later."""
+        with self._lock:
+            return self._revive_if_dead()
+
+    def _revive_if_dead(self) -> bool:
         server = self.server
-        if server is None or server.process is None or server.process.poll() is None:
+        if self._stopping.is_set() or server is None or server.process is None or server.process.poll() is None:
             return False
         if time.monotonic() < self._next_revival:
             return False
@@ -130,8 +146,10 @@ class PrefectApi:
         log.debug("stop: last log lines and events sent in %.1fs", time.perf_counter() - started)
         if self.server is None:
             return
+        self._stopping.set()
         os.environ.pop("PREFECT_API_URL", None)
-        self.server.stop()
+        with self._lock:
+            self.server.stop()
         log.debug("stop: embedded Prefect API stopped in %.1fs", time.perf_counter() - started)
 
     @contextmanager

@@ -134,9 +134,9 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> None:
 
     started = time.perf_counter()
     with Client(address, timeout="30s") as client:
-        if own_cluster:
-            client.register_plugin(ParentHandlesInterrupts())
         client.register_plugin(WarmUp())
+        if own_cluster:  # after WarmUp: Prefect's loggers exist by then, to be made one-line
+            client.register_plugin(ParentHandlesInterrupts())
     log.debug("start-up: workers warmed up in %.1fs", time.perf_counter() - started)
 
 

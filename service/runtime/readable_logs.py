@@ -3,8 +3,8 @@
 When the Prefect API or the Dask scheduler goes away, Prefect's and Dask's loggers write
 whole tracebacks and the repr of every item their background services could not send
 (an ``Event(...)`` is several kB), many times a second. The daemon says what happened in
-its own one-line messages; what the libraries add is cut to the first line of the message
-and the exception's type and first line, at most ``MAX_CHARACTERS`` characters.
+its own one-line messages; what the libraries add is put on one line (its lines joined by
+" | ") with the exception's type and first line, at most ``MAX_CHARACTERS`` characters.
 ``-v`` (debug logging) keeps everything, for a developer.
 """
 
@@ -26,14 +26,14 @@ class OneLine(logging.Filter):
             message = record.getMessage()
         except Exception:  # a record whose arguments do not fit its format: keep it as it is
             return True
-        lines = message.strip().splitlines() or [""]
-        text = lines[0]
+        text = " | ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+        cause = ""
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            first = (str(exc).strip().splitlines() or [""])[0]
-            text = f"{text} ({type(exc).__name__}{': ' + first if first else ''})"
-        if len(text) > MAX_CHARACTERS:
-            text = text[: MAX_CHARACTERS - 3] + "..."
+            first = (str(exc).strip().splitlines() or [""])[0][:120]
+            cause = f" ({type(exc).__name__}{': ' + first if first else ''})"
+        room = MAX_CHARACTERS - len(cause)  # the cause is kept whole; the message gives way
+        text = (text if len(text) <= room else text[: room - 3] + "...") + cause
         record.msg, record.args = text, None
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True

@@ -27,7 +27,9 @@ class ParentHandlesInterrupts(WorkerPlugin):
     the unit's cgroup (``KillMode=control-group``). A worker that acted on it would die
     under the run the daemon is letting finish. The workers ignore both; the daemon (or
     `retrain run`) closes them through their nannies, and a worker whose daemon died exits
-    by itself (Dask's own pipe to the parent: ``distributed.process.AsyncProcess``)."""
+    by itself (Dask's own pipe to the parent: ``distributed.process.AsyncProcess``).
+    Their log records (on the daemon's output) are cut to one line, as the daemon's own
+    (``service.runtime.readable_logs``)."""
 
     name = "retrain-parent-handles-interrupts"
     idempotent = True
@@ -36,3 +38,6 @@ class ParentHandlesInterrupts(WorkerPlugin):
         if threading.current_thread() is threading.main_thread():  # a worker process's loop
             for stop in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(stop, signal.SIG_IGN)
+        from service.runtime.readable_logs import one_line_library_logs
+
+        one_line_library_logs()
