@@ -86,8 +86,6 @@ def create_app(registry: ModelRegistry, trusted_types: list[str], spec: ServeSpe
                   redoc_url=None, lifespan=_lifespan)
     app.state.holder, app.state.metrics, app.state.spec = holder, metrics, spec
     app.state.prediction_log = PredictionLogWriter(prediction_log) if prediction_log else None
-    if app.state.prediction_log is not None:  # what is buffered is written when the server stops
-        app.router.on_shutdown.append(app.state.prediction_log.close)
     app.state.batcher = MicroBatcher(spec.max_batch_rows, spec.max_batch_wait_ms / 1000, on_batch=metrics.batched,
                                      log=app.state.prediction_log)
     app.include_router(routes)
@@ -266,10 +264,14 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
         signal.signal(signal.SIGTERM, _exit_quietly)
     port = sock.getsockname()[1]
     if spec.workers == 1:
-        server = uvicorn.Server(server_config(create_app(registry, settings.model.trusted_types, spec, prediction_log(settings)), spec))
+        app = create_app(registry, settings.model.trusted_types, spec, prediction_log(settings))
+        server = uvicorn.Server(server_config(app, spec))
         log.info("serving predictions on http://%s:%d (POST /predict, docs at /docs); press Ctrl+C to quit",
                  spec.host, port)
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        finally:
+            close_prediction_log(app)
         return
     with multiprocess_metrics():
         app = create_app(registry, settings.model.trusted_types, spec, prediction_log(settings))  # loaded once, before the fork
@@ -277,7 +279,15 @@ def serve(settings: Settings, log_format: str = "plain", verbose: bool = False) 
         log.info("serving predictions on http://%s:%d with %d processes; press Ctrl+C to quit",
                  spec.host, port, spec.workers)
         ForkedServers(app, lambda forked: server_config(forked, spec), sock, spec.workers,
-                      on_start=_announce_model, on_end=forget_process).run()
+                      on_start=_announce_model, on_end=forget_process, on_stop=close_prediction_log).run()
+
+
+def close_prediction_log(app: FastAPI) -> None:
+    """Write what a server process still buffers of its answers (``[serve] log_predictions``),
+    once it stopped answering: explicitly, as SIGTERM ends the process right after uvicorn's
+    own shutdown."""
+    if getattr(app.state, "prediction_log", None) is not None:
+        app.state.prediction_log.close()
 
 
 def prediction_log(settings: Settings) -> str | None:
@@ -353,3 +363,4 @@ def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iter
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+        close_prediction_log(app)

@@ -44,12 +44,14 @@ class ForkedServers:
     """The parent of ``count`` forked uvicorn servers on ``sock``, each answering with ``app``."""
 
     def __init__(self, app: FastAPI, config: Callable[[FastAPI], uvicorn.Config], sock: socket.socket,
-                 count: int, on_start: Callable[[FastAPI], None], on_end: Callable[[int], None]):
+                 count: int, on_start: Callable[[FastAPI], None], on_end: Callable[[int], None],
+                 on_stop: Callable[[FastAPI], None] | None = None):
         if not supported():
             raise RetrainError("serve.workers above 1 needs Linux (forked processes); set workers = 1")
         self.app, self.config, self.sock, self.count = app, config, sock, count
         self.on_start = on_start  # in each server process, before it answers
         self.on_end = on_end  # in the parent, with the pid of a server process that ended
+        self.on_stop = on_stop  # in each server process, once it stopped answering
         self.children: dict[int, float] = {}  # pid -> started at
         self.stopping = False
 
@@ -79,13 +81,20 @@ class ForkedServers:
     def _serve_in_child(self) -> None:
         code = 0
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # Uvicorn stops gracefully on these, then raises the signal again: it ends the
+            # run here (SystemExit), so that what the process still holds is written first.
+            signal.signal(signal.SIGTERM, _stop_serving)
+            signal.signal(signal.SIGINT, _stop_serving)
             _die_with_parent(self.parent)
             own = listening_socket(self.sock)
             self.sock.close()
             self.on_start(self.app)
-            uvicorn.Server(self.config(self.app)).run(sockets=[own])
+            try:
+                uvicorn.Server(self.config(self.app)).run(sockets=[own])
+            except SystemExit:
+                pass
+            if self.on_stop is not None:
+                self.on_stop(self.app)
         except BaseException:  # a forked child must never return into the parent's code
             log.exception("server process %d failed", os.getpid())
             code = 1
@@ -148,6 +157,10 @@ def _die_with_parent(parent: int) -> None:
         log.warning("cannot ask to be stopped with the parent process; stop server processes by hand")
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
+
+
+def _stop_serving(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -70,7 +70,8 @@ def assert_readable(log: str) -> None:
 def big_file(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("big")
     env = daemon_env(data / "unused")
-    paths = cli("sample", "--out", str(data), "--files", "1", "--rows", "300000", "--seed", "5",
+    # 100,000 rows keep a run in flight for seconds; `make faults` stops a 300,000-row run.
+    paths = cli("sample", "--out", str(data), "--files", "1", "--rows", "100000", "--seed", "5",
                 env=env, cwd=data).stdout.split()
     return Path(paths[0])
 
@@ -79,8 +80,8 @@ def big_file(tmp_path_factory) -> Path:
 def test_a_stop_to_the_whole_group_lets_the_run_in_flight_finish(tmp_path: Path, big_file: Path,
                                                                   stop: signal.Signals) -> None:
     """systemd's KillMode=control-group and a terminal's Ctrl+C signal every process of the
-    group: the embedded API and the workers must not act on it. The 300,000-row run
-    finishes and is recorded; then the daemon stops them and exits 0, leaving nothing."""
+    group: the embedded API and the workers must not act on it. The run in flight finishes
+    and is recorded; then the daemon stops them and exits 0, leaving nothing."""
     home = tmp_path / "home"
     daemon = Daemon(home, daemon_env(home, **SETTINGS), cwd=tmp_path)
     try:

@@ -58,8 +58,9 @@ def serve_app(registry: ModelRegistry) -> Iterator[Callable[[Path], tuple[int, d
 
     with running_server(create_app(registry, [], ServeSpec())) as base, httpx.Client(base_url=base) as client:
         def post(csv: Path) -> tuple[int, dict]:
-            answer = client.post("/predict", content=csv.read_bytes(), headers={"Content-Type": "text/csv"},
-                                 timeout=60)
+            # The file's name as the request's id: the same rows get the same ids in every answer.
+            answer = client.post("/predict", content=csv.read_bytes(),
+                                 headers={"Content-Type": "text/csv", "X-Request-ID": csv.name}, timeout=60)
             return answer.status_code, answer.json()
 
         yield post
