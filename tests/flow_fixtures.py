@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.files import sha256_file
-from core.records import FileRef, ResolvedSchema
-from core.specs import ModelSpec
+from core.records import FileRef, ResolvedSchema, RetrainRequest
+from core.specs import ModelSpec, PipelineSpec
 from flows.data.preprocess import plan_partitions, preprocess_partition
 from flows.models.modelfile import load_model_file, load_skops_bytes
 from flows.models.registry import ModelRegistry
@@ -61,3 +61,13 @@ def call_flow(request, scheduler_address: str, name: str = "direct"):
     from service.runner.records import RunStart
 
     return execute(RunStart(None, name), request, scheduler_address)
+
+
+def request_for(tmp_path: Path, paths: list[Path], window: list[Path] = (), **pipeline) -> RetrainRequest:
+    """The flow's request for ``paths`` as new files (``window``: earlier files), on a
+    registry and cache under ``tmp_path``; ``pipeline``: config sections."""
+    refs = [FileRef(file_id=i + 1, name=p.name, path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
+            for i, p in enumerate([*window, *paths])]
+    spec = PipelineSpec.model_validate({"schema": {"drop": ["customer_id"]}, **pipeline})
+    return RetrainRequest(new_files=refs[len(window):], window_files=refs[: len(window)], pipeline=spec,
+                          registry_dir=str(tmp_path / "registry"), cache_dir=str(tmp_path / "cache"))

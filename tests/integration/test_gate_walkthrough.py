@@ -9,15 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-from flow_fixtures import call_flow
+from flow_fixtures import call_flow, request_for
 from harness import cli, daemon_env, status_json
 from invariants import check_invariant
 
-from core.files import sha256_file
-from core.records import FileRef
-from core.specs import PipelineSpec
 from flows.models.registry import ModelRegistry
-from flows.retrain import RetrainRequest
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration
@@ -54,14 +50,6 @@ def test_the_walkthroughs_noise_batch_is_not_deployed_and_status_says_why(
     assert error["details"]["signal"]["verdict"] == "no_signal"
     assert ModelRegistry(home / "registry").get("v0002").decision == "no_signal"
     check_invariant(home)
-
-
-def request_for(tmp_path: Path, paths: list[Path], window: list[Path] = (), **pipeline) -> RetrainRequest:
-    refs = [FileRef(file_id=i + 1, name=p.name, path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
-            for i, p in enumerate([*window, *paths])]
-    spec = PipelineSpec.model_validate({"schema": {"drop": ["customer_id"]}, **pipeline})
-    return RetrainRequest(new_files=refs[len(window):], window_files=refs[: len(window)], pipeline=spec,
-                          registry_dir=str(tmp_path / "registry"), cache_dir=str(tmp_path / "cache"))
 
 
 def test_a_new_concept_in_a_window_of_the_newest_file_is_deployed(tmp_path: Path, dask_address: str) -> None:

@@ -15,25 +15,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from flow_fixtures import call_flow
+from flow_fixtures import call_flow, request_for
 from harness import cli, daemon_env
 
 from core.files import sha256_file
-from core.records import FileRef
-from core.specs import PipelineSpec
 from flows.models.registry import ModelRegistry
-from flows.retrain import RetrainRequest
 from service.sample import sample_frame, write_samples
 
 pytestmark = pytest.mark.integration
-
-
-def request_for(home: Path, paths: list[Path], window: list[Path] = (), **pipeline) -> RetrainRequest:
-    refs = [FileRef(file_id=i + 1, name=p.name, path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
-            for i, p in enumerate([*window, *paths])]
-    spec = PipelineSpec.model_validate({"schema": {"drop": ["customer_id"]}, **pipeline})
-    return RetrainRequest(new_files=refs[len(window):], window_files=refs[: len(window)], pipeline=spec,
-                          registry_dir=str(home / "registry"), cache_dir=str(home / "cache"))
 
 
 def predict_cli(home: Path, csv: Path, out: Path):
