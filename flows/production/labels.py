@@ -64,10 +64,10 @@ def join_labels(files: list[FileRef], schema: ResolvedSchema, log_dir: str, out_
     id_column = schema_id(schema)
     report = LabelsReport()
     rejections: dict[int, dict | None] = {}
-    taken = predlog.read_labels(log_dir)
-    known = set(taken[predlog.ID])
+    # Ids as pandas indexes: their hash tables test a million labels in C, not Python sets.
+    known = pd.Index(predlog.read_labels(log_dir)[predlog.ID])
     logged = predlog.read_predictions(log_dir)  # every column: the probabilities, and the features
-    logged_ids = set(logged[predlog.ID])
+    logged_ids = pd.Index(logged[predlog.ID].unique())
     fresh = []
     for file in files:
         try:
@@ -88,7 +88,7 @@ def join_labels(files: list[FileRef], schema: ResolvedSchema, log_dir: str, out_
         rejections[file.file_id] = None
         usable = usable.assign(**{predlog.LABELLED_AT: time.time()})
         predlog.write_labels(log_dir, usable, file.sha256[:32])
-        known |= set(usable[predlog.ID])
+        known = known.append(pd.Index(usable[predlog.ID]))
         fresh.append((file, usable))
     all_labels = predlog.read_labels(log_dir)
     production = production_metrics(logged, all_labels, schema, metric, period, min_rows)
@@ -128,15 +128,15 @@ def production_metrics(logged: pd.DataFrame, labels: pd.DataFrame, schema: Resol
                        period: str, min_rows: int) -> list[ProductionMetric]:
     """Every version's metric on its labelled predictions, overall and per period of the
     time it scored them; with how late the labels came."""
-    joined = logged.merge(labels, on=predlog.ID, how="inner")
+    outputs = [c for c in logged.columns if c in (predlog.ID, predlog.VERSION, predlog.SCORED_AT, predlog.SOURCE,
+                                                  predlog.PREDICTION) or c.startswith(predlog.PROBABILITY)]
+    joined = logged[outputs].merge(labels, on=predlog.ID, how="inner")  # the features are not needed here
     result = []
     for version, rows in joined.groupby(predlog.VERSION, sort=True):
         values = _metrics(rows, schema)
-        periods = {}
-        for name, part in rows.groupby(_period(rows[predlog.SCORED_AT], period), sort=True):
-            periods[str(name)] = {"value": _finite(_metrics(part, schema).get(metric)), "rows": len(part)}
-        batches = {str(source): {"value": _finite(_metrics(part, schema).get(metric)), "rows": len(part),
-                                 **_estimate(part, metric)}
+        periods = {str(name): _part_metric(part, rows, values, schema, metric)
+                   for name, part in rows.groupby(_period(rows[predlog.SCORED_AT], period), sort=True)}
+        batches = {str(source): {**_part_metric(part, rows, values, schema, metric), **_estimate(part, metric)}
                    for source, part in rows.groupby(predlog.SOURCE, sort=True)}
         delay = (rows[predlog.LABELLED_AT] - rows[predlog.SCORED_AT]) / 3600.0
         result.append(ProductionMetric(
@@ -145,6 +145,14 @@ def production_metrics(logged: pd.DataFrame, labels: pd.DataFrame, schema: Resol
             label_delay_hours={"median": round(float(delay.median()), 3), "p90": round(float(delay.quantile(0.9)), 3)},
             enough=len(rows) >= min_rows, batches=batches))
     return result
+
+
+def _part_metric(part: pd.DataFrame, whole: pd.DataFrame, whole_values: dict[str, float], schema: ResolvedSchema,
+                 metric: str) -> dict[str, Any]:
+    """The metric of a part of a version's rows (a period, a scoring file): the whole's
+    when the part is all of them (one period, one file: a million rows are not scored twice)."""
+    values = whole_values if len(part) == len(whole) else _metrics(part, schema)
+    return {"value": _finite(values.get(metric)), "rows": len(part)}
 
 
 def _metrics(rows: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float]:
@@ -187,8 +195,10 @@ def training_rows(logged: pd.DataFrame, fresh: list[tuple[FileRef, pd.DataFrame]
     """The rows just labelled, as a training file: their features as they were scored (the
     latest scoring of an id), the label as the target; and the files they came from."""
     labels = pd.concat([u for _, u in fresh], ignore_index=True)
-    latest = logged.sort_values(predlog.SCORED_AT).drop_duplicates(predlog.ID, keep="last")
-    rows = latest.merge(labels, on=predlog.ID, how="inner")
+    scored = logged[logged[predlog.ID].isin(labels[predlog.ID])]
+    if not scored[predlog.ID].is_unique:  # scored again (a backfill): the latest scoring counts
+        scored = scored.sort_values(predlog.SCORED_AT).drop_duplicates(predlog.ID, keep="last")
+    rows = scored.merge(labels, on=predlog.ID, how="inner")
     rows = rows.dropna(subset=[c for c in schema.features if c in rows], how="all")
     if rows.empty:
         return None, []
