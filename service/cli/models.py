@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from service.cli.base import existing_home, load
@@ -94,9 +95,16 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     with Ledger(Home(settings.home).ledger_path) as ledger:
         ledger.record_event("rollback", {"from": old, "to": new, "by": "retrain models rollback"})
     print(f"current: {old} -> {new}")
-    from service.integrations.mlflow_export import export_to_mlflow
+    if settings.mlflow.tracking_uri:
+        # The MLflow alias follows now, in this process (a background export would be cut
+        # short by the command's exit); a failure is said, and the daemon's next export mends it.
+        from core.errors import RetrainError
+        from service.integrations.mlflow_export import sync
 
-    export_to_mlflow(settings)  # the MLflow alias follows (attempted before the command exits)
+        try:
+            sync(settings)
+        except RetrainError as exc:
+            print(f"retrain: warning: {exc}; the MLflow alias follows at the next export", file=sys.stderr)
     return 0
 
 
