@@ -49,7 +49,7 @@ def read_label_file(file: FileRef, id_column: str, target: str, task: str) -> tu
         labels = pd.Series(numbers, index=raw.index).astype(str).where(~bad, "")
     counts: dict[str, Any] = {"rows": len(raw), "unparseable": int(bad.sum()),
                               "examples": {"unparseable": raw.loc[bad, target].head(EXAMPLES).tolist()}}
-    frame = pd.DataFrame({predlog.ID: ids[~bad], predlog.LABEL: labels[~bad]})
+    frame = pd.DataFrame({predlog.ID: ids[~bad].astype(object), predlog.LABEL: labels[~bad]})
     duplicated = frame[predlog.ID].duplicated()
     counts["duplicate_ids"] = int(duplicated.sum())
     counts["examples"]["duplicate_ids"] = frame.loc[duplicated, predlog.ID].head(EXAMPLES).tolist()
@@ -64,9 +64,11 @@ def join_labels(files: list[FileRef], schema: ResolvedSchema, log_dir: str, out_
     id_column = schema_id(schema)
     report = LabelsReport()
     rejections: dict[int, dict | None] = {}
-    # Ids as pandas indexes: their hash tables test a million labels in C, not Python sets.
-    known = pd.Index(predlog.read_labels(log_dir)[predlog.ID])
+    # Ids as Python objects in pandas indexes: their hash tables test a million ids in well
+    # under a second, where pandas' Arrow-backed strings take seconds per membership test.
+    known = pd.Index(predlog.read_labels(log_dir)[predlog.ID].astype(object))
     logged = predlog.read_predictions(log_dir)  # every column: the probabilities, and the features
+    logged[predlog.ID] = logged[predlog.ID].astype(object)
     logged_ids = pd.Index(logged[predlog.ID].unique())
     fresh = []
     for file in files:
