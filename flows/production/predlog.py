@@ -38,6 +38,20 @@ def day_of(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
 
 
+def log_rows(ids, version: str, scored_at: float, source: str, result: pd.DataFrame, features: pd.DataFrame,
+             task: str) -> pd.DataFrame:
+    """The log's rows of scored rows: id, version, time, source, the model's outputs
+    (``result``: prediction, probabilities; a class is logged as text), and the features as
+    they were prepared, for the row to become training data once its label comes."""
+    frame = pd.DataFrame({ID: ids, VERSION: version, SCORED_AT: scored_at, SOURCE: source})
+    for column in result:
+        values = result[column].to_numpy()
+        frame[column] = values.astype(str) if column == PREDICTION and task == "classification" else values
+    for column in features:
+        frame[column] = features[column].to_numpy()
+    return frame
+
+
 def write_part(log_dir: str | Path, frame: pd.DataFrame, token: str) -> str:
     """Add a part of scored rows (one day's: ``frame[SCORED_AT]`` of its first row)."""
     day = day_of(float(frame[SCORED_AT].iloc[0])) if len(frame) else day_of(time.time())

@@ -87,14 +87,8 @@ def score_partition(plan: PartitionPlan, first_row: int, schema: ResolvedSchema,
         return summary
     with model_threads(threads):
         result = predict_frame(loaded(model, tuple(trusted_types)), prepared.features, schema.task)
-    frame = pd.DataFrame({predlog.ID: ids.to_numpy(), predlog.VERSION: version,
-                          predlog.SCORED_AT: scored_at, predlog.SOURCE: plan.file.name})
-    for column in result:
-        values = result[column].to_numpy()
-        frame[column] = values.astype(str) if column == predlog.PREDICTION and schema.task == "classification" \
-            else values
-    for column in schema.features:  # kept for the rows to become training data with their label
-        frame[column] = prepared.features[column].to_numpy()
+    frame = predlog.log_rows(ids.to_numpy(), version, scored_at, plan.file.name, result,
+                             prepared.features[schema.features], schema.task)
     token = f"{plan.file.sha256[:16]}-{version}-{int(scored_at * 1000)}-{plan.index:05d}"
     summary.update(rows=len(frame), path=predlog.write_part(log_dir, frame, token),
                    unparsed=sum(d["count"] for d in prepared.unparsed.values()), malformed=malformed)

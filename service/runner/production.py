@@ -25,9 +25,10 @@ log = logging.getLogger("retrain.production")
 
 
 def production_request(request: RetrainRequest, home: Home, kind: str, backfill: bool = False) -> RetrainRequest:
-    """A scoring or labels run works on its new files alone: no training window."""
+    """A scoring or labels run's request (its new files alone: no training window): where
+    its predictions and the prediction log are."""
     return request.model_copy(update={
-        "kind": kind, "window_files": [], "unscored_files": [], "backfill": backfill,
+        "kind": kind, "backfill": backfill,
         "predictions_dir": str(home.predictions.resolve()),
         "prediction_log_dir": str(home.prediction_log.resolve())})
 

@@ -131,9 +131,7 @@ class Runner:
                  last_files: int | None = None, kind: str = "train", backfill: bool = False) -> StartedRun:
         from service.runner.flowruns import RunStop
 
-        request = build_request(self.settings, self.home, self.ledger, run, requested_by, last_files)
-        if kind != "train":
-            request = production_request(request, self.home, kind, backfill)
+        request = build_request(self.settings, self.home, self.ledger, run, requested_by, last_files, kind, backfill)
         if kind == "train":
             log.info("run %d started (%s): %d new file(s), %d in the window", run.id, run.details.get("trigger"),
                      len(request.new_files), len(request.window_files) + len(request.new_files))
@@ -184,13 +182,18 @@ def run_line(ledger: Ledger, run: RunRecord) -> str:
 
 
 def build_request(settings: Settings, home: Home, ledger: Ledger, run: RunRecord,
-                  requested_by: str | None = None, last_files: int | None = None):
+                  requested_by: str | None = None, last_files: int | None = None, kind: str = "train",
+                  backfill: bool = False):
     """The flow's parameter for this run: its new files, the training window (of
     ``last_files`` files when an operator chose it, else the config's), and what the policy
     needs from earlier runs (small batches not scored yet, rows since the champion)."""
     from flows.retrain import RetrainRequest
 
     new_files = [_ref(ledger.get(fid)) for fid in run.file_ids]
+    if kind != "train":  # rows to score or late labels: their files alone, no window to build
+        return production_request(RetrainRequest(
+            new_files=new_files, pipeline=settings.pipeline(), registry_dir=str(home.registry.resolve()),
+            cache_dir=str(home.cache.resolve())), home, kind, backfill)
     last = settings.window.last_files if last_files is None else last_files
     if last:
         window = ledger.window(max(last - len(new_files), 0)) if last > len(new_files) else []

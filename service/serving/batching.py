@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +37,9 @@ import pandas as pd
 from core.errors import InvalidDataError
 from flows.data.features import prepare_features
 from flows.models.predict import predict_frame
+from flows.production import predlog
 from service.serving.holder import LoadedModel
-from service.serving.prediction_log import PredictionLogWriter, log_frame, request_ids
+from service.serving.prediction_log import PredictionLogWriter, request_ids
 from service.serving.rows import ClientError
 
 log = logging.getLogger("retrain.serve")
@@ -97,7 +99,8 @@ def predict_batch(loaded: LoadedModel, frames: list[pd.DataFrame], ids: list[lis
         return [predict_batch(loaded, [one], [one_ids], log)[0] for one, one_ids in zip(frames, ids)]
     every_id = [i for one_ids in ids for i in one_ids]
     if log is not None:
-        log.add(log_frame(every_id, loaded.version, result, prepared.features))
+        log.add(predlog.log_rows(every_id, loaded.version, time.time(), "retrain serve", result, prepared.features,
+                                 loaded.schema.task))
     records = [{"id": i, **r} for i, r in zip(every_id, result.to_dict(orient="records"))]
     answers, start = [], 0
     for one in frames:

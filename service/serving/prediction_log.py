@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 
 import pandas as pd
@@ -101,15 +100,3 @@ def request_ids(frame: pd.DataFrame, id_column: str | None, request_id: str | No
             return [str(v) for v in ids]
     base = (request_id or "").strip() or uuid.uuid4().hex
     return [base] if len(frame) == 1 else [f"{base}-{i}" for i in range(1, len(frame) + 1)]
-
-
-def log_frame(ids: list[str], version: str, result: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-    """The prediction log's rows of an answer (as a scoring batch logs its rows)."""
-    frame = pd.DataFrame({predlog.ID: ids, predlog.VERSION: version, predlog.SCORED_AT: time.time(),
-                          predlog.SOURCE: "retrain serve"})
-    for column in result:
-        values = result[column].to_numpy()
-        frame[column] = values.astype(str) if column == predlog.PREDICTION and values.dtype == object else values
-    for column in features:
-        frame[column] = features[column].to_numpy()
-    return frame
