@@ -22,12 +22,14 @@ import traceback
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import dask
 from prefect_dask import DaskTaskRunner
 
 from core.errors import one_line
 from core.records import RetrainRequest, RunOutcome
 from flows.models.registry import ModelRegistry
 from service.runner.records import FlowResult, RunStart
+from service.runtime.forgetting import run_span
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -71,17 +73,22 @@ class RunStop:
 
 
 class StoppableDaskTaskRunner(DaskTaskRunner):
-    """A DaskTaskRunner on a scheduler's address whose futures a RunStop can cancel."""
+    """A DaskTaskRunner on a scheduler's address whose futures a RunStop can cancel, and
+    whose tasks are marked as one run's (a Dask span of their own, which the scheduler of
+    a cluster the daemon did not start forgets once the run is over:
+    ``service.runtime.forgetting``)."""
 
     def __init__(self, address: str, stop: RunStop):
         super().__init__(address=address)
         self.stop = stop
+        self.span = run_span()
 
     def duplicate(self) -> "StoppableDaskTaskRunner":
         return type(self)(self.address, self.stop)  # the engine runs the flow on a duplicate
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):
-        future = super().submit(task, parameters, wait_for, dependencies)
+        with dask.annotate(span=self.span):
+            future = super().submit(task, parameters, wait_for, dependencies)
         self.stop.track(future.wrapped_future)
         return future
 

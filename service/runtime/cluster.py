@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from core.errors import RetrainError
+from core.errors import RetrainError, one_line
 from service.config import DaskSpec
 
 log = logging.getLogger("retrain.runtime")
@@ -127,9 +127,11 @@ def long_lived_cluster_options() -> dict:
 
 def warm_up_workers(address: str, own_cluster: bool = False) -> None:
     """Import the flow's code on every worker now (and on workers that join later); the
-    workers of this process's own cluster leave Ctrl+C to it."""
+    workers of this process's own cluster leave Ctrl+C to it; the scheduler forgets each
+    run once it is over (service.runtime.forgetting)."""
     from distributed import Client
 
+    from service.runtime.forgetting import ForgetFinishedRuns
     from service.runtime.warmup import ParentHandlesInterrupts, WarmUp
 
     started = time.perf_counter()
@@ -137,6 +139,12 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> None:
         client.register_plugin(WarmUp())
         if own_cluster:  # after WarmUp: Prefect's loggers exist by then, to be made one-line
             client.register_plugin(ParentHandlesInterrupts())
+        try:
+            client.register_plugin(ForgetFinishedRuns())
+        except Exception as exc:  # a scheduler without the service's code in its environment
+            log.warning("the Dask scheduler at %s did not take the plugin that forgets finished runs "
+                        "(%s); it will keep a record of every run: install retrain in the scheduler's "
+                        "environment", address, one_line(exc))
     log.debug("start-up: workers warmed up in %.1fs", time.perf_counter() - started)
 
 

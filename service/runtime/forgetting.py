@@ -1,0 +1,139 @@
+"""What a long-lived Dask cluster keeps of the daemon's runs, and the plugins that let it
+forget, on a cluster the daemon did not start.
+
+The daemon's own local cluster is started without the records that grow with every run
+(``service.runtime.cluster.long_lived_cluster_options``). An existing cluster is the
+operator's: the daemon must not restart it, nor change what its other clients see (their
+spans, their profiles, their logs). So the daemon marks its own tasks, and plugins it
+registers on the scheduler (and on every worker, those that join later included) forget
+only what is marked, once a run is over:
+
+- Every task of a run is submitted inside a span of its own, ``("retrain", <run id>)``
+  (``run_span``), not Dask's shared "default" one. Dask never frees a span: each keeps its
+  task groups, the source code of the calls that submitted them and the workers' metrics
+  (dask/distributed#7977). ``ForgetFinishedRuns`` removes the daemon's spans from the
+  scheduler once they have been done for ``SPAN_GRACE_SECONDS``; other spans stay.
+- The scheduler keeps the last ``distributed.admin.low-level-log-length`` (1,000) batches
+  of messages it sent to each worker, for debugging. A task's message carries its whole
+  Prefect closure (the flow, its task runner, the run's request), which the scheduler
+  unpickled: hundreds of MiB once the logs are full, reached over hundreds of runs. The
+  plugin empties the closures of the daemon's own messages there (the rest of each
+  message stays, as do other clients' messages).
+- The scheduler keeps an event topic per client, and the daemon's task runner is a new
+  client per flow run. Dask empties a topic an hour after its client left
+  (``distributed.scheduler.events-cleanup-delay``) but never removes it; the plugin removes
+  the topics of the daemon's clients (those that submitted its spans) when they leave.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+RUN_SPAN_TAG = "retrain"
+# A span is removed this long after its last task ended: the workers report each span's
+# metrics with their heartbeats (every few seconds at most), and the scheduler looks the
+# span up by its id when they do.
+SPAN_GRACE_SECONDS = 120.0
+
+
+def run_span() -> dict:
+    """The span annotation of one run's tasks (``dask.annotate(span=run_span())``): the
+    form ``distributed.span`` gives, with an id the daemon chooses once per run."""
+    return {"name": (RUN_SPAN_TAG,), "ids": (str(uuid.uuid4()),)}
+
+
+def is_run_span_annotation(annotation) -> bool:
+    return isinstance(annotation, dict) and tuple(annotation.get("name", ()))[:1] == (RUN_SPAN_TAG,)
+
+
+class ForgetFinishedRuns(SchedulerPlugin):
+    """On the scheduler: removes the daemon's finished spans and its clients' event topics,
+    at each start and end of a run. Registered by name: a restarted daemon replaces it."""
+
+    name = "retrain-forget-finished-runs"
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.clients: set[str] = set()  # the daemon's clients (those that submitted its spans)
+        self.departed: set[str] = set()  # those of them that have left
+        self.done_since: dict[str, float] = {}  # span id -> when it was first seen done
+
+    def update_graph(self, scheduler, *, client: str, annotations: dict, **kwargs) -> None:
+        spans = annotations.get("span") or {}
+        if any(is_run_span_annotation(a) for a in spans.values()):
+            self.clients.add(client)
+        self.forget(scheduler)
+
+    def remove_client(self, scheduler, client: str) -> None:
+        self.forget(scheduler)
+
+    def forget(self, scheduler, now: float | None = None) -> tuple[int, int, int]:
+        """Forget what is over; returns how many spans, topics and task closures."""
+        return self.forget_spans(scheduler, now), self.forget_topics(scheduler), self.forget_closures(scheduler)
+
+    def forget_closures(self, scheduler) -> int:
+        """Empty the task closures of the daemon's messages kept in the scheduler's logs of
+        what it sent to each worker; returns how many."""
+        emptied = 0
+        for stream in list(scheduler.stream_comms.values()):
+            for batch in stream.recent_message_log:
+                if not isinstance(batch, list):  # "large-message": kept as that word only
+                    continue
+                for message in batch:
+                    if (isinstance(message, dict) and message.get("run_spec") is not None
+                            and is_run_span_annotation((message.get("annotations") or {}).get("span"))):
+                        message["run_spec"] = None
+                        emptied += 1
+        return emptied
+
+    def forget_topics(self, scheduler) -> int:
+        """Remove the event topics of the daemon's clients that had left at the previous
+        call; returns how many. Not at once: the scheduler logs a client's removal once
+        more after its plugins heard of it, which would make its topic again."""
+        topics = scheduler._broker._topics
+        removed = 0
+        for client in self.departed:
+            topic = topics.get(client)
+            if topic is not None and not topic.subscribers:
+                del topics[client]
+                removed += 1
+        self.departed = {c for c in self.clients if c not in scheduler.clients}
+        self.clients -= self.departed
+        return removed
+
+    def forget_spans(self, scheduler, now: float | None = None) -> int:
+        """Remove the daemon's spans done for SPAN_GRACE_SECONDS; returns how many."""
+        spans = scheduler.extensions.get("spans")
+        if spans is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        ours = [s for s in spans.root_spans if s.name[:1] == (RUN_SPAN_TAG,)]
+        expired = []
+        for span in ours:
+            if not span.done:
+                self.done_since.pop(span.id, None)
+            elif now - self.done_since.setdefault(span.id, now) >= SPAN_GRACE_SECONDS:
+                expired.append(span)
+        for span in expired:
+            for node in list(span.traverse_spans()):
+                spans.spans.pop(node.id, None)
+                _remove(spans.spans_search_by_name.get(node.name), node)
+                for tag in node.name:
+                    _remove(spans.spans_search_by_tag.get(tag), node)
+                self.done_since.pop(node.id, None)
+            _remove(spans.root_spans, span)
+        for index in (spans.spans_search_by_name, spans.spans_search_by_tag):
+            for key in [k for k, v in index.items() if not v]:
+                del index[key]
+        return len(expired)
+
+
+def _remove(items: list | None, item) -> None:
+    if items is not None:
+        try:
+            items.remove(item)
+        except ValueError:
+            pass

@@ -1,0 +1,104 @@
+"""The scheduler plugin that forgets the daemon's finished runs, on a real scheduler with
+Dask's default extensions (as an operator's `dask scheduler` has), and a real worker."""
+
+from __future__ import annotations
+
+import time
+
+import dask
+import pytest
+from distributed import Client, LocalCluster, span
+
+from service.runtime.forgetting import SPAN_GRACE_SECONDS, ForgetFinishedRuns, run_span
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+# Other clients' work: functions of their own (tasks of one function share a task group,
+# and Dask puts a task group's tasks on the span of its first task).
+def triple(x: int) -> int:
+    return 3 * x
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        yield cluster
+
+
+def test_forgets_the_runs_spans_and_topics_but_nothing_of_other_clients(cluster):
+    scheduler = cluster.scheduler
+    spans = scheduler.extensions["spans"]
+    with Client(cluster) as setup:
+        setup.register_plugin(ForgetFinishedRuns())
+    plugin = scheduler.plugins[ForgetFinishedRuns.name]
+
+    with Client(cluster) as other:  # another user of the same cluster, still connected
+        with span("their-work") as their_span:
+            assert other.submit(triple, 1).result() == 3
+        assert other.submit(square, 2).result() == 4  # Dask's default span
+        runs = []
+        for i in range(3):  # three runs of the daemon, a client each
+            with Client(cluster) as ours:
+                runs.append((ours.id, run_span()))
+                with dask.annotate(span=runs[-1][1]):
+                    assert ours.submit(double, 10 + i).result() == 20 + 2 * i
+            ours_ids = {annotation["ids"][-1] for _, annotation in runs}
+        assert ours_ids <= set(spans.spans)
+
+        # Done, but within the grace the workers' heartbeats may still name them: kept.
+        assert plugin.forget_spans(scheduler) == 0
+        assert ours_ids <= set(spans.spans)
+        time.sleep(3)  # the worker's heartbeats after the runs (several a second)
+        # After the grace: gone, from every index of the extension.
+        assert plugin.forget(scheduler, now=time.monotonic() + SPAN_GRACE_SECONDS + 1)[0] == 3
+        assert not ours_ids & set(spans.spans)
+        assert all(s.name[:1] != ("retrain",) for s in spans.root_spans)
+        assert ("retrain",) not in spans.spans_search_by_name
+        assert "retrain" not in spans.spans_search_by_tag
+        # The closures of our tasks are gone from the scheduler's logs of what it sent to
+        # the worker; the other client's are still there.
+        sent = [m for stream in scheduler.stream_comms.values() for batch in stream.recent_message_log
+                if isinstance(batch, list) for m in batch if isinstance(m, dict) and m.get("op") == "compute-task"]
+        assert {m["key"].split("-")[0] for m in sent if m["run_spec"] is not None} == {"triple", "square"}
+        assert any(m["key"].startswith("double-") and m["run_spec"] is None for m in sent)
+        # The other client's spans and its event topic are untouched; ours are gone.
+        assert their_span in spans.spans
+        assert any(s.name == ("default",) for s in spans.root_spans)
+        assert other.id in scheduler._broker._topics
+        assert not {client for client, _ in runs} & set(scheduler._broker._topics)
+        # The cluster still works for everyone, the worker's heartbeats included.
+        assert other.submit(triple, 14).result() == 42
+        time.sleep(1.5)
+        assert all(ws.status.name == "running" for ws in scheduler.workers.values())
+
+
+def slow_double(x: int) -> int:
+    time.sleep(3)
+    return 2 * x
+
+
+def test_a_run_in_progress_keeps_its_span(cluster):
+    scheduler = cluster.scheduler
+    spans = scheduler.extensions["spans"]
+    with Client(cluster) as setup:
+        setup.register_plugin(ForgetFinishedRuns())
+    plugin = scheduler.plugins[ForgetFinishedRuns.name]
+    with Client(cluster) as ours:
+        annotation = run_span()
+        with dask.annotate(span=annotation):
+            running = ours.submit(slow_double, 4)
+        span_id = annotation["ids"][-1]
+        deadline = time.monotonic() + 30
+        while span_id not in spans.spans and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running.done()
+        assert plugin.forget(scheduler, now=time.monotonic() + 10 * SPAN_GRACE_SECONDS)[0] == 0
+        assert span_id in spans.spans
+        assert running.result() == 8
