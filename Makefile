@@ -10,7 +10,7 @@ MLFLOW_STAMP := $(MLFLOW_VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export DO_NOT_TRACK = 1
 
-.PHONY: install run test test-mlflow faults bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production bench-real-data scenarios soak soak-quick server clean
+.PHONY: install run test test-mlflow faults bench bench-quick bench-serve bench-serve-peer bench-cluster bench-deployment bench-run-command bench-production bench-real-data scenarios soak soak-cluster soak-quick server clean
 
 install: $(STAMP)
 
@@ -49,9 +49,13 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run.py --quick
 
-## make soak: 500 small files through one daemon after 20 warm-up files; memory per role, time per file, disk per folder (benchmarks/soak-results.md, soak.png)
+## make soak: 1,000 small files through one daemon on its own local cluster after 20 warm-up files; memory per role, time per file, disk per folder (benchmarks/soak-results.md, soak.png)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py
+
+## make soak-cluster: 500 small files after 20 through a daemon on an existing cluster (a scheduler and two workers started as separate processes); memory of each (benchmarks/soak-results.md, soak-cluster.png)
+soak-cluster: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --existing-cluster
 
 soak-quick: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --quick

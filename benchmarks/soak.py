@@ -1,6 +1,8 @@
 """Soak: many small files through one warm daemon; does it hold steady?
 
-    make soak          # 500 files after 20 warm-up files (about 40 minutes)
+    make soak          # 1,000 files after 20 warm-up files on the daemon's own local cluster
+    make soak-cluster  # 500 files after 20 on an existing cluster (a `dask scheduler` and two
+                       # `dask worker` processes the benchmark starts, as an operator would)
     make soak-quick    # 60 files after 10 warm-up files, for development
 
 One real `retrain watch` (its own home under benchmarks/work/, the default local cluster,
@@ -8,9 +10,12 @@ the embedded Prefect API, `[window] last_files = 3`). Files of 1,000 rows, each 
 own seed (never a duplicate), are dropped one at a time; after each is archived the
 benchmark records the drop-to-archived time, the resident memory of each role of the
 daemon's process tree (the daemon, its Dask workers, the Prefect API) and the size of each
-home folder. Writes benchmarks/soak.png and a section of benchmarks/soak-results.md
-(soak-quick-results.md for --quick): the linear growth of memory per run after the
-warm-up, the median time of the first files against the last, the disk growth per run.
+home folder. With ``--existing-cluster`` the daemon runs its tasks on a scheduler and
+workers started as separate processes, and their memory is measured as roles of their own.
+Writes benchmarks/soak.png (soak-cluster.png) and a section of benchmarks/soak-results.md
+(soak-quick-results.md for --quick): the growth of memory per run (linear fit over the
+second half of the measured runs: what is left once bounded buffers have filled), the
+median time of the first files against the last, the disk growth per run.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ sys.path.insert(0, str(ROOT))  # service.sample, from this checkout
 RETRAIN = str(Path(sys.executable).parent / "retrain")
 MIB = 1024 * 1024
 ROLES = ("daemon", "workers", "prefect api", "other", "tree")
+CLUSTER_ROLES = ("scheduler", "cluster workers")
 FOLDERS = ("registry", "cache", "archive", "state")
-# Targets of the soak (500 files after 20 warm-up files).
-TARGET_SLOPE_MIB = 0.2
+# Targets: growth per run over the second half, of the daemon's whole process tree on its
+# own cluster; of each of scheduler, workers together and daemon tree on an existing one.
+TARGET_SLOPE_MIB = 0.02
+TARGET_CLUSTER_SLOPE_MIB = 0.05
 TARGET_TIME_RATIO = 1.1
 FIRST_LAST = 50
 
@@ -73,6 +81,22 @@ def tree_rss(root_pid: int) -> dict[str, int]:
     return totals
 
 
+def cluster_rss(cluster: "ExistingCluster | None") -> dict[str, int]:
+    """Resident bytes of an existing cluster's scheduler and of its workers together (each
+    `dask worker` process with the worker process its nanny spawns)."""
+    if cluster is None:
+        return {}
+    totals = dict.fromkeys(CLUSTER_ROLES, 0)
+    for role, procs in (("scheduler", [cluster.scheduler]), ("cluster workers", cluster.workers)):
+        for proc in procs:
+            try:
+                ps = psutil.Process(proc.pid)
+                totals[role] += sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+            except psutil.Error:
+                continue
+    return totals
+
+
 def folder_bytes(path: Path) -> int:
     total = 0
     for dirpath, _, names in os.walk(path):
@@ -86,6 +110,56 @@ def folder_bytes(path: Path) -> int:
 
 def disk_usage(home: Path) -> dict[str, int]:
     return {folder: folder_bytes(home / folder) for folder in FOLDERS}
+
+
+# -- an existing cluster -----------------------------------------------------------------------
+
+@dataclass
+class ExistingCluster:
+    """A `dask scheduler` and `dask worker`s started as separate processes (their own
+    sessions), as an operator starts them: the daemon connects to it and does not own it."""
+
+    workdir: Path
+    workers_count: int = 2
+
+    def start(self) -> str:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{port}"
+        bin_dir = Path(sys.executable).parent
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._logs = [open(self.workdir / f"{name}.log", "wb") for name in
+                      ["scheduler", *(f"worker-{i}" for i in range(self.workers_count))]]
+        self.scheduler = subprocess.Popen(
+            [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", ":0"], env=env, stdout=self._logs[0], stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.workers = [subprocess.Popen(
+            [str(bin_dir / "dask"), "worker", self.address, "--nthreads", "1", "--nworkers", "1",
+             "--dashboard-address", ":0"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True) for log in self._logs[1:]]
+        from distributed import Client
+
+        with Client(self.address, timeout="60s") as client:
+            client.wait_for_workers(self.workers_count, timeout=120)
+        return self.address
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.workers, self.scheduler]:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for log in self._logs:
+            log.close()
 
 
 # -- the daemon ------------------------------------------------------------------------------
@@ -169,7 +243,7 @@ def make_files(out: Path, count: int, rows: int = 1000, first_seed: int = 1000) 
 
 
 def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = None,
-         on_sample=None) -> dict:
+         on_sample=None, existing_cluster: bool = False) -> dict:
     """Run the soak; returns the start-up time and one record per file (warm-up included,
     marked)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -177,8 +251,17 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
     if home.exists():
         subprocess.run(["rm", "-rf", str(home)], check=True)
     data = make_files(work / "soak-data", warmup + files)
-    daemon = SoakDaemon(home, settings or {})
-    daemon.start()
+    settings = dict(settings or {})
+    cluster = ExistingCluster(work / "soak-cluster") if existing_cluster else None
+    if cluster is not None:
+        settings["dask__address"] = cluster.start()
+    daemon = SoakDaemon(home, settings)
+    try:
+        daemon.start()
+    except BaseException:
+        if cluster is not None:
+            cluster.stop()
+        raise
     records = []
     try:
         for i, path in enumerate(data):
@@ -188,14 +271,18 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
             state = daemon.wait_settled(path.name)
             seconds = time.perf_counter() - dropped
             record = {"index": i, "warmup": i < warmup, "name": path.name, "state": state,
-                      "seconds": seconds, "rss": tree_rss(daemon.proc.pid), "disk": disk_usage(home)}
+                      "seconds": seconds, "rss": {**tree_rss(daemon.proc.pid), **cluster_rss(cluster)},
+                      "disk": disk_usage(home)}
             records.append(record)
             if on_sample is not None:
                 on_sample(record)
     finally:
         daemon.stop()
-    keep = int((settings or {}).get("registry__keep_versions", 0))
+        if cluster is not None:
+            cluster.stop()
+    keep = int(settings.get("registry__keep_versions", 0))
     return {"start_seconds": daemon.start_seconds, "records": records, "home": str(home),
+            "existing_cluster": existing_cluster,
             "log": str(daemon.log_path), "registry": check_registry(home, keep) if keep else None}
 
 
@@ -259,17 +346,26 @@ def linear_slope(ys: list[float]) -> float:
     return num / sum((x - mean_x) ** 2 for x in range(n))
 
 
+def roles_of(result: dict) -> tuple[str, ...]:
+    return ROLES + (CLUSTER_ROLES if result.get("existing_cluster") else ())
+
+
 def summarize(result: dict) -> dict:
     measured = [r for r in result["records"] if not r["warmup"]]
+    second_half = measured[len(measured) // 2:]
+    roles = roles_of(result)
     k = min(FIRST_LAST, max(1, len(measured) // 3))
     first = statistics.median(r["seconds"] for r in measured[:k])
     last = statistics.median(r["seconds"] for r in measured[-k:])
     return {
         "files": len(measured), "warmup": len(result["records"]) - len(measured),
         "start_seconds": result["start_seconds"], "first_last_k": k,
-        "slope_mib": {role: linear_slope([r["rss"][role] / MIB for r in measured]) for role in ROLES},
-        "rss_first_mib": {role: measured[0]["rss"][role] / MIB for role in ROLES},
-        "rss_last_mib": {role: measured[-1]["rss"][role] / MIB for role in ROLES},
+        "roles": roles, "existing_cluster": bool(result.get("existing_cluster")),
+        "slope_mib": {role: linear_slope([r["rss"][role] / MIB for r in second_half]) for role in roles},
+        "slope_all_mib": {role: linear_slope([r["rss"][role] / MIB for r in measured]) for role in roles},
+        "rss_first_mib": {role: measured[0]["rss"][role] / MIB for role in roles},
+        "rss_half_mib": {role: second_half[0]["rss"][role] / MIB for role in roles},
+        "rss_last_mib": {role: measured[-1]["rss"][role] / MIB for role in roles},
         "median_first": first, "median_last": last, "time_ratio": last / first,
         "disk_slope_kib": {f: linear_slope([r["disk"][f] / 1024 for r in measured]) for f in FOLDERS},
         "disk_last_mib": {f: measured[-1]["disk"][f] / MIB for f in FOLDERS},
@@ -289,7 +385,7 @@ def plot(result: dict, out: Path) -> None:
     records = result["records"]
     xs = [r["index"] for r in records]
     fig, (mem, secs, disk) = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-    for role in ROLES:
+    for role in roles_of(result):
         if role != "other":
             mem.plot(xs, [r["rss"][role] / MIB for r in records], label=role)
     mem.set_ylabel("resident memory (MiB)")
@@ -305,8 +401,9 @@ def plot(result: dict, out: Path) -> None:
     for ax in (mem, secs, disk):
         ax.axvline(warmup - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"soak: {len(records) - warmup} files after {warmup} warm-up, 1,000 rows each, "
-                 "window 3 files")
+    where = "an existing cluster (scheduler, 2 workers)" if result.get("existing_cluster") else "its own local cluster"
+    fig.suptitle(f"soak on {where}: {len(records) - warmup} files after {warmup} warm-up,\n"
+                 "1,000 rows each, window 3 files")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -315,27 +412,38 @@ def plot(result: dict, out: Path) -> None:
 def markdown(summary: dict, png: str, note: str, registry: dict | None = None) -> str:
     verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     k = summary["first_last_k"]
+    where = "an existing cluster" if summary["existing_cluster"] else "the daemon's own local cluster"
     lines = [
-        f"## Soak, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {summary['files']} files after "
+        f"## Soak on {where}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {summary['files']} files after "
         f"{summary['warmup']} warm-up", "",
         f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. {note}".strip(), "",
         f"Daemon start to watching: {summary['start_seconds']:.1f} s. File states: "
         + ", ".join(f"{s} {n}" for s, n in sorted(summary["states"].items())) + ".", "",
-        "| role | RSS after warm-up (MiB) | RSS at the end (MiB) | growth per run (MiB, linear fit) |",
-        "|---|---:|---:|---:|",
+        "| role | RSS after warm-up (MiB) | at half-way | at the end | growth per run, second half "
+        "(MiB, linear fit) | over all measured runs |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for role in ROLES:
-        lines.append(f"| {role} | {summary['rss_first_mib'][role]:.0f} | {summary['rss_last_mib'][role]:.0f} "
-                     f"| {summary['slope_mib'][role]:+.3f} |")
+    for role in summary["roles"]:
+        name = "daemon's process tree" if role == "tree" else role
+        lines.append(f"| {name} | {summary['rss_first_mib'][role]:.0f} | {summary['rss_half_mib'][role]:.0f} "
+                     f"| {summary['rss_last_mib'][role]:.0f} | {summary['slope_mib'][role]:+.4f} "
+                     f"| {summary['slope_all_mib'][role]:+.4f} |")
     lines += ["", "| folder | size at the end (MiB) | growth per run (KiB, linear fit) |", "|---|---:|---:|"]
     for folder in FOLDERS:
         lines.append(f"| {folder}/ | {summary['disk_last_mib'][folder]:.1f} "
                      f"| {summary['disk_slope_kib'][folder]:+.1f} |")
-    slope = summary["slope_mib"]["tree"]
+    slope = summary["slope_mib"]
+    if summary["existing_cluster"]:
+        growth = [f"- {name}: {slope[role]:+.4f} MiB per run over the second half (target <= "
+                  f"{TARGET_CLUSTER_SLOPE_MIB}): {verdict(slope[role] <= TARGET_CLUSTER_SLOPE_MIB)}."
+                  for role, name in (("scheduler", "Scheduler"), ("cluster workers", "Workers together"),
+                                     ("tree", "The daemon's process tree"))]
+    else:
+        growth = [f"- The daemon's whole process tree: {slope['tree']:+.4f} MiB per run over the second half "
+                  f"(target <= {TARGET_SLOPE_MIB}): {verdict(slope['tree'] <= TARGET_SLOPE_MIB)}."]
     lines += [
         "",
-        f"- Whole tree: {slope:+.3f} MiB per run (target <= {TARGET_SLOPE_MIB}): "
-        f"{verdict(slope <= TARGET_SLOPE_MIB)}.",
+        *growth,
         f"- Drop to archived, median of the first {k} files {summary['median_first']:.2f} s, of the last {k} "
         f"{summary['median_last']:.2f} s: x{summary['time_ratio']:.2f} (target <= {TARGET_TIME_RATIO}): "
         f"{verdict(summary['time_ratio'] <= TARGET_TIME_RATIO)}.",
@@ -355,7 +463,10 @@ def markdown(summary: dict, png: str, note: str, registry: dict | None = None) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=500, help="files measured after the warm-up")
+    parser.add_argument("--files", type=int, default=None,
+                        help="files measured after the warm-up (1,000; 500 with --existing-cluster)")
+    parser.add_argument("--existing-cluster", action="store_true",
+                        help="run on a scheduler and two workers started as separate processes")
     parser.add_argument("--warmup", type=int, default=20, help="files before the measured ones")
     parser.add_argument("--quick", action="store_true", help="60 files after 10 warm-up files")
     parser.add_argument("--note", default="", help="a line for the results (what this run measures)")
@@ -363,20 +474,23 @@ def main() -> None:
                         help="[registry] keep_versions of the soak's daemon, checked at the end")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     args = parser.parse_args()
+    if args.files is None:
+        args.files = 500 if args.existing_cluster else 1000
     if args.quick:
         args.files, args.warmup = 60, 10
     name = "soak-quick" if args.quick else "soak"
+    plot_name = f"{name}-cluster" if args.existing_cluster else name
 
     def progress(record: dict) -> None:
         print(f"{record['index']:4d} {record['state']:<11} {record['seconds']:6.2f}s "
-              + " ".join(f"{r}={record['rss'][r] / MIB:.0f}" for r in ROLES), flush=True)
+              + " ".join(f"{r}={v / MIB:.0f}" for r, v in record["rss"].items()), flush=True)
 
     signal.signal(signal.SIGINT, _request_stop)
     result = soak(args.work, args.files, args.warmup, {"registry__keep_versions": str(args.keep_versions)},
-                  on_sample=progress)
-    (args.work / f"{name}.json").write_text(json.dumps(result, indent=1))
+                  on_sample=progress, existing_cluster=args.existing_cluster)
+    (args.work / f"{plot_name}.json").write_text(json.dumps(result, indent=1))
     summary = summarize(result)
-    png = ROOT / "benchmarks" / f"{name}.png"
+    png = ROOT / "benchmarks" / f"{plot_name}.png"
     plot(result, png)
     section = markdown(summary, png.name, args.note, result["registry"])
     results = ROOT / "benchmarks" / f"{name}-results.md"

@@ -57,7 +57,8 @@ class GrowthProbe:
         if self.counts:
             grown = (counts - self.counts).most_common(3 * top)
             lines.append("  objects: " + ", ".join(f"{name} +{n}" for name, n in grown))
-            lines.append("  new containers held by: " + new_holders(objects, self.ids, top))
+            if tracemalloc.is_tracing():  # slow (referrers of a sample): only when tracing anyway
+                lines.append("  new containers held by: " + new_holders(objects, self.ids, top))
         self.ids = {id(o) for o in objects}
         self.snapshot, self.counts = snapshot, counts
         return "\n".join(lines)
@@ -134,6 +135,13 @@ def scheduler_records(dask_scheduler=None) -> dict[str, int]:
             "transition_log": len(s.transition_log), "erred": len(s.erred_tasks)}
 
 
+def scheduler_probe_report(frames: int = 8, dask_scheduler=None) -> str:
+    """Runs in the scheduler (through client.run_on_scheduler), as probe_report in a worker."""
+    if getattr(dask_scheduler, "growth_probe", None) is None:
+        dask_scheduler.growth_probe = GrowthProbe(frames)
+    return f"{scheduler_records(dask_scheduler)} " + dask_scheduler.growth_probe.report()
+
+
 def rss_mib() -> float:
     import psutil
 
@@ -165,6 +173,8 @@ def main() -> None:
     parser.add_argument("--trim", action="store_true",
                         help="after each run, this process's RSS before and after malloc_trim(0)")
     parser.add_argument("--no-workers", action="store_true", help="probe this process only")
+    parser.add_argument("--address", default="",
+                        help="an existing Dask scheduler to run on (probed too) instead of a local cluster")
     args = parser.parse_args()
 
     from service.intake.home import Home
@@ -182,7 +192,8 @@ def main() -> None:
     from service.runtime.cluster import dask_cluster
     from service.sample import write_samples
 
-    settings = load_settings(home=home, overrides={"window.last_files": 3})
+    settings = load_settings(home=home, overrides={"window.last_files": 3,
+                                                                **({"dask.address": args.address} if args.address else {})})
     paths = [write_samples(home / "data", files=1, rows=1000, seed=1000 + i)[0]
              for i in range(args.warmup + args.runs)]
     probe, old_ids = None, set()
@@ -202,8 +213,10 @@ def main() -> None:
             done = i + 1 - args.warmup
             if done >= 0 and done % args.every == 0:
                 probe = probe or GrowthProbe(args.frames)
+                scheduler = client.run_on_scheduler(scheduler_probe_report if args.address else scheduler_records,
+                                                    *([args.frames] if args.address else []))
                 print(f"== after run {i + 1} ({result.outcome.decision if result.outcome else result.error}, "
-                      f"{seconds:.2f}s)\n-- scheduler: {client.run_on_scheduler(scheduler_records)}"
+                      f"{seconds:.2f}s)\n-- scheduler: {scheduler}"
                       f"\n-- this process: {probe.report()}", flush=True)
                 for name in filter(None, args.holders.split(",")):
                     print(f"-- held: {holder_chain(name, old_ids)}", flush=True)
