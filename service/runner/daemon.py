@@ -351,7 +351,8 @@ class RetrainDaemon:
         now = time.time()
         beat = {
             "pid": os.getpid(),
-            "state": state or ("running" if self.current else "paused" if self.paused else "idle"),
+            "state": state or ("running" if self.current else "paused" if self.paused
+                               else "waiting for the Dask scheduler" if not self.scheduler_answers() else "idle"),
             "started_at": _iso(self.started_at),
             "heartbeat_at": _iso(now),
             "heartbeat_unix": now,

@@ -7,6 +7,7 @@ again: archived once, one model version, nothing quarantined."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -18,6 +19,7 @@ from harness import Daemon, RestartableDaskCluster, cli, daemon_env, wait_for
 from invariants import check_invariant, check_registry_agrees
 
 from flows.models.registry import ModelRegistry
+from service.intake.home import Home
 from service.intake.ledger import Ledger
 
 pytestmark = pytest.mark.integration
@@ -81,6 +83,7 @@ def test_a_run_in_flight_when_the_scheduler_restarts_runs_again_on_the_new_one(
         time.sleep(2)  # a few questions to the scheduler that go unanswered
         assert daemon.proc.poll() is None, daemon.log()
         assert "run 2 started" not in daemon.log()
+        assert json.loads(Home(home).heartbeat_path.read_text())["state"] == "waiting for the Dask scheduler"
         cluster.start_scheduler()
         wait_for(lambda: "answers again" in daemon.log(), 120, "the daemon to see the scheduler back")
         wait_for(lambda: check_invariant(home, allow_in_flight=True)["archived"] == 2, 300, "both files archived")
