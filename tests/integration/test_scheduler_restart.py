@@ -22,7 +22,8 @@ from flows.models.registry import ModelRegistry
 from service.intake.home import Home
 from service.intake.ledger import Ledger
 
-pytestmark = pytest.mark.integration
+# A daemon's start, a worker started again and two runs: on a loaded 2-core machine over 200 s.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 # One attempt: a hand-back counted as the file's failure would quarantine it at once.
 SETTINGS = {"model__params": '{"max_iter": 20}', "daemon__max_attempts": "1"}
