@@ -1,9 +1,10 @@
 """The scheduler of an existing Dask cluster restarts under a running daemon: a real
 `dask scheduler` stopped with a signal while a run is in flight and started again on the
 same address, a `dask worker` kept running by a supervisor (it exits with its scheduler
-and waits for the new one). The run is handed back without counting an attempt, the daemon
-waits for the scheduler, registers its worker plugins on the new one and runs the file
-again: archived once, one model version, nothing quarantined."""
+and waits for the new one). The run is handed back without counting an attempt; the daemon
+keeps taking files in, waits for the scheduler, registers its worker plugins on the new one
+and runs the handed-back file with the one that came meanwhile: each archived once, one
+model version, nothing quarantined."""
 
 from __future__ import annotations
 
