@@ -60,7 +60,7 @@ soak-cluster: $(STAMP)
 soak-quick: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --quick
 
-## make faults: the fault matrix (stops, kills, the Prefect API going away, a full disk, a read-only registry; needs root for mount); writes benchmarks/faults-results.md and its section of benchmarks/results.md
+## make faults: the fault matrix (stops, kills, the Prefect API going away, a Dask scheduler restarted, a full disk, a read-only registry; needs root for mount); writes benchmarks/faults-results.md and its section of benchmarks/results.md
 faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
 

@@ -34,7 +34,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 
-from harness import Daemon, cli, daemon_env, wait_for
+from harness import Daemon, RestartableDaskCluster, cli, daemon_env, wait_for
 from invariants import check_invariant, check_registry_agrees
 
 SECTION_START = "<!-- faults: written by benchmarks/faults.py -->"
@@ -306,6 +306,41 @@ def restart_external_server(root: Path, data: dict) -> Result:
                    f"{s.outcome_of(1)}; last: {s.last_outcome()}", f"daemon alive throughout: {alive}; the file dropped after the restart archived")
 
 
+def restart_dask_scheduler(root: Path, data: dict) -> Result:
+    """An existing cluster (`[dask] address`): its scheduler killed while a run's tasks are on
+    it, started again on the same address 5 s later; its workers, which exit with it, are
+    started again by a supervisor (as systemd's Restart=always would)."""
+    from distributed import Client
+
+    (root / "scheduler-restart-cluster").mkdir(parents=True, exist_ok=True)  # its log, beside the scenario's
+    cluster = RestartableDaskCluster(root / "scheduler-restart-cluster", workers=2)
+    try:
+        s = Scenario(root, "scheduler-restart", data, dask__address=cluster.address)
+        s.start()
+        try:
+            s.drop("small")
+            with Client(cluster.address, timeout="30s", set_as_default=False) as client:
+                wait_for(lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)), 300,
+                         "the run's tasks on the scheduler", interval=0.05)
+            cluster.stop_scheduler(signal.SIGKILL)
+            killed = time.monotonic()
+            time.sleep(5)
+            cluster.start_scheduler()
+            wait_for(lambda: "answers again" in s.log(), 300, "the daemon to see the scheduler back")
+            back = time.monotonic() - killed
+            s.drop("small2")
+            s.wait_settled()
+            alive = s.daemon.proc.poll() is None
+        finally:
+            s.stop()
+    finally:
+        cluster.close()
+    return s.check("existing Dask cluster: `dask scheduler` killed (SIGKILL) mid-run, restarted 5 s later on the "
+                   "same address", f"{s.outcome_of(1)}; last: {s.last_outcome()}",
+                   f"daemon alive throughout: {alive}; runs again {back:.1f} s after the kill, plugins registered "
+                   f"again; {cluster.worker_starts} worker starts; the file dropped after it archived")
+
+
 def full_disk(root: Path, data: dict) -> Result:
     """The home on a 48 MiB tmpfs (Prefect's own database elsewhere), filled up while a
     file waits: the run fails, the file goes back to the queue; space back, it is taken."""
@@ -368,6 +403,7 @@ FAULTS: dict[str, Callable[[Path, dict], Result]] = {
     "api-killed": kill_embedded_api,
     "api-killed-at-deploy": api_killed_after_the_switch,
     "server-restart": restart_external_server,
+    "scheduler-restart": restart_dask_scheduler,
     "full-disk": full_disk,
     "read-only-registry": read_only_registry,
 }
@@ -425,7 +461,8 @@ def main() -> int:
     root = Path(args.work)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    os.environ.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    # PYTHONPATH: the Dask workers of an existing cluster run this checkout's code, as the daemons do.
+    os.environ.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PYTHONPATH=str(ROOT))
     started, load = time.monotonic(), os.getloadavg()[0]
     data = sample_data(root)
     results = []

@@ -42,6 +42,7 @@ from service.runner.records import FlowResult
 from service.runner.runs import OPERATOR, Runner, StartedRun, run_line
 from service.runner.session import CRASH_REASON, RunSession
 from service.runtime.deployment import DeploymentControl, DeploymentRef, run_parameters
+from service.runtime.scheduler_watch import SchedulerWatch
 
 log = logging.getLogger("retrain.daemon")
 
@@ -64,6 +65,7 @@ class RetrainDaemon:
         self.batchers = {kind: Batcher(settings.watcher.batch_window_seconds, settings.watcher.max_batch_wait_seconds,
                                        settings.watcher.max_batch_files) for kind in self.home.intake}
         self.scheduler_address: str | None = None
+        self.scheduler_watch: SchedulerWatch | None = None  # an existing scheduler's restarts, ridden out
         self.api_url: str | None = None
         self.runner: Runner | None = None
         self.current: StartedRun | None = None  # the run in flight
@@ -113,6 +115,7 @@ class RetrainDaemon:
         self.start_intake(resources)
         self.write_heartbeat(state="starting")
         self.scheduler_address = session.start_runtime()
+        self.scheduler_watch = session.scheduler_watch
         self.api_url = session.api_url
         self.deployment = session.deployment
         assert self.deployment is not None
@@ -147,6 +150,7 @@ class RetrainDaemon:
         while not self.should_exit:
             self.take_in_files()
             self.finish_run_if_done()
+            self.watch_scheduler()
             self.ask_prefect_if_due()
             self.start_run_if_ready()
             self.write_heartbeat_if_due()
@@ -177,8 +181,9 @@ class RetrainDaemon:
         the deployment."""
         assert self.ledger is not None and self.runner is not None
         now = time.monotonic()
-        if self.run_future is not None or now < self.hold_until or self.paused or self._prefect_trouble:
-            return  # (a run needs the Prefect API: while it does not answer, files wait)
+        if self.run_future is not None or now < self.hold_until or self.paused or self._prefect_trouble \
+                or not self.scheduler_answers():
+            return  # (a run needs the Prefect API and the scheduler: while one does not answer, files wait)
         ready = next((kind for kind, batcher in self.batchers.items() if batcher.ready(now)), None)
         if ready is not None:
             self.launch(self.runner.start_batch(self.batchers[ready].take(), "new files", ready))
@@ -226,7 +231,11 @@ class RetrainDaemon:
         assert self.ledger is not None and self.runner is not None and self.current is not None
         result = self.run_future.result()
         run = self.runner.record(self.current, result)
-        if not result.started:
+        if result.scheduler_lost and self.scheduler_watch is not None:
+            self.scheduler_watch.went_away()  # no run starts until it answers again
+            log.warning("run %d: the Dask scheduler at %s went away; the run is handed back and will run again "
+                        "when it answers", run.id, self.scheduler_address)
+        elif not result.started:
             self.hold_until = time.monotonic() + PREFECT_POLL_SECONDS * 5
             log.warning("run %d did not run: %s; its files wait for the next run", run.id, result.error)
         elif not (self.current.stop.requested or result.cancelled):
@@ -251,6 +260,16 @@ class RetrainDaemon:
         log.warning("next run in %.0fs at the earliest (failed runs in a row: %d)", delay,
                     self.consecutive_failures)
 
+    # -- an existing Dask scheduler: gone, back, restarted -----------------------------
+    def watch_scheduler(self) -> None:
+        """Ask an existing scheduler whether it answers, when it is time to
+        (``service.runtime.scheduler_watch``): its plugins are registered again after a restart."""
+        if self.scheduler_watch is not None:
+            self.scheduler_watch.check_if_due(idle=self.run_future is None)
+
+    def scheduler_answers(self) -> bool:
+        return self.scheduler_watch is None or self.scheduler_watch.answers
+
     # -- Prefect: pause, runs due ----------------------------------------------------
     def ask_prefect_if_due(self) -> None:
         """Once a second: is the deployment paused? is a run of the deployment due? An API
@@ -261,7 +280,7 @@ class RetrainDaemon:
         self._next_poll = now + PREFECT_POLL_SECONDS
         try:
             paused = self.control.paused()
-            idle = self.run_future is None and not paused and now >= self.hold_until
+            idle = self.run_future is None and not paused and now >= self.hold_until and self.scheduler_answers()
             busy = any(batcher.ready(now) for batcher in self.batchers.values())
             due = self.control.due_runs(limit=1) if idle and not busy else []
         except Exception as exc:  # the API is down or slow: try again at the next poll
@@ -332,7 +351,8 @@ class RetrainDaemon:
         now = time.time()
         beat = {
             "pid": os.getpid(),
-            "state": state or ("running" if self.current else "paused" if self.paused else "idle"),
+            "state": state or ("running" if self.current else "paused" if self.paused
+                               else "waiting for the Dask scheduler" if not self.scheduler_answers() else "idle"),
             "started_at": _iso(self.started_at),
             "heartbeat_at": _iso(now),
             "heartbeat_unix": now,

@@ -106,7 +106,7 @@ def execute(start: RunStart, request: RetrainRequest, scheduler_address: str,
     # One client (and its open connection) for opening the flow run, the engine and its end.
     try:
         with SyncClientContext.get_or_create(), without_flow_run_heartbeats():
-            return _execute(flow, start, request, stop, on_flow_run)
+            return _execute(flow, start, request, stop, on_flow_run, scheduler_address)
     except Exception as exc:  # the client could not be opened (the API went away just now)
         log.debug("%s", traceback.format_exc())
         if not api_answers():
@@ -138,7 +138,7 @@ def without_flow_run_heartbeats() -> Iterator[None]:
 
 
 def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
-             on_flow_run: Callable[[str], None] | None) -> FlowResult:
+             on_flow_run: Callable[[str], None] | None, scheduler_address: str) -> FlowResult:
     from prefect import tags
     from prefect.flow_engine import run_flow
 
@@ -164,6 +164,9 @@ def _execute(flow, start: RunStart, request: RetrainRequest, stop: RunStop,
     if result.outcome is None and not result.cancelled and (failed_on_the_api(state) or not api_answers()):
         return api_lost(result.flow_run_id, result.error or "")
     close_flow_run(result)
+    if result.outcome is None and not result.cancelled and scheduler_went_away(state):
+        return FlowResult(result.flow_run_id, None, f"the Dask scheduler at {scheduler_address} went away "
+                          f"({result.error})", started=False, scheduler_lost=True)
     fault = storage_fault(state)
     if fault is not None:
         return FlowResult(result.flow_run_id, None, fault, started=False)
@@ -183,6 +186,28 @@ def storage_fault(state) -> str | None:
         return None
     where = f" ({value.filename})" if value.filename else ""
     return f"{STORAGE_ERRNOS[value.errno]}{where}: {value.strerror}"
+
+
+def scheduler_went_away(state) -> bool:
+    """Whether the flow failed because its Dask client lost the scheduler: Dask cancels every
+    future of a client whose connection to the scheduler broke ("scheduler-connection-lost"),
+    closes a client that could not reach it again in time, and a client opened while it is
+    down times out connecting. None of it is the files' fault."""
+    from distributed.client import ClosedClientError, FutureCancelledError, FuturesCancelledError
+    from distributed.comm.core import CommClosedError
+
+    lost = "scheduler-connection-lost"
+    error = state.result(raise_on_failure=False) if state.is_failed() else None
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:  # the error and its causes
+        seen.add(id(error))
+        if (isinstance(error, FutureCancelledError) and error.reason == lost
+                or isinstance(error, FuturesCancelledError) and any(g.reason == lost for g in error.error_groups)
+                or isinstance(error, (CommClosedError, ClosedClientError))
+                or isinstance(error, OSError) and str(error).startswith("Timed out trying to connect")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def failed_on_the_api(state) -> bool:

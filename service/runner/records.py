@@ -31,4 +31,5 @@ class FlowResult:
     outcome: RunOutcome | None  # None when the flow did not complete
     error: str | None = None  # one line, when it did not
     cancelled: bool = False  # Prefect asked to cancel it, and it stopped
-    started: bool = True  # False: it never ran (the deployment's concurrency slot was taken)
+    started: bool = True  # False: handed back, no attempt counted (not let start, the API or the disk failed it)
+    scheduler_lost: bool = False  # handed back because the Dask scheduler went away under it

@@ -153,9 +153,11 @@ class Runner:
         run = started.record
         if started.stop.requested or result.cancelled:
             run = record_cancelled(self.ledger, self.home, self.registry, run, result, started.current_before)
-        elif not result.started:  # never ran: its files wait for the next run, no attempt counted
+        elif not result.started:  # handed back: its files wait for the next run, no attempt counted
             fail_run_files(self.ledger, self.home, run.id, result.error or "not started",
                            self.settings.daemon.max_attempts, count_attempt=False)
+            # Whatever of it still runs on a worker may no longer switch `current`.
+            self.registry.release_lease()
             mend_current(self.ledger, self.registry, f"after run {run.id}")
             run = self.ledger.get_run(run.id)
         else:

@@ -33,6 +33,7 @@ from service.runner.agreement import mend_current
 from service.runner.retention import finish_expiry
 from service.runner.runs import Runner
 from service.runtime.deployment import DeploymentRef, register_deployment
+from service.runtime.scheduler_watch import SchedulerWatch
 
 log = logging.getLogger("retrain.session")
 
@@ -52,6 +53,7 @@ class RunSession:
         self.registry: ModelRegistry | None = None
         self.api_url: str | None = None
         self.scheduler_address: str | None = None
+        self.scheduler_watch: SchedulerWatch | None = None  # on an existing scheduler: watched across restarts
         self.deployment: DeploymentRef | None = None
         self.runner: Runner | None = None  # from open_home on; runs once start_runtime is done
         self.api = None  # service.runtime.api.PrefectApi, once started
@@ -127,6 +129,9 @@ class RunSession:
             deployment = pool.submit(api_ready)
             try:
                 self.scheduler_address = self.resources.enter_context(dask_cluster(self.settings.dask, in_process))
+                if self.settings.dask.address:  # its plugins, registered again whenever it restarts
+                    self.scheduler_watch = SchedulerWatch(self.scheduler_address)
+                    self.scheduler_watch.register()
             finally:
                 self.deployment = deployment.result()  # raises when the API did not start
         self.api_url = api.url

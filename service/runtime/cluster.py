@@ -34,8 +34,9 @@ def check_scheduler(address: str) -> int:
 def dask_cluster(spec: DaskSpec, in_process: bool = False) -> Iterator[str]:
     """Yield the address of the scheduler the flow's tasks run on.
 
-    ``spec.address`` set: that existing scheduler (checked to answer, with at least one
-    worker). Otherwise a LocalCluster started once for this process: of worker processes,
+    ``spec.address`` set: that existing scheduler (checked to answer; its worker plugins are
+    registered by the caller's ``SchedulerWatch``, which registers them again after a
+    restart). Otherwise a LocalCluster started once for this process: of worker processes,
     or with ``in_process`` of threads in this process (``spec.n_workers`` workers of
     ``spec.threads_per_worker`` threads, no memory limit: they share this process).
     """
@@ -46,7 +47,6 @@ def dask_cluster(spec: DaskSpec, in_process: bool = False) -> Iterator[str]:
     if spec.address:
         workers = check_scheduler(spec.address)
         log.info("running tasks on the Dask scheduler at %s (%d workers)", spec.address, workers)
-        warm_up_workers(spec.address)
         yield spec.address
         return
 
@@ -125,10 +125,11 @@ def long_lived_cluster_options() -> dict:
     }
 
 
-def warm_up_workers(address: str, own_cluster: bool = False) -> None:
+def warm_up_workers(address: str, own_cluster: bool = False) -> str:
     """Import the flow's code on every worker now (and on workers that join later); the
     workers of this process's own cluster leave Ctrl+C to it; the scheduler forgets each
-    run once it is over (service.runtime.forgetting)."""
+    run once it is over (service.runtime.forgetting). Returns the id of the scheduler the
+    plugins were registered on (a restarted one has another)."""
     from distributed import Client
 
     from service.runtime.forgetting import ForgetFinishedRuns
@@ -145,7 +146,9 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> None:
             log.warning("the Dask scheduler at %s did not take the plugin that forgets finished runs "
                         "(%s); it will keep a record of every run: install retrain in the scheduler's "
                         "environment", address, one_line(exc))
+        registered_on = client.scheduler_info()["id"]
     log.debug("start-up: workers warmed up in %.1fs", time.perf_counter() - started)
+    return registered_on
 
 
 def quiet_libraries() -> None:

@@ -10,6 +10,7 @@ its own one-line messages; what the libraries add is put on one line (its lines 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 MAX_CHARACTERS = 300
@@ -30,6 +31,10 @@ class OneLine(logging.Filter):
         cause = ""
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
+            if not text and isinstance(exc, asyncio.CancelledError):
+                # Dask's client logs the cancel of its reconnect as an empty ERROR when it is
+                # closed after losing the scheduler; the daemon says what happened itself.
+                return False
             first = (str(exc).strip().splitlines() or [""])[0][:120]
             cause = f" ({type(exc).__name__}{': ' + first if first else ''})"
         room = MAX_CHARACTERS - len(cause)  # the cause is kept whole; the message gives way

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,3 +101,74 @@ def status_json(home: Path, env: dict[str, str]) -> dict:
     result = cli("status", "--json", env=env, cwd=home.parent)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+class RestartableDaskCluster:
+    """`dask scheduler` on a port of its own, and `dask worker` processes kept running by a
+    supervisor thread, as systemd's ``Restart=always`` keeps them: a Dask worker exits when
+    its scheduler goes away (distributed does not reconnect workers to a new scheduler), and
+    one started again waits for a scheduler to answer at the address. The scheduler can be
+    stopped with a signal and started again on the same address."""
+
+    def __init__(self, folder: Path, workers: int = 1):
+        from service.runtime.api import free_port
+
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self._dask = shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RETRAIN_"))}
+        self._log = open(folder / "dask.log", "ab")
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen | None] = [None] * workers
+        self.worker_starts = 0
+        self._closing = threading.Event()
+        self.start_scheduler()
+        self._supervisor = threading.Thread(target=self._keep_workers_running, name="dask-worker-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
+        self.wait_for_workers(workers)
+
+    def start_scheduler(self) -> None:
+        port = self.address.rsplit(":", 1)[1]
+        self.scheduler = subprocess.Popen([self._dask, "scheduler", "--host", "127.0.0.1", "--port", port,
+                                           "--no-dashboard"], env=self._env, stdout=self._log,
+                                          stderr=subprocess.STDOUT)
+        wait_for(lambda: self.workers_joined() is not None, 60, "the Dask scheduler to answer", interval=0.5)
+
+    def stop_scheduler(self, sig: int) -> None:
+        assert self.scheduler is not None
+        self.scheduler.send_signal(sig)
+        self.scheduler.wait(timeout=60)
+
+    def workers_joined(self) -> int | None:
+        """How many workers the scheduler at the address knows; None when none answers."""
+        from service.runtime.scheduler_watch import scheduler_identity
+
+        identity = scheduler_identity(self.address, timeout=2)
+        return None if identity is None else len(identity.get("workers", {}))
+
+    def wait_for_workers(self, count: int, timeout: float = 120) -> None:
+        wait_for(lambda: (self.workers_joined() or 0) >= count, timeout, f"{count} Dask worker(s) to join")
+
+    def _keep_workers_running(self) -> None:
+        while not self._closing.is_set():
+            for i, worker in enumerate(self.workers):
+                if worker is None or worker.poll() is not None:
+                    self.workers[i] = subprocess.Popen(
+                        [self._dask, "worker", self.address, "--nthreads", "1", "--no-dashboard",
+                         "--name", f"w{i}"], env=self._env, stdout=self._log, stderr=subprocess.STDOUT)
+                    self.worker_starts += 1
+            self._closing.wait(1.0)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._supervisor.join(timeout=10)
+        for proc in [*self.workers, self.scheduler]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.scheduler]:
+            if proc is not None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self._log.close()

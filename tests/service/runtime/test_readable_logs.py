@@ -47,5 +47,15 @@ def test_the_exception_is_named_on_the_line() -> None:
     assert out == "Encountered exception during execution (OSError: [Errno 28] No space left on device)\n"
 
 
+def test_a_bare_cancel_of_a_background_coroutine_is_left_out() -> None:
+    import asyncio
+
+    try:
+        raise asyncio.CancelledError()
+    except asyncio.CancelledError as exc:
+        assert _emit("distributed.client", exc, exc_info=True) == ""  # as distributed's log_errors writes it
+        assert _emit("distributed.client", "reconnect stopped", exc_info=True) == "reconnect stopped (CancelledError)\n"
+
+
 def test_our_own_records_are_left_as_they_are() -> None:
     assert _emit("retrain.daemon", "line one\nline two") == "line one\nline two\n"
