@@ -19,6 +19,7 @@ from core.files import write_atomically
 from core.records import ResolvedSchema
 from flows.data.window import Window, cluster_client, model_threads
 from flows.models.modelfile import ModelFile
+from flows.models.predict import predicts_highest_probability
 
 
 def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float]:
@@ -184,12 +185,6 @@ def _prepared(model, X: pd.DataFrame):
     return model, X
 
 
-# scikit-learn classifiers whose predict() is, in its source, the class of highest
-# predict_proba: for them the (costly) probabilities are computed once and reused.
-_PREDICT_IS_ARGMAX = {"HistGradientBoostingClassifier", "RandomForestClassifier",
-                      "ExtraTreesClassifier", "DecisionTreeClassifier"}
-
-
 def _scores_and_predictions(estimator, X):
     """Class scores (probabilities, or the decision function) and predicted labels."""
     if hasattr(estimator, "predict_proba"):
@@ -198,9 +193,7 @@ def _scores_and_predictions(estimator, X):
         scores = estimator.decision_function(X)
     else:
         return None, estimator.predict(X)
-    cls = type(estimator)
-    if getattr(estimator, "predict_is_argmax", False) is True or \
-            (cls.__module__.startswith("sklearn.") and cls.__name__ in _PREDICT_IS_ARGMAX):
+    if predicts_highest_probability(estimator):
         return scores, estimator.classes_[np.argmax(scores, axis=1)]
     return scores, estimator.predict(X)
 
