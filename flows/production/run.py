@@ -87,9 +87,11 @@ def score_files(request: RetrainRequest, registry: ModelRegistry, champion, sche
     plans, rejections = _plans(request, spec.preprocess.rows_per_partition)
     outputs = {f.file_id: str(Path(request.predictions_dir) / scoring.predictions_name(
         f.name, spec.predictions.format, champion.version if request.backfill else None)) for f in request.new_files}
+    # Partitions scored at once share the cores: one thread each, as Dask gives its workers'
+    # libraries (two workers at two threads each on two cores run slower than at one).
+    threads = spec.model.threads if len(plans) == 1 else 1
     futures = [score_partition_task.submit(plan, first, schema, model, spec.model.trusted_types, schema.id,
-                                           request.prediction_log_dir, champion.version, scored_at,
-                                           spec.model.threads,
+                                           request.prediction_log_dir, champion.version, scored_at, threads,
                                            (outputs[plan.file.file_id], spec.predictions.format)
                                            if plan.count == 1 else None)
                for plan, first in plans]
