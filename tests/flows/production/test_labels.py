@@ -79,7 +79,13 @@ def test_a_labels_file_without_its_columns_or_numbers_is_refused_with_one_line(t
     regression = REGRESS.model_copy(update={"id": "customer_id", "target": "churned"})
     spend = _labels(tmp_path, "spend.csv", [("c1", "12.5"), ("c2", "lots"), ("c3", " 7 ")])
     frame, counts = read_label_file(spend, "customer_id", regression.target, "regression")
-    assert list(frame["label"]) == ["12.5", "7.0"] and counts["unparseable"] == 1
+    assert frame["label"].to_pylist() == ["12.5", "7.0"] and counts["unparseable"] == 1
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("customer_id,churned\nc1,1\nc2,0,extra\n c3 , 0\n")
+    frame, counts = read_label_file(FileRef(file_id=9, name=ragged.name, path=str(ragged), sha256=sha256_file(ragged),
+                                            size=ragged.stat().st_size), "customer_id", "churned", "classification")
+    assert frame.to_pydict() == {"id": ["c1", "c3"], "label": ["1", "0"]}
+    assert (counts["rows"], counts["unparseable"]) == (3, 1)  # a line of three fields is not a label
     log = tmp_path / "log"
     frame = pd.DataFrame({"id": ["c1", "c3"], "version": "v0001", "scored_at": 1.7e9, "source": "s.csv",
                           "prediction": [10.0, 9.0]})
