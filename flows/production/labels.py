@@ -206,24 +206,25 @@ def production_metrics(joined: pd.DataFrame, schema: ResolvedSchema, metric: str
 
 def _part_metric(part: pd.DataFrame, whole: pd.DataFrame, whole_values: dict[str, float], schema: ResolvedSchema,
                  metric: str) -> dict[str, Any]:
-    """The metric of a part of a version's rows (a period, a scoring file): the whole's
-    when the part is all of them (one period, one file: a million rows are not scored twice)."""
-    values = whole_values if len(part) == len(whole) else _metrics(part, schema)
+    """The metric of a part of a version's rows (a period, a scoring file), alone: the
+    whole's when the part is all of them (one period, one file: a million rows are not
+    scored twice)."""
+    values = whole_values if len(part) == len(whole) else _metrics(part, schema, only=metric)
     return {"value": _finite(values.get(metric)), "rows": len(part)}
 
 
-def _metrics(rows: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float]:
-    """The task's metrics of logged predictions against their labels. Probabilities are
-    taken from the probability_<class> columns the model logged."""
+def _metrics(rows: pd.DataFrame, schema: ResolvedSchema, only: str | None = None) -> dict[str, float]:
+    """The task's metrics of logged predictions against their labels (``only`` one of
+    them). Probabilities are taken from the probability_<class> columns the model logged."""
     if schema.task == "regression":
         outputs = {"predicted": rows[predlog.PREDICTION].astype(float).to_numpy()}
-        return metrics(outputs, rows[predlog.LABEL].astype(float), schema, [])
+        return metrics(outputs, rows[predlog.LABEL].astype(float), schema, [], only)
     columns = sorted(c for c in rows.columns if c.startswith(predlog.PROBABILITY) and rows[c].notna().all())
     classes = [c[len(predlog.PROBABILITY):] for c in columns]
     outputs = {"predicted": rows[predlog.PREDICTION].astype(str).to_numpy()}
     if columns:
         outputs["scores"] = rows[columns].to_numpy(dtype=float)
-    return metrics(outputs, rows[predlog.LABEL].astype(str), schema, classes)
+    return metrics(outputs, rows[predlog.LABEL].astype(str), schema, classes, only)
 
 
 def _estimate(rows: pd.DataFrame, metric: str) -> dict[str, float]:
