@@ -260,11 +260,11 @@ def training_rows(logged: pa.Table, logged_codes: np.ndarray, fresh: list[tuple[
     label_of = np.full(ids, -1, dtype=np.int64)
     label_of[np.concatenate([codes for _, _, codes in fresh])] = np.arange(sum(len(c) for _, _, c in fresh))
     rows = np.flatnonzero(label_of[logged_codes] >= 0)
-    if len(np.unique(logged_codes[rows])) < len(rows):  # scored again (a backfill): the latest scoring counts
+    if np.bincount(logged_codes[rows], minlength=1).max(initial=0) > 1:  # scored again (a backfill): the latest scoring counts
         order = rows[np.argsort(logged[predlog.SCORED_AT].to_numpy()[rows], kind="stable")]
         _, last = np.unique(logged_codes[order][::-1], return_index=True)
         rows = np.sort(order[::-1][last])
-    scored = logged.take(rows)
+    scored = logged if len(rows) == logged.num_rows else logged.take(rows)  # rows are sorted: all means all
     no_feature = np.ones(len(rows), dtype=bool)  # rows with no feature at all teach nothing
     for column in [c for c in schema.features if c in logged.column_names]:
         no_feature &= pc.is_null(scored[column], nan_is_null=True).to_numpy(zero_copy_only=False)
