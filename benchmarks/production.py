@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 from run import Daemon, machine, sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,11 +52,33 @@ def unlabelled(work: Path, files: int, rows: int) -> tuple[list[Path], Path]:
 
 
 def plain(*args: str) -> dict:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu()
     result = subprocess.run([sys.executable, PLAIN, *args], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     report["wall_seconds"] = time.perf_counter() - started
+    report["cpu_seconds"] = _children_cpu() - cpu
     return report
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children that have exited: the plain
+    script's, not the daemon's (it is still running)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) so far of a process and its descendants (the daemon, its
+    Dask workers, its Prefect API)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def measure(work: Path, files: int, rows: int) -> dict:
@@ -68,17 +92,19 @@ def measure(work: Path, files: int, rows: int) -> dict:
         model = str(current.resolve() / "model.skops")
 
         load = {"score": os.getloadavg()[0]}
+        cpu = tree_cpu(daemon.proc.pid)
         dropped = daemon.drop(scoring, "score")
         run = daemon.wait_for_runs([p.name for p in scoring])[-1]
-        service_score = run["finished_at"] - dropped
+        service_score, service_score_cpu = run["finished_at"] - dropped, tree_cpu(daemon.proc.pid) - cpu
         plain_out = work / "plain-predictions"
         plain_out.mkdir()
         baseline_score = plain("score", model, *map(str, scoring), "--out", str(plain_out))
 
         load["join"] = os.getloadavg()[0]
+        cpu = tree_cpu(daemon.proc.pid)
         dropped = daemon.drop([labels], "labels")
         run = daemon.wait_for_runs([labels.name])[-1]
-        service_join = run["finished_at"] - dropped
+        service_join, service_join_cpu = run["finished_at"] - dropped, tree_cpu(daemon.proc.pid) - cpu
         details = json.loads(run["metrics"])
         baseline_join = plain("join", str(labels), "--predictions", *map(str, sorted(plain_out.glob("*.csv"))))
     finally:
@@ -87,8 +113,10 @@ def measure(work: Path, files: int, rows: int) -> dict:
     load["end"] = os.getloadavg()[0]
     return {
         "rows": files * rows, "files": files, "load": load,
-        "score": {"service": service_score, "plain": baseline_score["wall_seconds"]},
+        "score": {"service": service_score, "plain": baseline_score["wall_seconds"],
+                  "service_cpu": service_score_cpu, "plain_cpu": baseline_score["cpu_seconds"]},
         "join": {"service": service_join, "plain": baseline_join["wall_seconds"],
+                 "service_cpu": service_join_cpu, "plain_cpu": baseline_join["cpu_seconds"],
                  "production_roc_auc": production["value"], "plain_roc_auc": baseline_join["roc_auc"],
                  "joined": details["labels"]["joined"]},
     }
@@ -110,7 +138,11 @@ def render(result: dict, mode: str, elapsed: float) -> str:
                   f"{load['join']:.1f} when the labels were, {load['end']:.1f} at the end, on {os.cpu_count()} cores. "
                   "Other processes share the cores: the service runs in three processes (the daemon and two "
                   "workers), the plain script in one, so the busier the machine, the larger the service's share "
-                  "of it and the more its ratios flatter it.",
+                  "of it and the more its ratios flatter it. The CPU time each side used (user + system, "
+                  "whatever the load): scoring, the service "
+                  f"{result['score']['service_cpu']:.1f} s (the daemon, its workers and its Prefect API) against "
+                  f"{result['score']['plain_cpu']:.1f} s; the labels, {join['service_cpu']:.1f} s against "
+                  f"{join['plain_cpu']:.1f} s.",
               "", f"The production roc_auc the service recorded, {join['production_roc_auc']:.6f} on "
                   f"{join['joined']:,} labelled predictions, against the plain script's {join['plain_roc_auc']:.6f}.",
               "", "The service's time runs from the drop of the files to the run's record in the ledger (claims, "
