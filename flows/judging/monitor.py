@@ -62,11 +62,16 @@ def _numeric_reference(values: pd.Series) -> dict[str, Any]:
     return {"kind": "numeric", "edges": edges.tolist(), "shares": _numeric_shares(numbers, edges).tolist()}
 
 
-def _numeric_shares(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Share of rows in each bin between the edges, then the share of missing values."""
+def _numeric_counts(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Rows in each bin between the edges, then the missing values."""
     missing = np.isnan(numbers)
     counts = np.bincount(np.searchsorted(edges, numbers[~missing], side="right"), minlength=len(edges) + 1)
-    return np.append(counts, missing.sum()) / max(len(numbers), 1)
+    return np.append(counts, missing.sum())
+
+
+def _numeric_shares(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Share of rows in each bin between the edges, then the share of missing values."""
+    return _numeric_counts(numbers, edges) / max(len(numbers), 1)
 
 
 def _categorical_reference(values: pd.Series) -> dict[str, Any]:
@@ -77,12 +82,17 @@ def _categorical_reference(values: pd.Series) -> dict[str, Any]:
             "shares": _categorical_shares(values, categories).tolist()}
 
 
-def _categorical_shares(values: pd.Series, categories: list[str]) -> np.ndarray:
-    """Share of rows of each category, then of every other category, then of missing values."""
+def _categorical_counts(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Rows of each category, then of every other category, then missing values."""
     counts = _text_counts(values)
     present = int(counts.sum())
     known = np.array([counts.get(c, 0) for c in categories], dtype=float)
-    return np.append(known, [present - known.sum(), len(values) - present]) / max(len(values), 1)
+    return np.append(known, [present - known.sum(), len(values) - present])
+
+
+def _categorical_shares(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Share of rows of each category, then of every other category, then of missing values."""
+    return _categorical_counts(values, categories) / max(len(values), 1)
 
 
 def _text_counts(values: pd.Series) -> pd.Series:
@@ -107,23 +117,47 @@ def psi(reference: np.ndarray, new: np.ndarray) -> float:
 def drift_report(frame: pd.DataFrame, reference: dict[str, Any], schema: ResolvedSchema) -> DriftReport:
     """The drift of every feature of ``frame`` (and of its label) from ``reference``,
     largest first. Features the reference does not know are left out."""
+    return drift_of_counts(drift_counts(frame, reference, schema), len(frame), reference, schema)
+
+
+def drift_counts(frame: pd.DataFrame, reference: dict[str, Any], schema: ResolvedSchema) -> dict[str, list[float]]:
+    """The rows of ``frame`` in each of the reference's bins, per column it knows (features,
+    label). Counts of parts add up to those of the whole: rows scored part by part on
+    several workers are never gathered to measure their drift."""
     columns = reference.get("columns", {})
-    scores = {name: _column_drift(frame[name], columns[name])
-              for name in schema.features if name in columns and name in frame}
-    label = (_column_drift(frame[schema.target], columns[schema.target])
-             if schema.target in columns and schema.target in frame else None)
+    names = [n for n in (*schema.features, schema.target) if n in columns and n in frame]
+    return {name: _bin_counts(frame[name], columns[name]).tolist() for name in names}
+
+
+def add_drift_counts(counts: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """The bin counts of several parts of the same rows' columns, added up."""
+    total: dict[str, np.ndarray] = {}
+    for part in counts:
+        for name, values in part.items():
+            total[name] = total.get(name, 0) + np.asarray(values, dtype=float)
+    return {name: values.tolist() for name, values in total.items()}
+
+
+def drift_of_counts(counts: dict[str, list[float]], rows: int, reference: dict[str, Any],
+                    schema: ResolvedSchema) -> DriftReport:
+    """The drift report of ``rows`` rows whose bin counts (``drift_counts``) are ``counts``."""
+    columns = reference.get("columns", {})
+
+    def drift(name: str) -> float:
+        return round(psi(np.asarray(columns[name]["shares"]), np.asarray(counts[name]) / max(rows, 1)), 6)
+
+    scores = {name: drift(name) for name in schema.features if name in counts}
+    label = drift(schema.target) if schema.target in counts else None
     ordered = dict(sorted(scores.items(), key=lambda item: -item[1]))
-    return DriftReport(statistic=reference.get("statistic", "psi"), scores=ordered, label=label, rows=len(frame))
+    return DriftReport(statistic=reference.get("statistic", "psi"), scores=ordered, label=label, rows=rows)
 
 
-def _column_drift(values: pd.Series, ref: dict[str, Any]) -> float:
+def _bin_counts(values: pd.Series, ref: dict[str, Any]) -> np.ndarray:
     if ref["kind"] == "numeric":
         numbers = pd.to_numeric(values.astype(object) if isinstance(values.dtype, pd.CategoricalDtype) else values,
                                 errors="coerce").to_numpy(dtype=float)
-        new = _numeric_shares(numbers, np.asarray(ref["edges"], dtype=float))
-    else:
-        new = _categorical_shares(values, ref["categories"])
-    return round(psi(np.asarray(ref["shares"]), new), 6)
+        return _numeric_counts(numbers, np.asarray(ref["edges"], dtype=float))
+    return _categorical_counts(values, ref["categories"])
 
 
 # -- the monitor step ------------------------------------------------------------------------------

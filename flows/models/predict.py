@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pandas as pd
+from sklearn.pipeline import Pipeline
 
 from core.errors import InvalidDataError
 from core.records import ResolvedSchema
@@ -42,9 +44,28 @@ def predict_rows(model, frame: pd.DataFrame, schema: ResolvedSchema, name: str) 
 
 def predict_frame(model, features: pd.DataFrame, task: str) -> pd.DataFrame:
     """``prediction`` and, for classifiers with probabilities, ``probability_<class>``."""
-    result = pd.DataFrame({"prediction": model.predict(features)}, index=features.index)
-    if task == "classification" and hasattr(model, "predict_proba"):
-        proba = model.predict_proba(features)
-        for i, label in enumerate(model.classes_):
-            result[f"probability_{label}"] = proba[:, i]
+    if task != "classification" or not hasattr(model, "predict_proba"):
+        return pd.DataFrame({"prediction": model.predict(features)}, index=features.index)
+    proba = model.predict_proba(features)
+    final = model.steps[-1][1] if isinstance(model, Pipeline) else model
+    # The probabilities are most of a prediction's cost: computed once when they decide it.
+    predicted = (model.classes_[np.argmax(proba, axis=1)] if predicts_highest_probability(final)
+                 else model.predict(features))
+    result = pd.DataFrame({"prediction": predicted}, index=features.index)
+    for i, label in enumerate(model.classes_):
+        result[f"probability_{label}"] = proba[:, i]
     return result
+
+
+# scikit-learn classifiers whose predict() is, in its source, the class of highest
+# predict_proba: for them the (costly) probabilities are computed once and reused.
+_PREDICT_IS_ARGMAX = {"HistGradientBoostingClassifier", "RandomForestClassifier",
+                      "ExtraTreesClassifier", "DecisionTreeClassifier"}
+
+
+def predicts_highest_probability(estimator) -> bool:
+    """Whether ``estimator.predict`` is the class of its highest ``predict_proba`` (or
+    decision function): ours say so (``predict_is_argmax``), scikit-learn's are listed."""
+    cls = type(estimator)
+    return getattr(estimator, "predict_is_argmax", False) is True or \
+        (cls.__module__.startswith("sklearn.") and cls.__name__ in _PREDICT_IS_ARGMAX)

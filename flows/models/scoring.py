@@ -19,6 +19,7 @@ from core.files import write_atomically
 from core.records import ResolvedSchema
 from flows.data.window import Window, cluster_client, model_threads
 from flows.models.modelfile import ModelFile
+from flows.models.predict import predicts_highest_probability
 
 
 def score(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[str, float]:
@@ -43,8 +44,10 @@ def model_outputs(model, frame: pd.DataFrame, schema: ResolvedSchema) -> dict[st
 
 
 def metrics(outputs: dict[str, np.ndarray], y: pd.Series, schema: ResolvedSchema,
-            model_classes: list[str]) -> dict[str, float]:
-    """The task's metrics from a model's outputs and the true values (see ``score``)."""
+            model_classes: list[str], only: str | None = None) -> dict[str, float]:
+    """The task's metrics from a model's outputs and the true values (see ``score``);
+    ``only`` one of them, when no other is wanted (a classifier's roc_auc needs none of
+    the label metrics, nor they the roc_auc)."""
     predicted = outputs["predicted"]
     if schema.task == "regression":
         y = y.astype(float)
@@ -54,24 +57,31 @@ def metrics(outputs: dict[str, np.ndarray], y: pd.Series, schema: ResolvedSchema
             "mae": float(skm.mean_absolute_error(y, predicted)),
         }
     y = y.astype(str)
-    classes = sorted(set(model_classes)) if model_classes else sorted(set(y))
-    binary = len(classes) == 2
-    # The label metrics on integer codes: the same numbers, without scikit-learn sorting
-    # the label strings again for every metric.
-    labels = sorted(set(classes) | set(y.unique()) | set(np.unique(predicted)))
-    y_codes = pd.Categorical(y, categories=labels).codes
-    predicted_codes = pd.Categorical(predicted, categories=labels).codes
-    result = {
-        "accuracy": float(skm.accuracy_score(y_codes, predicted_codes)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_codes, predicted_codes)),
-        "f1": float(skm.f1_score(y_codes, predicted_codes, pos_label=labels.index(classes[-1]), average="binary")
-                    if binary else skm.f1_score(y_codes, predicted_codes, average="macro")),
-    }
+    result = {} if only == "roc_auc" else _label_metrics(predicted, y, model_classes)
+    if only not in (None, "roc_auc"):
+        return result
     if y.nunique() >= 2 and "scores" in outputs:
         auc = _roc_auc(outputs["scores"], model_classes, y)
         if auc is not None:
             result["roc_auc"] = auc
     return result
+
+
+def _label_metrics(predicted: np.ndarray, y: pd.Series, model_classes: list[str]) -> dict[str, float]:
+    """accuracy, balanced_accuracy and f1 of predicted labels against the true ones (text)."""
+    classes = sorted(set(model_classes)) if model_classes else sorted(set(y))
+    binary = len(classes) == 2
+    # The label metrics on integer codes: the same numbers, without scikit-learn sorting
+    # the label strings again for every metric.
+    labels = sorted(set(classes) | set(y.unique()) | set(pd.unique(np.asarray(predicted))))
+    y_codes = pd.Categorical(y, categories=labels).codes
+    predicted_codes = pd.Categorical(predicted, categories=labels).codes
+    return {
+        "accuracy": float(skm.accuracy_score(y_codes, predicted_codes)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_codes, predicted_codes)),
+        "f1": float(skm.f1_score(y_codes, predicted_codes, pos_label=labels.index(classes[-1]), average="binary")
+                    if binary else skm.f1_score(y_codes, predicted_codes, average="macro")),
+    }
 
 
 def classes_of(model) -> list[str]:
@@ -184,12 +194,6 @@ def _prepared(model, X: pd.DataFrame):
     return model, X
 
 
-# scikit-learn classifiers whose predict() is, in its source, the class of highest
-# predict_proba: for them the (costly) probabilities are computed once and reused.
-_PREDICT_IS_ARGMAX = {"HistGradientBoostingClassifier", "RandomForestClassifier",
-                      "ExtraTreesClassifier", "DecisionTreeClassifier"}
-
-
 def _scores_and_predictions(estimator, X):
     """Class scores (probabilities, or the decision function) and predicted labels."""
     if hasattr(estimator, "predict_proba"):
@@ -198,9 +202,7 @@ def _scores_and_predictions(estimator, X):
         scores = estimator.decision_function(X)
     else:
         return None, estimator.predict(X)
-    cls = type(estimator)
-    if getattr(estimator, "predict_is_argmax", False) is True or \
-            (cls.__module__.startswith("sklearn.") and cls.__name__ in _PREDICT_IS_ARGMAX):
+    if predicts_highest_probability(estimator):
         return scores, estimator.classes_[np.argmax(scores, axis=1)]
     return scores, estimator.predict(X)
 

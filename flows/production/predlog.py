@@ -67,35 +67,54 @@ def read_part(path: str | Path, columns: list[str] | None = None) -> pd.DataFram
 
 def read_predictions(log_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Every logged prediction (the columns asked for, those a part lacks as missing)."""
-    folder = Path(log_dir) / PREDICTIONS
-    parts = sorted(folder.glob("day=*/*.parquet"))
-    if not parts:
+    if not _parts(log_dir):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in (columns or [ID, VERSION, SCORED_AT, SOURCE,
                                                                               PREDICTION])})
-    # Parts of different models (or servers) may differ in their probability columns: the
-    # dataset is read with the union of their schemas, missing columns as nulls.
-    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-    dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
-    wanted = [c for c in columns if c in schema.names] if columns else None
-    frame = dataset.to_table(columns=wanted).to_pandas()
+    frame = read_predictions_table(log_dir, columns).to_pandas()
     for column in columns or []:
         if column not in frame:
             frame[column] = None
     return frame
 
 
+def read_predictions_table(log_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Every logged prediction as an Arrow table: the columns asked for that some part has
+    (all by default), read from the parts alone (Parquet's column projection)."""
+    parts = _parts(log_dir)
+    if not parts:
+        return pa.table({ID: pa.array([], pa.string()), VERSION: pa.array([], pa.string()),
+                         SCORED_AT: pa.array([], pa.float64()), SOURCE: pa.array([], pa.string()),
+                         PREDICTION: pa.array([], pa.string())})
+    # Parts of different models (or servers) may differ in their probability columns: the
+    # dataset is read with the union of their schemas, missing columns as nulls.
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+    dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
+    return dataset.to_table(columns=[c for c in columns if c in schema.names] if columns else None)
+
+
+def _parts(log_dir: str | Path) -> list[Path]:
+    return sorted((Path(log_dir) / PREDICTIONS).glob("day=*/*.parquet"))
+
+
+LABELS_SCHEMA = pa.schema([(ID, pa.string()), (LABEL, pa.string()), (LABELLED_AT, pa.float64())])
+
+
 def read_labels(log_dir: str | Path) -> pd.DataFrame:
     """Every label taken in so far: id, label, labelled_at."""
+    return read_labels_table(log_dir).to_pandas()
+
+
+def read_labels_table(log_dir: str | Path) -> pa.Table:
+    """Every label taken in so far, as an Arrow table: id, label, labelled_at."""
     parts = sorted((Path(log_dir) / LABELS).glob("*.parquet"))
-    if not parts:
-        return pd.DataFrame({ID: pd.Series(dtype=str), LABEL: pd.Series(dtype=str),
-                             LABELLED_AT: pd.Series(dtype=float)})
-    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return pa.concat_tables([pq.read_table(p).select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA) for p in parts]
+                            or [LABELS_SCHEMA.empty_table()])
 
 
-def write_labels(log_dir: str | Path, frame: pd.DataFrame, token: str) -> str:
+def write_labels(log_dir: str | Path, labels: pd.DataFrame | pa.Table, token: str) -> str:
     path = Path(log_dir) / LABELS / f"{token}.parquet"
-    table = pa.Table.from_pandas(frame[[ID, LABEL, LABELLED_AT]], preserve_index=False)
+    table = labels if isinstance(labels, pa.Table) else pa.Table.from_pandas(labels, preserve_index=False)
+    table = table.select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA)
     write_atomically(path, lambda fh: pq.write_table(table, fh))
     return str(path)
 

@@ -1,7 +1,8 @@
 """The production runs of the ``retrain`` flow, and the ``@task`` wrappers of their steps.
 
-score:  plan partitions -> score each partition on the workers (into the prediction log)
-        -> write each file's predictions/<name> -> drift of the scored rows
+score:  plan partitions -> score each partition on the workers (into the prediction log,
+        with its rows' drift counts) -> write each file's predictions/<name> -> drift of the
+        scored rows
 labels: join the labels with the prediction log -> the production metric of every version
         -> the joined rows as a training file
 
@@ -41,19 +42,14 @@ from flows.reporting.artifacts import publish_production
 @task(name="score_partition", cache_policy=NO_CACHE, persist_result=False)
 def score_partition_task(plan: PartitionPlan, first_row: int, schema: ResolvedSchema, model: ModelFile,
                          trusted_types: list[str], id_column: str | None, log_dir: str, version: str,
-                         scored_at: float, threads: int, out: tuple[str, str] | None) -> dict:
+                         scored_at: float, threads: int, out: tuple[str, str] | None, reference: dict | None) -> dict:
     return scoring.score_partition(plan, first_row, schema, model, trusted_types, id_column, log_dir, version,
-                                   scored_at, threads, out)
+                                   scored_at, threads, out, reference)
 
 
 @task(name="write_predictions", cache_policy=NO_CACHE, persist_result=False)
 def write_predictions_task(parts: list[str], out_path: str, fmt: str, columns: list[str]) -> int:
     return scoring.write_predictions(parts, out_path, fmt, columns)
-
-
-@task(name="scored_monitoring", cache_policy=NO_CACHE, persist_result=False)
-def scored_monitoring_task(parts: list[str], reference: dict, schema: ResolvedSchema) -> dict:
-    return scoring.scored_monitoring(parts, reference, schema)
 
 
 @task(name="join_labels", cache_policy=NO_CACHE, persist_result=False)
@@ -84,14 +80,17 @@ def score_files(request: RetrainRequest, registry: ModelRegistry, champion, sche
     spec, logger = request.pipeline, get_run_logger()
     model = ModelFile(str(Path(champion.path) / champion.model_file), champion.model_sha256, champion.version)
     scored_at = time.time()
+    reference = champion.lineage.get("reference") or {}
     plans, rejections = _plans(request, spec.preprocess.rows_per_partition)
     outputs = {f.file_id: str(Path(request.predictions_dir) / scoring.predictions_name(
         f.name, spec.predictions.format, champion.version if request.backfill else None)) for f in request.new_files}
+    # Partitions scored at once share the cores: one thread each, as Dask gives its workers'
+    # libraries (two workers at two threads each on two cores run slower than at one).
+    threads = spec.model.threads if len(plans) == 1 else 1
     futures = [score_partition_task.submit(plan, first, schema, model, spec.model.trusted_types, schema.id,
-                                           request.prediction_log_dir, champion.version, scored_at,
-                                           spec.model.threads,
+                                           request.prediction_log_dir, champion.version, scored_at, threads,
                                            (outputs[plan.file.file_id], spec.predictions.format)
-                                           if plan.count == 1 else None)
+                                           if plan.count == 1 else None, reference)
                for plan, first in plans]
     summaries = [f.result() for f in futures]
     stages.lap("score")
@@ -106,7 +105,8 @@ def score_files(request: RetrainRequest, registry: ModelRegistry, champion, sche
     predictions = {fid: outputs[fid] for fid in parts}
     stages.lap("write")
     every_part = [p for fid in predictions for p in parts[fid]]
-    monitoring = scored_monitoring_task.submit(every_part, champion.lineage.get("reference") or {}, schema).result()
+    monitoring = scoring.scored_monitoring([s for s in summaries if s["file_id"] in predictions], every_part,
+                                           reference, schema)
     removed = predlog.prune(request.prediction_log_dir, spec.predictions.keep_days)
     stages.lap("drift")
     rows = sum(s["rows"] for s in summaries if s["file_id"] in predictions)

@@ -23,7 +23,7 @@ from core.records import PartitionPlan, Rejection, ResolvedSchema
 from flows.data.features import prepare_features
 from flows.data.preprocess import read_partition
 from flows.data.window import model_threads
-from flows.judging.monitor import drift_report
+from flows.judging.monitor import add_drift_counts, drift_counts, drift_of_counts
 from flows.models.modelfile import ModelFile
 from flows.models.predict import predict_frame
 from flows.models.scoring import loaded
@@ -69,12 +69,14 @@ def row_ids(raw: pd.DataFrame, schema: ResolvedSchema, id_column: str | None, sh
 
 def score_partition(plan: PartitionPlan, first_row: int, schema: ResolvedSchema, model: ModelFile,
                     trusted_types: list[str], id_column: str | None, log_dir: str, version: str,
-                    scored_at: float, threads: int = 0, out: tuple[str, str] | None = None) -> dict:
+                    scored_at: float, threads: int = 0, out: tuple[str, str] | None = None,
+                    reference: dict | None = None) -> dict:
     """Predict one partition's rows and add them to the prediction log; ``out`` (path,
     format): a file of one partition has its predictions/<name> written here too, without a
     second task reading the part again. Returns a small summary: the part's path, its rows,
-    values that were not numbers, or the rejection of the file (a missing feature or id
-    column)."""
+    values that were not numbers, the rows in each bin of the champion's ``reference``
+    statistics (for the drift of the whole batch), or the rejection of the file (a missing
+    feature or id column)."""
     name = plan.file.name if plan.count == 1 else f"{plan.file.name} (part {plan.index + 1} of {plan.count})"
     summary = {"file_id": plan.file.file_id, "index": plan.index, "rows": 0, "path": None, "rejection": None,
                "unparsed": 0}
@@ -91,7 +93,8 @@ def score_partition(plan: PartitionPlan, first_row: int, schema: ResolvedSchema,
                              prepared.features[schema.features], schema.task)
     token = f"{plan.file.sha256[:16]}-{version}-{int(scored_at * 1000)}-{plan.index:05d}"
     summary.update(rows=len(frame), path=predlog.write_part(log_dir, frame, token),
-                   unparsed=sum(d["count"] for d in prepared.unparsed.values()), malformed=malformed)
+                   unparsed=sum(d["count"] for d in prepared.unparsed.values()), malformed=malformed,
+                   drift_counts=drift_counts(prepared.features, reference, schema) if reference else None)
     if out is not None:
         columns = output_columns(schema.task, [c[len(predlog.PROBABILITY):] for c in result
                                                if c.startswith(predlog.PROBABILITY)])
@@ -148,16 +151,21 @@ def output_columns(task: str, classes: list[str]) -> list[str]:
     return [predlog.ID, predlog.PREDICTION, *probabilities, predlog.VERSION, predlog.SCORED_AT]
 
 
-def scored_monitoring(parts: list[str], reference: dict, schema: ResolvedSchema) -> dict:
+def scored_monitoring(summaries: list[dict], parts: list[str], reference: dict, schema: ResolvedSchema) -> dict:
     """What is known of the scored rows before their labels: the drift of their features
     from the champion's reference statistics, as for a training batch (no label: it has
-    none), and, for a binary classifier, the metrics its confidence estimates."""
+    none), added up from the partitions' bin counts (``summaries`` of the files scored);
+    and, for a binary classifier, the metrics its confidence estimates, from the logged
+    probability of the positive class alone (``parts``)."""
     if not parts:
         return {"drift": None, "estimated": {}}
+    drift = None
+    if reference:
+        counts = add_drift_counts([s["drift_counts"] for s in summaries if s.get("drift_counts")])
+        drift = drift_of_counts(counts, sum(s["rows"] for s in summaries), reference, schema).model_dump()
     names = pq.read_schema(parts[0]).names
     probabilities = sorted(n for n in names if n.startswith(predlog.PROBABILITY))
-    columns = [*schema.features, *probabilities[-1:]] if len(probabilities) == 2 else schema.features
-    frame = pd.concat([predlog.read_part(p, columns=columns) for p in parts], ignore_index=True)
-    drift = drift_report(frame, reference, schema).model_dump() if reference else None
-    estimated = estimated_metrics(frame[probabilities[-1]].to_numpy()) if len(probabilities) == 2 else {}
-    return {"drift": drift, "estimated": estimated}
+    if len(probabilities) != 2:
+        return {"drift": drift, "estimated": {}}
+    positive = np.concatenate([pq.read_table(p, columns=probabilities[-1:]).column(0).to_numpy() for p in parts])
+    return {"drift": drift, "estimated": estimated_metrics(positive)}

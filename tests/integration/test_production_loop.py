@@ -56,6 +56,11 @@ def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path) 
         assert len(predictions) == len(truth)
         assert list(predictions["id"]) == list(truth[SAMPLE_ID_COLUMN].astype(str))
         assert set(predictions["version"]) == {"v0001"}
+        # Known before any label: the drift of the scored rows, the metric their confidence estimates.
+        scored = _run_with(home, env, "scored")[0]
+        assert scored["drift"]["rows"] == len(truth) and len(scored["drift"]["top"]) == 5
+        assert max(scored["drift"]["top"].values()) < 0.1  # the same distribution as the training rows
+        assert 0.5 < scored["estimated"]["roc_auc"] < 1.0
 
         # The same rows through `retrain predict`: the same predictions.
         direct = cli("predict", str(unlabelled), env=env, cwd=tmp_path)

@@ -14,6 +14,9 @@ from core.records import FileRef
 from flows.data.preprocess import HOLDOUT_COLUMN, plan_partitions, preprocess_partition
 from flows.data.window import Window, load_partitions
 from flows.judging.monitor import (
+    add_drift_counts,
+    drift_counts,
+    drift_of_counts,
     drift_report,
     monitor_champion,
     psi,
@@ -67,6 +70,17 @@ def test_drift_sees_a_new_category_and_missing_values(tmp_path: Path) -> None:
     scores = drift_report(frame, reference, CLASSIFY).scores
     assert list(scores)[:2] == ["age", "plan"] or list(scores)[:2] == ["plan", "age"]
     assert scores["plan"] > 1.0 and scores["age"] > 1.0
+
+
+def test_the_drift_of_parts_counted_apart_is_the_drift_of_the_whole(tmp_path: Path) -> None:
+    reference = reference_statistics(Window(parts(tmp_path, 1), CLASSIFY))
+    frame = rows_of(parts(tmp_path, 3, covariate_shift=1.0))
+    frame["plan"] = frame["plan"].astype(object)
+    frame.loc[frame.index[:100], "plan"] = "enterprise"
+    pieces = [frame.iloc[:700], frame.iloc[700:2500], frame.iloc[2500:]]
+    counts = add_drift_counts([drift_counts(piece, reference, CLASSIFY) for piece in pieces])
+    assert drift_of_counts(counts, len(frame), reference, CLASSIFY) == drift_report(frame, reference, CLASSIFY)
+    assert drift_of_counts(counts, len(frame), reference, CLASSIFY).scores["income"] > 0.25
 
 
 def test_the_champion_scores_every_new_row_and_leaves_its_holdout_outputs_for_evaluation(tmp_path: Path) -> None:

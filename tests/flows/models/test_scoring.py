@@ -37,3 +37,17 @@ def test_window_scores_equal_whole_scores_and_are_kept_per_partition(tmp_path: P
     assert score_window(window, [other_model], [])[1][other_model.key] != whole
     shutil.copytree(kept / model.key, kept / other_model.key)
     assert score_window(window, [other_model], [], str(kept))[1][other_model.key] == whole
+
+
+def test_one_metric_alone_is_the_same_number_as_among_all(tmp_path: Path) -> None:
+    from flows.models.scoring import classes_of, metrics, model_outputs
+
+    window = Window(partitions(tmp_path, CLASSIFY, rows=3000, seed=3), CLASSIFY)
+    model = load(train_candidate(window, FAST, tmp_path / "m.skops"))
+    rows = window.holdout_rows()
+    outputs, y = model_outputs(model, rows, CLASSIFY), rows[CLASSIFY.target]
+    every = metrics(outputs, y, CLASSIFY, classes_of(model))
+    assert set(every) == {"accuracy", "balanced_accuracy", "f1", "roc_auc"}
+    assert metrics(outputs, y, CLASSIFY, classes_of(model), only="roc_auc") == {"roc_auc": every["roc_auc"]}
+    alone = metrics(outputs, y, CLASSIFY, classes_of(model), only="f1")
+    assert "roc_auc" not in alone and alone["f1"] == every["f1"]

@@ -79,7 +79,13 @@ def test_a_labels_file_without_its_columns_or_numbers_is_refused_with_one_line(t
     regression = REGRESS.model_copy(update={"id": "customer_id", "target": "churned"})
     spend = _labels(tmp_path, "spend.csv", [("c1", "12.5"), ("c2", "lots"), ("c3", " 7 ")])
     frame, counts = read_label_file(spend, "customer_id", regression.target, "regression")
-    assert list(frame["label"]) == ["12.5", "7.0"] and counts["unparseable"] == 1
+    assert frame["label"].to_pylist() == ["12.5", "7.0"] and counts["unparseable"] == 1
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("customer_id,churned\nc1,1\nc2,0,extra\n c3 , 0\n")
+    frame, counts = read_label_file(FileRef(file_id=9, name=ragged.name, path=str(ragged), sha256=sha256_file(ragged),
+                                            size=ragged.stat().st_size), "customer_id", "churned", "classification")
+    assert frame.to_pydict() == {"id": ["c1", "c3"], "label": ["1", "0"]}
+    assert (counts["rows"], counts["unparseable"]) == (3, 1)  # a line of three fields is not a label
     log = tmp_path / "log"
     frame = pd.DataFrame({"id": ["c1", "c3"], "version": "v0001", "scored_at": 1.7e9, "source": "s.csv",
                           "prediction": [10.0, 9.0]})
@@ -87,3 +93,21 @@ def test_a_labels_file_without_its_columns_or_numbers_is_refused_with_one_line(t
     _, production, _ = join_labels([spend], regression, str(log), str(tmp_path / "out"), "mae", "week", 1)
     assert production[0].value == pytest.approx(mean_absolute_error([12.5, 7.0], [10.0, 9.0]))
     assert list(production[0].periods) == ["2023-W46"]
+
+
+def test_rows_scored_twice_become_training_rows_once_with_their_latest_features(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    ids = [f"c{i}" for i in range(10)]
+    _log(log, "v0001", ids, [0.2] * 10, 1.7e9, "monday.csv")
+    _log(log, "v0002", ids[::-1], [0.7] * 10, 1.7e9 + DAY, "monday.csv")  # a backfill, features changed
+    later = pd.DataFrame({"id": ids, "version": "v0003", "scored_at": 1.7e9 + 2 * DAY, "source": "tuesday.csv",
+                          "prediction": "1", "probability_0": 0.1, "probability_1": 0.9,
+                          **{c: 2.0 for c in SCHEMA.numeric}, **{c: "y" for c in SCHEMA.categorical}})
+    predlog.write_part(log, later[later["id"].isin(ids[:3])], "v0003-tuesday")
+    labels = _labels(tmp_path, "late.csv", [(i, str(n % 2)) for n, i in enumerate(ids)])
+    report, production, _ = join_labels([labels], SCHEMA, str(log), str(tmp_path / "out"), "roc_auc", "day", 1)
+    assert {m.version: m.rows for m in production} == {"v0001": 10, "v0002": 10, "v0003": 3}
+    training = pd.read_csv(report.training_file).sort_values("customer_id")
+    assert len(training) == 10 and training["customer_id"].is_unique
+    latest = training.set_index("customer_id")[SCHEMA.numeric[0]]
+    assert list(latest[ids[:3]]) == [2.0] * 3 and list(latest[ids[3:]]) == [1.0] * 7
