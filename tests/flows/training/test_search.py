@@ -54,6 +54,23 @@ def test_the_clearly_better_candidate_is_chosen_on_the_validation_split(tmp_path
     assert chosen.train_rows == (~validation).sum() and chosen.validation_rows == validation.sum() > 0
 
 
+def test_a_window_of_numbers_alone_has_a_validation_split(tmp_path: Path) -> None:
+    # No text column, not even the target: the split must not fall back on the holdout's hash.
+    schema = ResolvedSchema(target="y", task="regression", numeric=["a", "b"], categorical=[],
+                            max_bad_row_fraction=0.05)
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"a": rng.normal(size=3000).round(3), "b": rng.integers(0, 9, 3000)})
+    frame["y"] = (frame.a * 2 + frame.b + rng.normal(size=3000)).round(3)
+    csv = tmp_path / "numbers.csv"
+    frame.to_csv(csv, index=False)
+    ref = FileRef(file_id=1, name=csv.name, path=str(csv), sha256=sha256_file(csv), size=csv.stat().st_size)
+    window = Window([preprocess_partition(plan_partitions(ref, 200_000)[0], schema, tmp_path / "cache",
+                                          0.2).parquet_path], schema)
+    training = len(window.training_rows())
+    validation = len(window.training_rows(validation=True, fraction=0.25))
+    assert 0.2 * training < validation < 0.3 * training
+
+
 def test_failed_candidates_are_recorded_and_all_failing_raises(tmp_path: Path, window: Window) -> None:
     spec = ModelSpec(candidates=[{"estimator": "hist_gradient_boosting"}, {"estimator": "logistic_regression"}])
     specs = spec.candidate_specs()
