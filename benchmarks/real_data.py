@@ -252,9 +252,11 @@ def main() -> int:
     started, load = time.strftime("%Y-%m-%d %H:%M"), f"{os.getloadavg()[0]:.1f}"
     with tempfile.TemporaryDirectory(prefix="retrain-real-data-") as tmp:
         work = Path(tmp)
+        from service.intake.home import Home
         from service.runtime.api import prefect_api, prepare_environment
 
-        prepare_environment(work)
+        # The benchmark's one Prefect API keeps its database in a home of its own.
+        prepare_environment(Home(work / "prefect").ensure())
         with prefect_api() as url:
             env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
             env.update({"PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
