@@ -312,10 +312,11 @@ def train_models(window: Window, spec: ModelSpec, staged: str, metric: str,
             except Exception:  # a failed candidate: recorded below
                 pass
             running = {k: f for k, f in running.items() if f is not done}
+        # The budget holds back the candidates past the first wave (one per thread).
         spent = time.monotonic() - started
-        if spent > spec.search_seconds:
-            skipped[i] = TrainingError(f"not tried: the search had run {spent:.0f} s, past model.search_seconds "
-                                       f"= {spec.search_seconds:g}")
+        if len(futures) >= threads and spent > spec.search_seconds:
+            skipped[i] = TrainingError(f"not tried: the search had run {spent:.0f} s, past "
+                                       f"model.search_seconds = {spec.search_seconds:g}")
             continue
         running[i] = futures[i] = cross_validate_task.submit(window, specs[i])
     results: list[CandidateScore | TrainResult | BaseException] = []

@@ -37,7 +37,8 @@ def window(tmp_path_factory) -> Window:
 
 
 def test_the_clearly_better_candidate_is_chosen_by_cross_validation(window: Window) -> None:
-    spec = ModelSpec(candidates=[{"estimator": "logistic_regression"}, {"estimator": "hist_gradient_boosting"}])
+    spec = ModelSpec(threads=1, candidates=[{"estimator": "logistic_regression"},
+                                            {"estimator": "hist_gradient_boosting", "params": {"max_iter": 30}}])
     specs = spec.candidate_specs()
     best, scores = choose(specs, [cross_validate(window, s) for s in specs], "roc_auc")
     linear, boosted = scores
@@ -75,7 +76,7 @@ def test_a_window_of_numbers_alone_has_a_validation_split(tmp_path: Path) -> Non
 
 
 def test_failed_candidates_are_recorded_and_all_failing_raises(window: Window) -> None:
-    spec = ModelSpec(candidates=[{"estimator": "hist_gradient_boosting"}, {"estimator": "logistic_regression"}])
+    spec = ModelSpec(threads=1, candidates=[{"estimator": "hist_gradient_boosting"}, {"estimator": "logistic_regression"}])
     specs = spec.candidate_specs()
     ok = cross_validate(window, specs[1])
     best, scores = choose(specs, [TrainingError("only one class (0) in the training window"), ok], "roc_auc")
