@@ -5,7 +5,8 @@ hand-written scikit-learn pipeline on the same split.
     make bench-real-data                 # writes benchmarks/real-data-results.md
     python benchmarks/real_data.py --only fair --out /tmp/r.md
 
-Per data set: a seeded test split (25%, stratified for classification); the other rows,
+Per data set: a seeded test split (25%, stratified for classification, every copy of a
+row on one side); the other rows,
 shuffled, in four CSV batches, each given to `retrain run FILE`, handed to a daemon
 (`retrain watch`, its cluster warm; one Prefect API for the whole benchmark) on a home of its own, once with the
 default config and once with the default model search (`[[model.candidates]]`,
@@ -226,7 +227,7 @@ def render(results: dict[str, Any], started: str, load: str, threads: int = 0) -
     lines = ["# Real data through the service, against a hand-written pipeline (make bench-real-data)", "",
              f"Run {started} on a shared 2-core machine (load average at start {load}{threads_note}). "
              "Each data set: a seeded "
-             "25% test split; the rest as four batches through `retrain run`, then `retrain predict` on the "
+             "25% test split (every copy of a row on one side); the rest as four batches through `retrain run`, then `retrain predict` on the "
              "test split; the hand-written pipeline (median imputation, one-hot, HistGradientBoosting) fitted on "
              "the four batches at once. Difference: service - hand-written, with its 95% paired bootstrap "
              "interval on the test rows. \"matches\": the interval reaches 0 or the service is ahead; "
