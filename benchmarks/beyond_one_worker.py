@@ -157,6 +157,7 @@ def search(work: Path, rows: int) -> dict:
 
     from core.specs import DEFAULT_CANDIDATES, ModelSpec
     from flows.data.window import Window
+    from flows.training.search import choose, cross_validate
     from flows.training.train import train_candidate
     from service.sample import write_samples
 
@@ -177,10 +178,14 @@ def search(work: Path, rows: int) -> dict:
     window = Window(sorted(str(p) for p in (home / "cache").rglob("*.parquet")),
                     ResolvedSchema.model_validate(meta["lineage"]["schema"]))
     started, each = time.perf_counter(), []
-    for i, spec in enumerate(ModelSpec.model_validate(model).candidate_specs()):
+    specs = ModelSpec.model_validate(model).candidate_specs()
+    scores = []
+    for spec in specs:
         t = time.perf_counter()
-        train_candidate(window, spec, home / f"sequential-{i}.skops", validate=True)
+        scores.append(cross_validate(window, spec))
         each.append(round(time.perf_counter() - t, 2))
+    best, _ = choose(specs, scores, meta["lineage"]["metric"])
+    train_candidate(window, specs[best], home / "sequential.skops")
     sequential = time.perf_counter() - started
     parallel = result.outcome.stage_seconds["train"]
     return {"rows": rows, "parallel_train_stage_seconds": parallel,

@@ -142,8 +142,9 @@ class CandidateScore(_Record):
 
     estimator: str  # the menu's name
     params: dict[str, Any]
-    validation: dict[str, float] | None = None  # its metrics on the validation split
-    fit_seconds: float = 0.0
+    validation: dict[str, float] | None = None  # its metrics on the validation folds (their mean)
+    validation_rows: int = 0  # the training rows it was validated on
+    fit_seconds: float = 0.0  # of its validation fits
     chosen: bool = False
     error: str | None = None  # why it could not be trained
 
@@ -164,8 +165,8 @@ class TrainResult(_Record):
     # frequent ones when there are more than flows.training.train.MAX_RECORDED_CATEGORIES). None in
     # versions trained before it was recorded.
     categories: dict[str, list[str]] | None = None
-    # With a model search: the candidate's metrics on the validation split, and every
-    # candidate's (on the one chosen).
+    # With a model search: the chosen candidate's metrics on the validation folds, and every
+    # candidate's record.
     validation: dict[str, float] | None = None
     validation_rows: int = 0
     candidates: list[CandidateScore] = []

@@ -39,6 +39,7 @@ from prefect.tasks import exponential_backoff
 
 from core.errors import TrainingError
 from core.records import (
+    CandidateScore,
     DriftReport,
     EvaluationResult,
     LiveMetric,
@@ -67,7 +68,7 @@ from flows.reporting.artifacts import (
     publish_monitoring,
     publish_summary,
 )
-from flows.training.search import choose, staged_path, start_order
+from flows.training.search import choose, cross_validate, staged_path, start_order
 from flows.training.train import train_candidate
 from flows.training.xgb import train_xgboost
 
@@ -98,8 +99,13 @@ def reference_task(window: Window) -> dict[str, Any]:
 
 
 @task(name="train_candidate", cache_policy=NO_CACHE, persist_result=False)
-def train_candidate_task(window: Window, spec: ModelSpec, out_path: str, validate: bool) -> TrainResult:
-    return train_candidate(window, spec, out_path, validate)
+def train_candidate_task(window: Window, spec: ModelSpec, out_path: str) -> TrainResult:
+    return train_candidate(window, spec, out_path)
+
+
+@task(name="cross_validate_candidate", cache_policy=NO_CACHE, persist_result=False)
+def cross_validate_task(window: Window, spec: ModelSpec) -> CandidateScore:
+    return cross_validate(window, spec)
 
 
 @task(name="train_xgboost", cache_policy=NO_CACHE, persist_result=False)
@@ -277,21 +283,25 @@ def train_and_evaluate(window: Window, champion: ModelVersion | None, staged: st
 
 def train_models(window: Window, spec: ModelSpec, staged: str, metric: str,
                  previous: list[dict[str, Any]] | None = None) -> TrainResult:
-    """Every candidate as its own Dask task, at once as far as the cluster's threads go:
-    XGBoost as its own task, which trains across the cluster; scikit-learn ones longest
-    first (by ``previous``, the champion's recorded candidates), each started when a thread
-    is free. (Dask places a task on a worker when it is submitted: four candidates on two
+    """The one model, or with a search the best candidate (flows.training.search) trained
+    on every training row. The candidates are cross-validated as Dask tasks of their own, at
+    once as far as the cluster's threads go: XGBoost as its own task, which trains across
+    the cluster; scikit-learn ones longest first (by ``previous``, the champion's recorded
+    candidates), each started when a thread is free, none after ``spec.search_seconds``.
+    (Dask places a task on a worker when it is submitted: four candidates on two
     single-threaded workers would wait two behind each worker, however long the first ones
-    take, while the other worker may sit idle.) With a search the best on the validation
-    split is kept (flows.training.search); without, the one model."""
+    take, while the other worker may sit idle.)"""
     specs = spec.candidate_specs()
-    validate = bool(spec.candidates)
-    futures = {i: train_xgboost_task.submit(window, s, staged_path(staged, i), validate)
+    if not spec.candidates:
+        return train_one(window, specs[0], staged_path(staged, 0))
+    started = time.monotonic()
+    futures = {i: train_xgboost_task.submit(window, s, staged_path(staged, i), True)
                for i, s in enumerate(specs) if s.distributed}
     # No worker yet (an adaptive cluster at its minimum of 0): every candidate at once, which
     # is what makes it grow.
     threads = sum(get_run_context().task_runner.client.nthreads().values()) or len(specs)
     running: dict[int, Any] = {}
+    skipped: dict[int, TrainingError] = {}
     for i in start_order(specs, [i for i, s in enumerate(specs) if not s.distributed], previous):
         if len(running) >= threads:
             done = next(as_completed(list(running.values())))
@@ -302,16 +312,32 @@ def train_models(window: Window, spec: ModelSpec, staged: str, metric: str,
             except Exception:  # a failed candidate: recorded below
                 pass
             running = {k: f for k, f in running.items() if f is not done}
-        running[i] = futures[i] = train_candidate_task.submit(window, specs[i], staged_path(staged, i), validate)
-    results: list[TrainResult | BaseException] = []
+        # The budget holds back the candidates past the first wave (one per thread).
+        spent = time.monotonic() - started
+        if len(futures) >= threads and spent > spec.search_seconds:
+            skipped[i] = TrainingError(f"not tried: the search had run {spent:.0f} s, past "
+                                       f"model.search_seconds = {spec.search_seconds:g}")
+            continue
+        running[i] = futures[i] = cross_validate_task.submit(window, specs[i])
+    results: list[CandidateScore | TrainResult | BaseException] = []
     for i in range(len(specs)):
         try:
-            results.append(futures[i].result())
+            results.append(skipped[i] if i in skipped else futures[i].result())
         except CancelledError:
             raise  # the run was cancelled: not a failed candidate
         except Exception as exc:  # a candidate that fails is recorded; the search goes on
             results.append(exc)
-    return choose(specs, results, metric)
+    best, scores = choose(specs, results, metric)
+    trained = train_one(window, specs[best], staged_path(staged, best))
+    return trained.model_copy(update={"candidates": scores, "validation": scores[best].validation,
+                                      "validation_rows": scores[best].validation_rows})
+
+
+def train_one(window: Window, spec: ModelSpec, path: str) -> TrainResult:
+    """``spec`` trained on every training row of the window (XGBoost across the cluster)."""
+    if spec.distributed:
+        return train_xgboost_task.submit(window, spec, path, False).result()
+    return train_candidate_task.submit(window, spec, path).result()
 
 
 def register_version(registry: ModelRegistry, staged: str, record: dict[str, Any]) -> ModelVersion:

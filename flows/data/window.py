@@ -108,19 +108,28 @@ class Window:
         return [(path, part) for path, part in parts if len(part)]
 
 
-# 16 bytes: pandas' hash key. Another key than the holdout's, so that the validation split
-# is independent of it.
-_VALIDATION_KEY = "retrain:validate"
+# Mixed into the row hash (the holdout's) before it decides the validation split, so that the
+# split is independent of the holdout. (pandas' ``hash_key`` would not do: it keys only text
+# values, so on a window of numbers alone the "other" hash was the holdout's, and every
+# training row fell outside the validation split.)
+_VALIDATION_SALT = np.uint64(0x7265747261696E21)  # b"retrain!"
+
+
+def validation_position(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Each row's place in [0, 10,000) for the validation split: a hash of the row's values,
+    so a row is on the same side in every run and in every process, independent of the
+    holdout's hash of the same values."""
+    hashes = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy()
+    # pandas hashes uint64 values with the splitmix64 finalizer: salted, a new hash.
+    return pd.util.hash_array(hashes ^ _VALIDATION_SALT) % np.uint64(10_000)
 
 
 def is_validation(frame: pd.DataFrame, columns: list[str], fraction: float) -> np.ndarray:
-    """Which training rows validate candidates of a model search: a hash of the row's values
-    (like the holdout, but with its own key), so a row is on the same side in every run and
-    in every process. The gate's holdout is never part of it."""
+    """Which training rows validate candidates of a model search (``fraction`` of them, by
+    ``validation_position``). The gate's holdout is never part of it."""
     if frame.empty or fraction <= 0:
         return np.zeros(len(frame), dtype=bool)
-    hashes = pd.util.hash_pandas_object(frame[columns], index=False, hash_key=_VALIDATION_KEY).to_numpy()
-    return (hashes % np.uint64(10_000)) < np.uint64(round(fraction * 10_000))
+    return validation_position(frame, columns) < np.uint64(round(fraction * 10_000))
 
 
 def load_partitions(paths: list[str], columns: list[str] | None = None,

@@ -164,8 +164,8 @@ def _metrics_lines(evaluation: EvaluationResult) -> list[str]:
 
 def _candidate_lines(trained: TrainResult, metric: str | None) -> list[str]:
     """The model search: every candidate's configuration and validation score."""
-    lines = ["", f"## Model search ({trained.validation_rows} validation rows, never the holdout)", "",
-             f"| candidate | params | validation {metric or ''} | fit seconds | |", "|---|---|---:|---:|---|"]
+    lines = ["", f"## Model search (cross-validated on {trained.validation_rows} training rows, never the holdout)",
+             "", f"| candidate | params | validation {metric or ''} | validation seconds | |", "|---|---|---:|---:|---|"]
     for c in trained.candidates:
         value = (c.validation or {}).get(metric) if metric else None
         shown = "" if value is None else f"{value:.4f}"

@@ -24,7 +24,6 @@ from core.records import ResolvedSchema, TrainResult
 from core.specs import ESTIMATORS, ModelSpec
 from flows.data.window import Window, model_threads
 from flows.encoders import FeatureMatrix
-from flows.models.scoring import score
 
 # Categories recorded per column with a version (what a prediction server publishes as the
 # values a client may send); a column with more keeps its most frequent ones.
@@ -122,11 +121,10 @@ class PreparedRows:
             estimator.fit(self.matrix[:k], self.y[:k], X_val=self.matrix[k:], y_val=self.y[k:])
 
 
-def prepared_training_rows(pipeline: Pipeline, window: Window, spec: ModelSpec, validate: bool) -> PreparedRows:
-    """Fit the pipeline's preparation on the training rows (outside the validation split
-    when ``validate``) and prepare them. The frame is read here and dropped on return: only
-    the matrix is alive while the estimator fits."""
-    frame = window.training_rows(validation=False if validate else None, fraction=spec.validation_fraction)
+def prepared_training_rows(pipeline: Pipeline, window: Window, spec: ModelSpec) -> PreparedRows:
+    """Fit the pipeline's preparation on the training rows and prepare them. The frame is
+    read here and dropped on return: only the matrix is alive while the estimator fits."""
+    frame = window.training_rows()
     if frame.empty:
         raise TrainingError("no training rows in the window (every row fell in the holdout); add data")
     return prepare_rows(pipeline, frame, window.schema, spec.threads)
@@ -164,27 +162,19 @@ def early_stopping_split(estimator, y: np.ndarray, task: str) -> tuple[np.ndarra
     return np.concatenate([fit, held]), len(fit)
 
 
-def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path, validate: bool = False) -> TrainResult:
+def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path) -> TrainResult:
     """Fit the pipeline on the non-holdout rows of the window and save it with skops at
-    ``out_path`` (atomically; its sha256 is taken from the bytes written). With
-    ``validate`` (a model search), the validation split is left out of fitting and scored."""
+    ``out_path`` (atomically; its sha256 is taken from the bytes written)."""
     schema = window.schema
     pipeline = build_pipeline(spec, schema)
     started = time.perf_counter()
-    prepared = prepared_training_rows(pipeline, window, spec, validate)
+    prepared = prepared_training_rows(pipeline, window, spec)
     train_rows, classes, categories = len(prepared.y), prepared.classes, prepared.categories
     estimator = pipeline.steps[-1][1]
     with model_threads(spec.threads):
         prepared.fit(estimator)
     del prepared
     fit_seconds = time.perf_counter() - started
-
-    validation, validation_rows = None, 0
-    if validate:
-        rows = window.training_rows(validation=True, fraction=spec.validation_fraction)
-        validation_rows = len(rows)
-        with model_threads(spec.threads):
-            validation = score(pipeline, rows, schema) if validation_rows else {}
     data = sio.dumps(pipeline)
     out = write_atomically(out_path, data)
     return TrainResult(
@@ -194,7 +184,6 @@ def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path, valid
         train_rows=train_rows, fit_seconds=round(fit_seconds, 3),
         features=schema.features, categorical=schema.categorical, classes=classes,
         categories=categories,
-        validation=validation, validation_rows=validation_rows,
     )
 
 

@@ -179,3 +179,22 @@ def test_a_run_preprocesses_only_what_is_new(tmp_path: Path, dask_address: str, 
                                     schema={"drop": ["customer_id", "region"]}), dask_address)
     assert changed.outcome.decision == "deployed"
     assert preprocess_line(changed.flow_run_id) == "preprocessed 3 partitions (0 from cache) of 3 files"
+
+
+def test_a_search_past_its_time_budget_starts_no_more_candidates(tmp_path: Path, dask_address: str) -> None:
+    from distributed import Client
+
+    with Client(dask_address) as client:
+        threads = sum(client.nthreads().values())
+    paths = write_samples(tmp_path / "data", files=1, rows=2000, seed=27)
+    candidates = [{"estimator": "logistic_regression", "params": {"C": 0.5 + i}} for i in range(threads + 2)]
+    # A budget spent at once: one candidate per thread starts, the others wait and are not tried.
+    request = request_for(tmp_path, paths, model={"candidates": candidates, "search_seconds": 1e-6})
+    outcome = call_flow(request, dask_address).outcome
+    assert outcome.decision == "deployed", outcome
+    training = ModelRegistry(tmp_path / "registry").get("v0001").lineage["training"]
+    recorded = training["candidates"]
+    assert [c["error"] is None for c in recorded] == [True] * threads + [False, False]
+    assert all(c["error"].startswith("not tried: the search had run") for c in recorded[threads:])
+    assert sum(c["chosen"] for c in recorded[:threads]) == 1
+    assert training["train_rows"] + outcome.holdout_rows == 2000

@@ -139,3 +139,5 @@ def test_model_search_on_the_cluster_records_every_candidate(tmp_path: Path, das
     assert [c["chosen"] for c in recorded] == [s == max(scores) for s in scores]
     assert scores[2] < min(scores[:2])  # a one-split stump is clearly worse
     assert training["validation_rows"] > 0 and outcome.holdout_rows > 0
+    # The chosen configuration is trained again on every row outside the holdout.
+    assert training["train_rows"] + outcome.holdout_rows == 3000

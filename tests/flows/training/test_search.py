@@ -1,5 +1,5 @@
-"""The model search as plain functions: candidates trained on the rows outside the
-validation split, the best on that split chosen, the holdout never used to choose."""
+"""The model search as plain functions: candidates cross-validated on folds of the training
+rows, the best chosen, the holdout never used to choose."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from core.files import sha256_file
 from core.records import FileRef, ResolvedSchema
 from core.specs import DEFAULT_CANDIDATES, ModelSpec, PipelineSpec
 from flows.data.preprocess import plan_partitions, preprocess_partition
-from flows.data.window import Window, is_validation
-from flows.training.search import choose, start_order
-from flows.training.train import train_candidate
+from flows.data.window import Window, is_validation, validation_position
+from flows.training.search import choose, cross_validate, fold_of_rows, start_order
 
 # The label is 1 when |x| > 1: a tree model finds it, a linear model cannot (AUC ~0.5).
 SCHEMA = ResolvedSchema(target="label", task="classification", numeric=["x", "noise"], categorical=["group"],
@@ -37,31 +36,57 @@ def window(tmp_path_factory) -> Window:
                   SCHEMA)
 
 
-def test_the_clearly_better_candidate_is_chosen_on_the_validation_split(tmp_path: Path, window: Window) -> None:
-    spec = ModelSpec(candidates=[{"estimator": "logistic_regression"}, {"estimator": "hist_gradient_boosting"}])
+def test_the_clearly_better_candidate_is_chosen_by_cross_validation(window: Window) -> None:
+    spec = ModelSpec(threads=1, candidates=[{"estimator": "logistic_regression"},
+                                            {"estimator": "hist_gradient_boosting", "params": {"max_iter": 30}}])
     specs = spec.candidate_specs()
-    results = [train_candidate(window, s, tmp_path / f"c{i}.skops", validate=True) for i, s in enumerate(specs)]
-    chosen = choose(specs, results, "roc_auc")
-    assert chosen.estimator.endswith("HistGradientBoostingClassifier")
-    linear, boosted = chosen.candidates
-    assert (linear.estimator, linear.chosen, boosted.estimator, boosted.chosen) == \
-        ("logistic_regression", False, "hist_gradient_boosting", True)
+    best, scores = choose(specs, [cross_validate(window, s) for s in specs], "roc_auc")
+    linear, boosted = scores
+    assert (best, linear.estimator, linear.chosen, boosted.estimator, boosted.chosen) == \
+        (1, "logistic_regression", False, "hist_gradient_boosting", True)
     assert boosted.validation["roc_auc"] > 0.95 > 0.7 > linear.validation["roc_auc"]
-    assert Path(chosen.model_path).exists() and not Path(results[0].model_path).exists()
-    # Fitted without the validation rows, which are neither holdout rows nor fitted on.
+    # Validated on the training rows only: the holdout is no part of the choice.
+    assert boosted.validation_rows == len(window.training_rows()) < len(window.training_rows()) + \
+        len(window.holdout_rows())
+
+
+def test_the_folds_cut_the_training_rows_evenly_and_the_first_is_the_validation_split(window: Window) -> None:
     training = window.training_rows()
-    validation = is_validation(training, window.columns, spec.validation_fraction)
-    assert chosen.train_rows == (~validation).sum() and chosen.validation_rows == validation.sum() > 0
+    fold = fold_of_rows(validation_position(training, window.columns), 4)
+    sizes = np.bincount(fold, minlength=4)
+    assert len(sizes) == 4 and sizes.min() > 0.2 * len(training) and sizes.max() < 0.3 * len(training)
+    assert ((fold == 0) == is_validation(training, window.columns, 0.25)).all()
 
 
-def test_failed_candidates_are_recorded_and_all_failing_raises(tmp_path: Path, window: Window) -> None:
-    spec = ModelSpec(candidates=[{"estimator": "hist_gradient_boosting"}, {"estimator": "logistic_regression"}])
+def test_a_window_of_numbers_alone_has_a_validation_split(tmp_path: Path) -> None:
+    # No text column, not even the target: the split must not fall back on the holdout's hash.
+    schema = ResolvedSchema(target="y", task="regression", numeric=["a", "b"], categorical=[],
+                            max_bad_row_fraction=0.05)
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"a": rng.normal(size=3000).round(3), "b": rng.integers(0, 9, 3000)})
+    frame["y"] = (frame.a * 2 + frame.b + rng.normal(size=3000)).round(3)
+    csv = tmp_path / "numbers.csv"
+    frame.to_csv(csv, index=False)
+    ref = FileRef(file_id=1, name=csv.name, path=str(csv), sha256=sha256_file(csv), size=csv.stat().st_size)
+    window = Window([preprocess_partition(plan_partitions(ref, 200_000)[0], schema, tmp_path / "cache",
+                                          0.2).parquet_path], schema)
+    training = len(window.training_rows())
+    validation = len(window.training_rows(validation=True, fraction=0.25))
+    assert 0.2 * training < validation < 0.3 * training
+
+
+def test_failed_candidates_are_recorded_and_all_failing_raises(window: Window) -> None:
+    spec = ModelSpec(threads=1, candidates=[{"estimator": "hist_gradient_boosting"}, {"estimator": "logistic_regression"}])
     specs = spec.candidate_specs()
-    ok = train_candidate(window, specs[1], tmp_path / "ok.skops", validate=True)
-    chosen = choose(specs, [TrainingError("only one class (0) in the training window"), ok], "roc_auc")
-    assert [c.error for c in chosen.candidates] == ["only one class (0) in the training window", None]
+    ok = cross_validate(window, specs[1])
+    best, scores = choose(specs, [TrainingError("only one class (0) in the training window"), ok], "roc_auc")
+    assert best == 1 and [c.error for c in scores] == ["only one class (0) in the training window", None]
     with pytest.raises(TrainingError, match="only one class"):
         choose(specs, [TrainingError("only one class (0) in the training window"), ValueError("x")], "roc_auc")
+    # Validation scores that say nothing (no validation rows) choose nothing either.
+    empty = ok.model_copy(update={"validation": {}})
+    with pytest.raises(TrainingError, match="no candidate of the model search has a validation roc_auc"):
+        choose(specs, [empty, empty], "roc_auc")
 
 
 def test_default_candidate_lists_are_valid_and_the_default_config_has_none() -> None:
