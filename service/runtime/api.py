@@ -204,6 +204,12 @@ class EmbeddedApiServer:
             # work pools, late and paused runs, which the daemon does not use, stay off as in
             # the ephemeral server: polling every few seconds, they cost each run about 0.15 s
             # on two cores. An operator's own PREFECT_SERVER_SERVICES_* settings win.
+            # glibc gives each thread that contends for the heap an arena of its own (up to
+            # 8 per core), and the server's threads (one per database connection, its
+            # services') leave freed memory spread over them: resident memory that creeps up
+            # run after run. Two arenas: 0.042 MiB per trivial flow run over 250 runs
+            # against 0.064 MiB with glibc's default, and 13 MiB less to start with.
+            "MALLOC_ARENA_MAX": "2",
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
             "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(int(self.history_days * 86400)),
             **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in UNUSED_SERVER_SERVICES},
