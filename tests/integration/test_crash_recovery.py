@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Daemon, cli, daemon_env, status_json, wait_for
+from harness import Daemon, cli, daemon_env, files_settled, status_json, wait_for
 from invariants import check_invariant
 
 from flows.models.registry import ModelRegistry
@@ -38,14 +38,6 @@ def _task_running(api: str, home: Path, name: str) -> bool:
             "task_runs": {"name": {"like_": name}, "state": {"type": {"any_": ["RUNNING"]}}}}
     response = httpx.post(f"{api}/task_runs/filter", json=body, timeout=10)
     return bool(response.json())
-
-
-def _all_settled(home: Path, env: dict, files: int) -> dict | None:
-    status = status_json(home, env)
-    f = status["files"]
-    settled = f["archived"] + f["quarantined"] + f["duplicate"]
-    running = [r for r in status["runs"] if r["state"] == "running"]
-    return status if settled == files and not running else None
 
 
 KILL_POINTS = ["preprocess_partition", "train_candidate", "deploy_model"]
@@ -86,7 +78,8 @@ def test_kill_at_each_stage_loses_nothing(tmp_path: Path, prefect_api_url: str) 
     daemon = Daemon(home, env, cwd=tmp_path)
     try:
         daemon.wait_ready()
-        status = wait_for(lambda: _all_settled(home, env, 3), 240, "the batch to be re-run")
+        wait_for(lambda: files_settled(home, 3), 240, "the batch to be re-run")
+        status = status_json(home, env)
     finally:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
     counts = check_invariant(home)
