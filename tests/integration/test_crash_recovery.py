@@ -43,11 +43,16 @@ def _task_running(api: str, home: Path, name: str) -> bool:
 KILL_POINTS = ["preprocess_partition", "train_candidate", "deploy_model"]
 
 
+# Four daemon starts: on a busy 2-core machine this outlasts the default.
+@pytest.mark.timeout(600)
 def test_kill_at_each_stage_loses_nothing(tmp_path: Path, prefect_api_url: str) -> None:
     """One batch and three power cuts: while it is preprocessed, then (after a restart)
     while it trains, then while it deploys. After each, the folders and the ledger agree;
     a fourth daemon repairs what the last one left and finishes the batch."""
-    home = tmp_path / "home"
+    # A deployment of its own on the session's API (named after the home): should the test
+    # stop half-way, the flow run a kill left Running holds this deployment's one slot, not
+    # the slot of every other test's home/.
+    home = tmp_path / "power-cut"
     settings = {
         # Small partitions and a deploy hook that takes a while: each stage lasts long
         # enough to be caught in the act.
