@@ -172,3 +172,41 @@ class RestartableDaskCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         self._log.close()
+
+
+# Waits poll the ledger (read-only, a few milliseconds) and ask `retrain status --json` once
+# what they wait for is there: each status is a Python process and about a quarter of a
+# second of CPU, which a poll every 0.2 s would take from the daemon under test on 2 cores.
+
+def read_ledger(home: Path, read):
+    """``read(ledger)`` on the home's ledger, opened read-only; None before the daemon made it."""
+    from service.intake.ledger import Ledger
+
+    path = home / "state" / "ledger.sqlite"
+    if not path.exists():
+        return None
+    ledger = Ledger(path, readonly=True)
+    try:
+        return read(ledger)
+    finally:
+        ledger.close()
+
+
+def ledger_runs(home: Path) -> list:
+    """The newest runs, as many as `retrain status` lists, newest first."""
+    return read_ledger(home, lambda ledger: ledger.runs(limit=10)) or []
+
+
+def runs_ended(home: Path, count: int) -> bool:
+    """Whether ``count`` of the runs `retrain status` lists have ended."""
+    return sum(run.state != "running" for run in ledger_runs(home)) >= count
+
+
+def files_settled(home: Path, files: int) -> bool:
+    """Whether ``files`` files are archived, quarantined or duplicates, none is queued and no
+    run is running."""
+    counts = read_ledger(home, lambda ledger: ledger.counts())
+    if counts is None:
+        return False
+    done = counts["archived"] + counts["quarantined"] + counts["duplicate"]
+    return done == files and counts["queued"] == 0 and all(r.state != "running" for r in ledger_runs(home))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Daemon, cli, daemon_env, status_json, wait_for
+from harness import Daemon, cli, daemon_env, runs_ended, status_json, wait_for
 from invariants import check_invariant
 
 pytestmark = pytest.mark.integration
@@ -21,12 +21,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _runs_finished(home: Path, env: dict, n: int):
-    status = status_json(home, env)
-    done = [r for r in status["runs"] if r["state"] != "running"]
-    return status if len(done) >= n else None
 
 
 def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
@@ -40,7 +34,8 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         assert cli("sample", "--out", str(home / "inbox"), "--files", "2", "--rows", "3000",
                    "--seed", "1", env=env, cwd=tmp_path).returncode == 0
 
-        status = wait_for(lambda: _runs_finished(home, env, 1), 180, "the first run")
+        wait_for(lambda: runs_ended(home, 1), 180, "the first run")
+        status = status_json(home, env)
         first = status["runs"][0]
         assert first["decision"] == "deployed", (first, daemon.log())
         assert first["files"] == 2
@@ -56,7 +51,8 @@ def test_drop_train_deploy_then_reject_noise(tmp_path: Path) -> None:
         # A batch no model can learn from: not deployed, its file set aside with the numbers.
         assert cli("sample", "--out", str(home / "inbox"), "--files", "1", "--rows", "3000",
                    "--seed", "2", "--label-noise", "0.5", env=env, cwd=tmp_path).returncode == 0
-        status = wait_for(lambda: _runs_finished(home, env, 2), 180, "the second run")
+        wait_for(lambda: runs_ended(home, 2), 180, "the second run")
+        status = status_json(home, env)
         second = status["runs"][0]
         assert second["decision"] == "no_signal", (second, daemon.log())
         assert "the new rows carry nothing to learn" in second["reason"]

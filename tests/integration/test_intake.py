@@ -8,21 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Daemon, daemon_env, status_json, wait_for
+from harness import Daemon, daemon_env, files_settled, status_json, wait_for
 from invariants import check_invariant
 
 from service.intake.ledger import FileState, Ledger
 from service.sample import sample_frame
 
 pytestmark = pytest.mark.integration
-
-
-def _settled(home: Path, env: dict, total: int):
-    status = status_json(home, env)
-    f = status["files"]
-    running = [r for r in status["runs"] if r["state"] == "running"]
-    done = f["archived"] + f["quarantined"] + f["duplicate"]
-    return status if done == total and not running and f["queued"] == 0 else None
 
 
 def test_burst_of_500_files_each_used_in_exactly_one_run(tmp_path: Path, prefect_api_url: str,
@@ -40,7 +32,7 @@ def test_burst_of_500_files_each_used_in_exactly_one_run(tmp_path: Path, prefect
         for path in sorted(staging.iterdir()):
             os.rename(path, home / "inbox" / path.name)
         assert time.monotonic() - started < 1.0  # "dropped within a second"
-        wait_for(lambda: _settled(home, env, 500), 300, "all 500 files to be used")
+        wait_for(lambda: files_settled(home, 500), 300, "all 500 files to be used")
     finally:
         assert daemon.stop() == 0, daemon.log()
     counts = check_invariant(home)
@@ -71,7 +63,8 @@ def test_slow_writer_is_never_read_early(tmp_path: Path, prefect_api_url: str, d
                 fh.flush()
                 time.sleep(0.2)
                 assert path.exists(), "the file was taken while its writer was still writing"
-        status = wait_for(lambda: _settled(home, env, 1), 120, "the slow file's run")
+        wait_for(lambda: files_settled(home, 1), 120, "the slow file's run")
+        status = status_json(home, env)
     finally:
         assert daemon.stop() == 0, daemon.log()
     run = status["runs"][0]
@@ -104,7 +97,7 @@ def test_sigterm_during_a_run_exits_zero_and_loses_nothing(tmp_path: Path, prefe
     daemon = Daemon(home, env, cwd=tmp_path)
     try:
         daemon.wait_ready()
-        wait_for(lambda: _settled(home, env, 1), 120, "the handed-back file's run")
+        wait_for(lambda: files_settled(home, 1), 120, "the handed-back file's run")
     finally:
         assert daemon.stop() == 0, daemon.log()
     assert check_invariant(home)["archived"] == 1

@@ -23,8 +23,10 @@ from typing import Iterator
 import httpx
 import pytest
 import yaml
-from harness import Daemon, cli, daemon_env, status_json, wait_for
+from harness import Daemon, cli, daemon_env, read_ledger, status_json, wait_for
 from invariants import check_invariant
+
+from flows.models.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -103,8 +105,16 @@ class Served:
                 return run
         return None
 
+    def ended_in_ledger(self, flow_run_id: str | None = None, file_name: str | None = None) -> bool:
+        """Whether the ledger has an ended run of the flow run or of the file (a cheap poll)."""
+        def ended(ledger) -> bool:
+            return any(run.state != "running" and (not flow_run_id or run.flow_run_id == flow_run_id)
+                       and (not file_name or file_name in [ledger.get(f).name for f in run.file_ids])
+                       for run in ledger.runs(limit=10))
+        return bool(read_ledger(self.home, ended))
+
     def wait_run(self, what: str, timeout: float = 240, **which) -> dict:
-        return wait_for(lambda: self.run_of(**which), timeout, what)
+        return wait_for(lambda: self.ended_in_ledger(**which) and self.run_of(**which), timeout, what)
 
     def client(self):
         from prefect.client.orchestration import get_client
@@ -307,7 +317,8 @@ def test_a_run_cancelled_after_its_switch_is_rolled_back(served: Served) -> None
     before = served.status()["current_model"]["version"]
     served.hold.touch()
     name = served.drop("--rows", "3000", "--seed", "55").name
-    flow_run_id = wait_for(lambda: (served.status()["current_model"]["version"] != before
+    registry = ModelRegistry(served.home / "registry")  # what `retrain status` reads, read directly
+    flow_run_id = wait_for(lambda: (registry.current_version() != before
                                     and _running_flow_run(served, name)), 120, "the run's deploy to switch current")
     _cancel(served, flow_run_id)
     served.hold.unlink()
@@ -324,7 +335,8 @@ def test_a_paused_deployment_queues_files_and_starts_no_run_until_resumed(served
     wait_for(lambda: served.status()["daemon"]["paused"], 30, "status to show the pause")
     assert served.deployment().paused
     name = served.drop("--rows", "3000", "--seed", "56").name
-    wait_for(lambda: served.status()["files"]["queued"] == 1, 60, "the file to be queued")
+    wait_for(lambda: read_ledger(served.home, lambda ledger: ledger.counts()["queued"]) == 1, 60,
+             "the file to be queued")
     time.sleep(3.0)
     assert served.run_of(file_name=name, done=False) is None
     assert served.status()["files"]["queued"] == 1

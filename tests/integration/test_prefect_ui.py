@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Daemon, cli, daemon_env, status_json, wait_for
+from harness import Daemon, cli, daemon_env, runs_ended, status_json, wait_for
 
 from service.runtime.api import ui_address
 
@@ -25,8 +25,8 @@ STATE_NAMES = {"deployed": "Deployed", "rejected": "Rejected", "kept": "Kept"}
 
 
 def finished_runs(home: Path, env: dict[str, str], count: int) -> list[dict] | None:
-    runs = status_json(home, env)["runs"]
-    return runs if len([r for r in runs if r["state"] != "running"]) >= count else None
+    """The runs of `retrain status --json`, once ``count`` of them ended (asked once the ledger says so)."""
+    return status_json(home, env)["runs"] if runs_ended(home, count) else None
 
 
 def page_text(url: str, tmp_path: Path) -> str:

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from harness import RETRAIN, Daemon, cli, daemon_env, status_json, wait_for
+from harness import RETRAIN, Daemon, cli, daemon_env, ledger_runs, status_json, wait_for
 from invariants import check_invariant
 from sklearn.metrics import roc_auc_score
 
@@ -32,26 +32,28 @@ def _write(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _run_with(home: Path, env: dict, decision: str, count: int = 1):
-    runs = [r for r in status_json(home, env)["runs"] if r["decision"] == decision]
-    return runs if len(runs) >= count else None
+def _run_with(home: Path, decision: str) -> bool:
+    return any(run.decision == decision for run in ledger_runs(home))
 
 
-def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path) -> None:
+def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path, prefect_api_url: str,
+                                                                dask_address: str) -> None:
     home = tmp_path / "home"
-    env = daemon_env(home, schema__id=SAMPLE_ID_COLUMN, policy__retrain="when_needed",
-                     policy__min_live_metric="0.99", policy__min_live_rows="50")
+    # The session's Prefect API and Dask cluster: the loop is the point, not the daemon's own
+    # API and cluster (tests/integration/test_daemon_end_to_end.py starts those).
+    env = daemon_env(home, prefect_api_url, dask__address=dask_address, schema__id=SAMPLE_ID_COLUMN,
+                     policy__retrain="when_needed", policy__min_live_metric="0.99", policy__min_live_rows="50")
     daemon = Daemon(home, env, cwd=tmp_path)
     try:
         daemon.wait_ready()
         _write(sample_frame(3000, seed=1), home / "inbox" / "train.csv")
-        wait_for(lambda: _run_with(home, env, "deployed"), 240, "the first model")
+        wait_for(lambda: _run_with(home, "deployed"), 240, "the first model")
 
         # Unlabelled rows: the target column removed.
         truth = sample_frame(1200, seed=2)
         unlabelled = _write(truth.drop(columns=["churned"]), tmp_path / "customers.csv")
         _write(truth.drop(columns=["churned"]), home / "score" / "customers.csv")
-        wait_for(lambda: _run_with(home, env, "scored"), 240, f"the scoring run\n{daemon.log()}")
+        wait_for(lambda: _run_with(home, "scored"), 240, f"the scoring run\n{daemon.log()}")
         predictions = pd.read_csv(home / "predictions" / "customers.csv", dtype={"id": str})
         assert len(predictions) == len(truth)
         assert list(predictions["id"]) == list(truth[SAMPLE_ID_COLUMN].astype(str))
@@ -134,11 +136,18 @@ def _free_port() -> int:
 
 
 def _production_of(home: Path, env: dict):
+    """`retrain status --json` once the current model's production metric is in it (asked
+    once the labels run ended)."""
+    if not _run_with(home, "labelled"):
+        return None
     status = status_json(home, env)
     model = status["current_model"] or {}
     return status if model.get("production") else None
 
 
 def _retrained(home: Path, env: dict):
+    """The status of the first run that trained after v0001 (asked once the ledger has it)."""
+    if not any(run.model_version not in (None, "v0001") and run.state != "running" for run in ledger_runs(home)):
+        return None
     runs = status_json(home, env)["runs"]
     return next((r for r in runs if r["model_version"] and r["model_version"] != "v0001" and r["policy"]), None)

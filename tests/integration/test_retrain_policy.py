@@ -11,14 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 from flow_fixtures import call_flow
-from harness import Daemon, cli, daemon_env, status_json, wait_for
+from harness import Daemon, cli, daemon_env, runs_ended, status_json, wait_for
 from invariants import check_invariant
 
 from core.files import sha256_file
 from core.records import FileRef, RetrainRequest
 from core.specs import PipelineSpec
 from flows.models.registry import ModelRegistry
-from service.intake.ledger import Ledger
 from service.sample import write_samples
 
 pytestmark = pytest.mark.integration
@@ -26,12 +25,7 @@ pytestmark = pytest.mark.integration
 
 def _finished(home: Path, env: dict, n: int):
     """`retrain status --json` once the n-th run finished (the ledger is polled, not the command)."""
-    ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
-    try:
-        done = [r for r in ledger.runs(limit=n + 1) if r.state != "running"]
-    finally:
-        ledger.close()
-    return status_json(home, env) if len(done) >= n else None
+    return status_json(home, env) if runs_ended(home, n) else None
 
 
 def test_when_needed_deploys_keeps_retrains_on_concept_shift_and_on_request(

@@ -111,7 +111,8 @@ def test_unreachable_scheduler_or_server_is_one_line_and_non_zero(tmp_path: Path
     assert not any((home / "inbox").iterdir()) and not any((home / "processing").iterdir())
 
 
-def test_a_one_shot_run_uses_threads_of_its_own_process_or_worker_processes(tmp_path: Path) -> None:
+def test_a_one_shot_run_uses_threads_of_its_own_process_or_worker_processes(tmp_path: Path,
+                                                                            prefect_api_url: str) -> None:
     home = tmp_path / "home"
     env = daemon_env(home)
     paths = cli("sample", "--out", str(tmp_path / "data"), "--files", "2", "--rows", "2000",
@@ -123,7 +124,9 @@ def test_a_one_shot_run_uses_threads_of_its_own_process_or_worker_processes(tmp_
     assert "local Dask cluster: 2 in-process workers x 1 threads" in result.stderr
     assert "Traceback" not in result.stderr and "ERROR" not in result.stderr, result.stderr
 
-    result = cli("run", paths[1], env={**env, "RETRAIN_DASK__RUN_IN_PROCESS": "false"}, cwd=tmp_path)
+    # The worker processes are the point here: on the session's API, one embedded API start fewer.
+    result = cli("run", paths[1], env={**env, "RETRAIN_DASK__RUN_IN_PROCESS": "false",
+                                       "PREFECT_API_URL": prefect_api_url}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "run 2:" in result.stdout and "local Dask cluster: 2 workers x 1 threads" in result.stderr
     assert status_json(home, env)["files"]["archived"] == 2

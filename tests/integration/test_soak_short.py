@@ -20,11 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_short_soak_is_exactly_once_and_sampled_per_role(tmp_path: Path) -> None:
-    result = soak.soak(tmp_path, files=4, warmup=2, settings={"dask__dashboard_address": "null"})
+    # Two measured files after one warm-up: the fewest that give a slope per role (the
+    # 500-file run is `make soak`).
+    result = soak.soak(tmp_path, files=2, warmup=1, settings={"dask__dashboard_address": "null"})
     records = result["records"]
 
-    assert [r["state"] for r in records] == ["archived"] * 6
-    assert check_invariant(Path(result["home"]))["archived"] == 6
+    assert [r["state"] for r in records] == ["archived"] * 3
+    assert check_invariant(Path(result["home"]))["archived"] == 3
     for record in records:
         rss = record["rss"]
         for role in ("daemon", "workers", "prefect api"):
@@ -34,5 +36,5 @@ def test_short_soak_is_exactly_once_and_sampled_per_role(tmp_path: Path) -> None
     assert records[-1]["disk"]["registry"] > 0
 
     summary = soak.summarize(result)
-    assert summary["files"] == 4 and summary["warmup"] == 2
+    assert summary["files"] == 2 and summary["warmup"] == 1
     assert set(summary["slope_mib"]) == set(soak.ROLES)

@@ -23,7 +23,10 @@ pytestmark = pytest.mark.integration
 # The daemon's own embedded Prefect API (no PREFECT_API_URL): it is what a stop must keep.
 SETTINGS = {
     "model__params": '{"max_iter": 20}',  # the run is about the stop, not the model
-    # A loaded 2-core machine trains 300,000 rows slowly: the grace must cover the run.
+    # The run is still in flight when the stop comes, however fast the machine: its deploy
+    # waits in this hook (the workers ignore the group's signal, and so does the hook).
+    "deploy__hook_command": "sleep 3",
+    # A loaded 2-core machine runs slowly: the grace must cover the run.
     "daemon__grace_seconds": "400",
 }
 
@@ -67,17 +70,17 @@ def assert_readable(log: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def big_file(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("big")
+def batch_file(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("batch")
     env = daemon_env(data / "unused")
-    # 100,000 rows keep a run in flight for seconds; `make faults` stops a 300,000-row run.
-    paths = cli("sample", "--out", str(data), "--files", "1", "--rows", "100000", "--seed", "5",
+    # The deploy hook keeps the run in flight; `make faults` stops a 300,000-row run.
+    paths = cli("sample", "--out", str(data), "--files", "1", "--rows", "20000", "--seed", "5",
                 env=env, cwd=data).stdout.split()
     return Path(paths[0])
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_to_the_whole_group_lets_the_run_in_flight_finish(tmp_path: Path, big_file: Path,
+def test_a_stop_to_the_whole_group_lets_the_run_in_flight_finish(tmp_path: Path, batch_file: Path,
                                                                   stop: signal.Signals) -> None:
     """systemd's KillMode=control-group and a terminal's Ctrl+C signal every process of the
     group: the embedded API and the workers must not act on it. The run in flight finishes
@@ -86,7 +89,7 @@ def test_a_stop_to_the_whole_group_lets_the_run_in_flight_finish(tmp_path: Path,
     daemon = Daemon(home, daemon_env(home, **SETTINGS), cwd=tmp_path)
     try:
         daemon.wait_ready(timeout=240)
-        _drop(big_file, home)
+        _drop(batch_file, home)
         wait_for(lambda: "run 1 started" in daemon.log(), 120, "the run to start")
         children = _descendants(daemon.proc.pid)
         assert any("service.runtime.tethered" in " ".join(p.cmdline()) for p in children), children
