@@ -32,12 +32,17 @@ def cluster():
         yield cluster
 
 
-def test_forgets_the_runs_spans_and_topics_but_nothing_of_other_clients(cluster):
-    scheduler = cluster.scheduler
-    spans = scheduler.extensions["spans"]
+@pytest.fixture
+def plugin(cluster) -> ForgetFinishedRuns:
+    """The plugin as the daemon registers it (through a client), as the scheduler holds it."""
     with Client(cluster) as setup:
         setup.register_plugin(ForgetFinishedRuns())
-    plugin = scheduler.plugins[ForgetFinishedRuns.name]
+    return cluster.scheduler.plugins[ForgetFinishedRuns.name]
+
+
+def test_forgets_the_runs_spans_and_topics_but_nothing_of_other_clients(cluster, plugin):
+    scheduler = cluster.scheduler
+    spans = scheduler.extensions["spans"]
 
     with Client(cluster) as other:  # another user of the same cluster, still connected
         with span("their-work") as their_span:
@@ -84,12 +89,9 @@ def slow_double(x: int) -> int:
     return 2 * x
 
 
-def test_a_run_in_progress_keeps_its_span(cluster):
+def test_a_run_in_progress_keeps_its_span(cluster, plugin):
     scheduler = cluster.scheduler
     spans = scheduler.extensions["spans"]
-    with Client(cluster) as setup:
-        setup.register_plugin(ForgetFinishedRuns())
-    plugin = scheduler.plugins[ForgetFinishedRuns.name]
     with Client(cluster) as ours:
         annotation = run_span()
         with dask.annotate(span=annotation):
