@@ -59,7 +59,7 @@ def test_score_then_late_labels_then_retrain_on_what_was_served(tmp_path: Path, 
         assert list(predictions["id"]) == list(truth[SAMPLE_ID_COLUMN].astype(str))
         assert set(predictions["version"]) == {"v0001"}
         # Known before any label: the drift of the scored rows, the metric their confidence estimates.
-        scored = _run_with(home, env, "scored")[0]
+        scored = next(r for r in status_json(home, env)["runs"] if r["decision"] == "scored")
         assert scored["drift"]["rows"] == len(truth) and len(scored["drift"]["top"]) == 5
         assert max(scored["drift"]["top"].values()) < 0.1  # the same distribution as the training rows
         assert 0.5 < scored["estimated"]["roc_auc"] < 1.0
