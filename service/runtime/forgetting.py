@@ -10,8 +10,10 @@ scheduler grew by 1.7-2.5 MiB per run of the soak):
 
 - Every task of a run is submitted inside a span of its own, named ``("retrain",)`` with an
   id per run (``run_span``), not Dask's shared "default" one. Dask never frees a span: each
-  keeps its task groups and the workers' metrics (dask/distributed#7977). ``ForgetFinishedRuns`` removes the daemon's spans from the
-  scheduler once they have been done for ``SPAN_GRACE_SECONDS``; other spans stay.
+  keeps its task groups and the workers' metrics (dask/distributed#7977).
+  ``ForgetFinishedRuns`` removes the daemon's spans from the scheduler once they have been
+  done for ``SPAN_GRACE_SECONDS`` and none of their task groups is still held; other spans
+  stay.
 - The scheduler keeps the last ``distributed.admin.low-level-log-length`` (1,000) batches
   of messages it sent to each worker, for debugging. A task's message carries its whole
   Prefect closure (the flow, its task runner, the run's request), which the scheduler
@@ -115,7 +117,8 @@ class ForgetFinishedRuns(SchedulerPlugin):
         for span in ours:
             if not span.done:
                 self.done_since.pop(span.id, None)
-            elif now - self.done_since.setdefault(span.id, now) >= SPAN_GRACE_SECONDS:
+            elif (now - self.done_since.setdefault(span.id, now) >= SPAN_GRACE_SECONDS
+                  and not _groups_alive(scheduler, span)):
                 expired.append(span)
         for span in expired:
             for node in list(span.traverse_spans()):
@@ -129,6 +132,14 @@ class ForgetFinishedRuns(SchedulerPlugin):
             for key in [k for k, v in index.items() if not v]:
                 del index[key]
         return len(expired)
+
+
+def _groups_alive(scheduler, span) -> bool:
+    """Whether a task group of the span (or of a span under it) is still the scheduler's: a
+    task of it is still held (a result kept by a future). The scheduler looks the span up by
+    the group's span id whenever a task of the same group is submitted again."""
+    return any(scheduler.task_groups.get(group.name) is group
+               for node in span.traverse_spans() for group in node.groups)
 
 
 def _remove(items: list | None, item) -> None:

@@ -104,3 +104,30 @@ def test_a_run_in_progress_keeps_its_span(cluster, plugin):
         assert plugin.forget(scheduler, now=time.monotonic() + 10 * SPAN_GRACE_SECONDS)[0] == 0
         assert span_id in spans.spans
         assert running.result() == 8
+
+
+def halve(x: int) -> float:
+    return x / 2
+
+
+def test_a_span_whose_results_are_still_held_is_kept(cluster, plugin):
+    """A task group outlives its run while a result of it is held; the scheduler then files
+    a new task of the same group under the group's span, which must still be there."""
+    scheduler = cluster.scheduler
+    spans = scheduler.extensions["spans"]
+    with Client(cluster) as ours:
+        first = run_span()
+        with dask.annotate(span=first):
+            held = ours.submit(halve, 8)
+            assert held.result() == 4
+        later = time.monotonic() + 10 * SPAN_GRACE_SECONDS
+        plugin.forget(scheduler, now=later)
+        assert first["ids"][-1] in spans.spans
+        with dask.annotate(span=run_span()):  # the next run, same task group
+            assert ours.submit(halve, 10).result() == 5
+        del held
+        deadline = time.monotonic() + 30
+        while "halve" in scheduler.task_groups and time.monotonic() < deadline:
+            time.sleep(0.05)
+        plugin.forget(scheduler, now=later + 1)
+        assert first["ids"][-1] not in spans.spans
