@@ -26,6 +26,12 @@ def square(x: int) -> int:
     return x * x
 
 
+def wait_until(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
@@ -97,9 +103,7 @@ def test_a_run_in_progress_keeps_its_span(cluster, plugin):
         with dask.annotate(span=annotation):
             running = ours.submit(slow_double, 4)
         span_id = annotation["ids"][-1]
-        deadline = time.monotonic() + 30
-        while span_id not in spans.spans and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: span_id in spans.spans)
         assert not running.done()
         assert plugin.forget(scheduler, now=time.monotonic() + 10 * SPAN_GRACE_SECONDS)[0] == 0
         assert span_id in spans.spans
@@ -126,8 +130,6 @@ def test_a_span_whose_results_are_still_held_is_kept(cluster, plugin):
         with dask.annotate(span=run_span()):  # the next run, same task group
             assert ours.submit(halve, 10).result() == 5
         del held
-        deadline = time.monotonic() + 30
-        while "halve" in scheduler.task_groups and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: "halve" not in scheduler.task_groups)
         plugin.forget(scheduler, now=later + 1)
         assert first["ids"][-1] not in spans.spans
