@@ -51,9 +51,10 @@ def is_run_span_annotation(annotation) -> bool:
 
 
 class ForgetFinishedRuns(SchedulerPlugin):
-    """On the scheduler: forgets the daemon's finished runs (see the module), at each start
-    and end of a run. Registered by name once per scheduler: a restarted daemon finds it
-    there and keeps it."""
+    """On the scheduler: forgets the daemon's finished runs (see the module) when a client
+    leaves (each run's task runner is a client of its own), not at each graph update: the
+    sweep reads every worker's message log, too much for each task submitted.
+    Registered by name once per scheduler: a restarted daemon finds it there and keeps it."""
 
     name = "retrain-forget-finished-runs"
     idempotent = True
@@ -67,7 +68,6 @@ class ForgetFinishedRuns(SchedulerPlugin):
         spans = annotations.get("span") or {}
         if any(is_run_span_annotation(a) for a in spans.values()):
             self.clients.add(client)
-        self.forget(scheduler)
 
     def remove_client(self, scheduler, client: str) -> None:
         self.forget(scheduler)

@@ -131,5 +131,5 @@ def test_a_span_whose_results_are_still_held_is_kept(cluster, plugin):
             assert ours.submit(halve, 10).result() == 5
         del held
         wait_until(lambda: "halve" not in scheduler.task_groups)
-        plugin.forget(scheduler, now=later + 1)
+        plugin.forget(scheduler, now=later + SPAN_GRACE_SECONDS + 1)  # done for the grace since first seen
         assert first["ids"][-1] not in spans.spans
