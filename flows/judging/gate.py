@@ -12,8 +12,10 @@
   200-row slice's AUC interval is about 0.1 wide), so slices guard against a regression
   shown, while the whole holdout and the earlier rows carry the proof.
 - **Nothing to learn**: when the champion is neither shown better nor shown worse than
-  chance (by more than the metric's default margin) on the new rows, the candidate must be (the new rows are a new concept), or
-  the batch is noise: it never replaces a model. "Chance" is a model that learned nothing
+  chance (by more than the metric's default margin) on the new rows, and, where the holdout
+  has earlier rows, is shown to have lost the skill it has on them, the candidate must be
+  shown better than chance (the new rows are a new concept), or the batch is noise: it
+  never replaces a model. "Chance" is a model that learned nothing
   (``flows.judging.compare.chance_outputs``), paired with each model on the same rows.
 
 Plain code, no Prefect.
@@ -172,7 +174,8 @@ def refusing_part(parts: list[SliceComparison], margin: float) -> str | None:
 def check_signal(scored: Scored, new_rows: np.ndarray, higher: bool, champion_version: str) -> SignalCheck | None:
     """Whether the new rows carry anything to learn (see the module's docstring); None when
     the champion is shown better, or worse, than chance by more than the metric's default
-    margin on them (they do), or cannot be compared. "Better than chance" is itself a claim of
+    margin on them (they do), when it is not shown to have lost the skill it has on the
+    earlier rows, or when it cannot be compared. "Better than chance" is itself a claim of
     superiority by that margin: pure noise passes it far more rarely than the 2.5% of a
     bound above chance alone."""
     rows = int(new_rows.sum())
@@ -190,12 +193,25 @@ def check_signal(scored: Scored, new_rows: np.ndarray, higher: bool, champion_ve
     # carry a relation too, one that changed (a reversed concept); the gate decides.
     if worst > margin + EPS or best < -margin - EPS:
         return None
+    # "Not shown better than chance" alone is absence of evidence: on a noisy metric (r2 of
+    # a heavy-tailed target) a few hundred rows never show the champion's real but small
+    # skill, and a real batch would be set aside. With earlier rows in the holdout, the
+    # champion must also be shown to have lost skill: its best on the new rows below its
+    # worst on the earlier ones (both against chance; two 95% intervals that do not overlap).
+    earlier_rows = ~new_rows
+    earlier_note = ""
+    if earlier_rows.sum() >= scored.spec.min_signal_rows:
+        earlier = scored.compare(earlier_rows, against_chance=1)
+        if earlier is None or best >= improvement_bounds(earlier, higher)[0] - EPS:
+            return None
+        earlier_note = (f" (on the earlier rows it scores {_fmt(scored.value(1, earlier_rows))}, "
+                        f"{earlier.metric} - chance {interval_text(earlier)})")
     candidate = scored.compare(new_rows, against_chance=0)
     learnable = candidate is not None and improvement_bounds(candidate, higher)[0] > margin + EPS
     metric, confidence = scored.metric, f"{scored.spec.confidence:.0%}"
     numbers = (f"on the new files' {rows:,} holdout rows champion {champion_version} scores {metric} "
                f"{_fmt(scored.value(1, new_rows))} and the candidate {_fmt(scored.value(0, new_rows))}, "
-               f"chance {_fmt(chance)}")
+               f"chance {_fmt(chance)}{earlier_note}")
     if learnable:
         verdict, reason = "new_concept", (
             f"a new concept: {numbers}; the candidate is better than chance by more than {margin:.4f} with "

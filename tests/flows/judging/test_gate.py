@@ -165,9 +165,36 @@ def test_noise_on_the_new_rows_is_told_from_a_new_concept() -> None:
     reversed_y = y.map({"0": "1", "1": "0"})
     assert check_signal(Scored("roc_auc", CLASSES, y, model(y, 8, signal=0.0), model(reversed_y, 9), ["0", "1"],
                                ["0", "1"], spec), everything, True, "v0001") is None
-    # Too few new rows to tell.
+    # Too few new rows to tell (and too few earlier rows to ask whether the champion lost skill).
     few = np.arange(1000) < 60
-    assert check_signal(noise, few, True, "v0001").verdict == "too_few_rows"
+    assert check_signal(Scored("roc_auc", CLASSES, y[:150], *[part(m, 150) for m in (noise.outputs)],
+                               ["0", "1"], ["0", "1"], spec), few[:150], True, "v0001").verdict == "too_few_rows"
+
+
+def part(outputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    return {key: value[:rows] for key, value in outputs.items()}
+
+
+def joined(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([first[key], second[key]]) for key in first}
+
+
+def test_near_chance_on_the_new_rows_needs_a_loss_of_skill_shown_against_the_earlier_rows() -> None:
+    """A champion whose real skill is small looks "not better than chance" on a few hundred
+    new rows; a batch must not be set aside for that. The noise batch of the README: the
+    champion's skill on the earlier rows is lost on the new ones."""
+    spec = EvaluationSpec(min_signal_rows=100)
+    earlier, new = labels(1500, seed=3), labels(300, seed=4)
+    y = pd.concat([earlier, new], ignore_index=True)
+    is_new = np.arange(len(y)) >= len(earlier)
+    weak = joined(model(earlier, 1, signal=0.02), model(new, 2, signal=0.02))
+    candidate = joined(model(earlier, 5, signal=0.02), model(new, 6, signal=0.0))
+    assert check_signal(Scored("roc_auc", CLASSES, y, candidate, weak, ["0", "1"], ["0", "1"], spec), is_new, True,
+                        "v0001") is None
+    lost = joined(model(earlier, 1, signal=0.3), model(new, 2, signal=0.0))
+    check = check_signal(Scored("roc_auc", CLASSES, y, candidate, lost, ["0", "1"], ["0", "1"], spec), is_new, True,
+                         "v0001")
+    assert check.verdict == "no_signal" and "on the earlier rows" in check.reason
 
 
 def test_a_model_that_learned_nothing_scores_chance() -> None:
