@@ -32,6 +32,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
 
+from core.specs import DEFAULT_BOOSTING_PARAMS  # noqa: E402  (the estimator the service fits by default)
+
 NUMERIC = ["age", "income", "tenure_months", "usage_hours", "support_calls"]
 CATEGORICAL = ["plan", "region"]
 
@@ -59,7 +61,7 @@ def pipeline() -> Pipeline:
                                                                max_categories=64, sparse_output=False))]),
              CATEGORICAL),
         ])),
-        ("model", HistGradientBoostingClassifier(random_state=0)),
+        ("model", HistGradientBoostingClassifier(random_state=0, **DEFAULT_BOOSTING_PARAMS)),
     ])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,11 +156,24 @@ def early_stopping_split(estimator, y: np.ndarray, task: str) -> tuple[np.ndarra
     # "auto" stops early above 10,000 rows: the rows it is given to fit on, here.
     if stops is False or not fraction or (stops == "auto" and n <= 10_000):
         return None, n
+    if task == "classification" and not stratifiable(y, fraction):
+        # Too few rows of a class to hold some out on both sides (scikit-learn would refuse
+        # to fit): fit every iteration on every row, as recorded in the version's params.
+        estimator.set_params(early_stopping=False)
+        return None, n
     fit, held = train_test_split(np.arange(n), test_size=fraction, random_state=estimator.random_state,
                                  stratify=y if task == "classification" else None)
     if stops == "auto" and len(fit) <= 10_000:
         return None, n
     return np.concatenate([fit, held]), len(fit)
+
+
+def stratifiable(y: np.ndarray, fraction: float) -> bool:
+    """Whether a stratified split of ``fraction`` of ``y`` is possible: every class twice at
+    least, and each side as many rows as there are classes."""
+    _, counts = np.unique(y, return_counts=True)
+    held = math.ceil(len(y) * fraction)
+    return counts.min() >= 2 and held >= len(counts) and len(y) - held >= len(counts)
 
 
 def train_candidate(window: Window, spec: ModelSpec, out_path: str | Path) -> TrainResult:

@@ -60,12 +60,18 @@ def test_early_stopping_rows_are_set_apart_as_the_estimator_would_and_placed_las
     assert early_stopping_split(HistGradientBoostingClassifier(validation_fraction=None), y, "classification") == \
         (None, 20000)
 
-    # The default estimator on a window above 10,000 training rows stops early on those rows.
+    # Too few rows of a class to hold some out: no early stopping, said in the params.
+    tiny = HistGradientBoostingClassifier(early_stopping=True)
+    assert early_stopping_split(tiny, np.array([1] + [0] * 40), "classification") == (None, 41)
+    assert tiny.early_stopping is False
+
+    # The default estimator stops early on its held-out rows.
     paths = partitions(tmp_path, CLASSIFY, rows=16000)
     result = train_candidate(Window(paths, CLASSIFY), ModelSpec(), tmp_path / "m.skops")
     estimator = load(result).steps[-1][1]
     assert result.train_rows > 12000 and len(estimator.validation_score_) == estimator.n_iter_ + 1
-    assert estimator.n_iter_ < 100  # it stopped before max_iter
+    assert estimator.n_iter_ < estimator.max_iter  # it stopped before max_iter
+    assert result.params["max_depth"] == 3 and result.params["early_stopping"] is True
 
 
 def test_unknown_estimator_parameter_names_what_is_accepted() -> None:
