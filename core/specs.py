@@ -59,7 +59,7 @@ _TREES: list[dict[str, Any]] = [
     {"estimator": "hist_gradient_boosting",
      "params": {"learning_rate": 0.05, "max_iter": 800, "max_leaf_nodes": 127, "min_samples_leaf": 10,
                 "l2_regularization": 0.1, **_STOP_EARLY}},
-    {"estimator": "hist_gradient_boosting", "params": DEFAULT_BOOSTING_PARAMS},
+    {"estimator": "hist_gradient_boosting", "params": dict(DEFAULT_BOOSTING_PARAMS)},
 ]
 _FOREST = {"estimator": "random_forest", "params": {"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.5}}
 DEFAULT_CANDIDATES: dict[TaskType, list[dict[str, Any]]] = {
