@@ -228,9 +228,11 @@ def main() -> int:
     started, load = time.strftime("%Y-%m-%d %H:%M"), f"{os.getloadavg()[0]:.1f}"
     with tempfile.TemporaryDirectory(prefix="retrain-scenarios-") as tmp:
         work = Path(tmp)
+        from service.intake.home import Home
         from service.runtime.api import prefect_api, prepare_environment
 
-        prepare_environment(work)
+        # The benchmark's one Prefect API keeps its database in a home of its own.
+        prepare_environment(Home(work / "prefect").ensure())
         from distributed import LocalCluster
 
         with prefect_api(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
