@@ -92,10 +92,11 @@ bench-production: $(STAMP)
 scenarios: $(STAMP)
 	$(BIN)/python benchmarks/scenarios.py
 
-## make bench-real-data: real tabular data bundled in packages (scikit-learn, statsmodels) as four batches through retrain run, against a hand-written pipeline (benchmarks/real-data-results.md)
+## make bench-real-data: real tabular data bundled in packages (scikit-learn, statsmodels) as four batches through retrain run, against a hand-written pipeline (benchmarks/real-data-results.md); and the default search's candidates in that pipeline, which the default is chosen from (real-data-candidates.md)
 bench-real-data: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/real_data.py
+	$(BIN)/python benchmarks/real_data.py --candidates
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -4,6 +4,8 @@ hand-written scikit-learn pipeline on the same split.
 
     make bench-real-data                 # writes benchmarks/real-data-results.md
     python benchmarks/real_data.py --only fair --out /tmp/r.md
+    python benchmarks/real_data.py --candidates   # the default search's candidates, offline:
+                                                  # benchmarks/real-data-candidates.md
 
 Per data set: a seeded test split (25%, stratified for classification, every copy of a
 row on one side); the other rows,
@@ -96,8 +98,10 @@ def split(frame: pd.DataFrame, target: str, task: str, seed: int = 0) -> tuple[p
     return test.reset_index(drop=True), [train.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds, bounds[1:])]
 
 
-def hand_written(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str) -> np.ndarray:
-    """What a careful user writes by hand: impute, one-hot the text columns, boosted trees."""
+def hand_written(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str,
+                 estimator: Any = None, scaled: bool = False) -> np.ndarray:
+    """What a careful user writes by hand: impute, one-hot the text columns, boosted trees
+    with scikit-learn's defaults (or ``estimator``, its numbers scaled when ``scaled``)."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import (
         HistGradientBoostingClassifier,
@@ -105,17 +109,74 @@ def hand_written(train: pd.DataFrame, test: pd.DataFrame, target: str, task: str
     )
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     features = [c for c in train.columns if c != target]
     text = [c for c in features if not pd.api.types.is_numeric_dtype(train[c])]
-    prepare = ColumnTransformer([("num", SimpleImputer(strategy="median"), [c for c in features if c not in text]),
+    numbers = make_pipeline(SimpleImputer(strategy="median"), StandardScaler()) if scaled \
+        else SimpleImputer(strategy="median")
+    prepare = ColumnTransformer([("num", numbers, [c for c in features if c not in text]),
                                  ("cat", OneHotEncoder(handle_unknown="ignore"), text)])
-    model = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
-    pipeline = make_pipeline(prepare, model(random_state=0)).fit(train[features], train[target])
+    if estimator is None:
+        model = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
+        estimator = model(random_state=0)
+    pipeline = make_pipeline(prepare, estimator).fit(train[features], train[target])
     if task == "classification":
         return pipeline.predict_proba(test[features])[:, 1]
     return pipeline.predict(test[features])
+
+
+def compare_candidates(names: list[str]) -> dict[str, Any]:
+    """Each candidate of the default search (``core.specs.DEFAULT_CANDIDATES``) in place of
+    the hand-written pipeline's estimator, on the same split and the same four batches: which
+    estimator does best across the data sets (the default's choice), and at what fit time."""
+    from core.specs import DEFAULT_BOOSTING_PARAMS, DEFAULT_CANDIDATES, ModelSpec
+    from flows.training.train import build_estimator
+
+    found: dict[str, Any] = {}
+    for name in names:
+        frame, target, task = DATASETS[name]()
+        test, batches = split(frame, target, task)
+        train = pd.concat(batches, ignore_index=True)
+        hand = hand_written(train, test, target, task)
+        rows = []
+        for candidate in DEFAULT_CANDIDATES[task]:
+            spec = ModelSpec(estimator=candidate["estimator"], params=candidate["params"])
+            started = time.perf_counter()
+            ours = hand_written(train, test, target, task, build_estimator(spec, task),
+                                scaled=candidate["estimator"] in ("logistic_regression", "ridge"))
+            rows.append({"estimator": candidate["estimator"], "params": candidate["params"],
+                         "default": candidate["estimator"] == ModelSpec().estimator
+                         and candidate["params"] == DEFAULT_BOOSTING_PARAMS,
+                         "seconds": round(time.perf_counter() - started, 2),
+                         **paired_interval(test[target], ours, hand, task)})
+        found[name] = rows
+        print(f"candidates on {name}: " + ", ".join(f"{r['difference']:+.4f}" for r in rows), flush=True)
+    return found
+
+
+def render_candidates(found: dict[str, Any], started: str, load: str) -> str:
+    names = list(found)
+    lines = ["# Which estimator as the default (python benchmarks/real_data.py --candidates)", "",
+             f"Run {started} (load average at start {load}). Each candidate of the default search in place of "
+             "the hand-written pipeline's estimator (same imputation and one-hot; numbers scaled for the linear "
+             "models, as the service does), fitted on the same four batches and scored on the same test split "
+             "as `real-data-results.md`. Each cell: the candidate - the hand-written pipeline (scikit-learn's "
+             "boosting defaults), with its 95% paired interval; the fit time. The service's default (no "
+             "`params`) is marked.", "",
+             "| candidate | " + " | ".join(names) + " | worst difference |",
+             "|---|" + "---|" * len(names) + "---:|"]
+    for i, first in enumerate(found[names[0]]):
+        cells, worst = [], float("inf")
+        for name in names:
+            row = found[name][i]
+            worst = min(worst, row["difference"])
+            cells.append(f"{row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}], {row['seconds']} s")
+        # Per task its own linear model (logistic regression, ridge): one label per distinct candidate.
+        kinds = dict.fromkeys(f"{found[n][i]['estimator']} {json.dumps(found[n][i]['params'])}" for n in names)
+        label = " / ".join(kinds) + (" **(default)**" if first["default"] else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {worst:+.4f} |")
+    return "\n".join([*lines, ""])
 
 
 def config_text(target: str, task: str, search: bool) -> str:
@@ -263,9 +324,17 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "real-data-results.md"))
     parser.add_argument("--threads", type=int, default=0,
                         help="the service's model.threads (0: its default, every core); scores do not depend on it")
+    parser.add_argument("--candidates", action="store_true",
+                        help="only compare the default search's candidates in the hand-written pipeline "
+                             "(benchmarks/real-data-candidates.md)")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n in DATASETS] if args.only else list(DATASETS)
     started, load = time.strftime("%Y-%m-%d %H:%M"), f"{os.getloadavg()[0]:.1f}"
+    if args.candidates:
+        out = ROOT / "benchmarks" / "real-data-candidates.md"
+        out.write_text(render_candidates(compare_candidates(names), started, load))
+        print(f"written {out}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="retrain-real-data-") as tmp:
         work = Path(tmp)
         from service.intake.home import Home

@@ -37,11 +37,11 @@ ESTIMATORS: dict[str, dict[str, str]] = {
 DISTRIBUTED_ESTIMATORS = frozenset({"xgboost"})
 
 # What `hist_gradient_boosting` fits when the config gives it no params: shallow trees
-# (depth 3) that stop early on their own held-out tenth. Of the search's candidates it did
-# best across the real data sets (benchmarks/real-data-results.md: against a hand-written
-# pipeline with scikit-learn's defaults, it matched or beat on each, where those defaults fell
-# behind on the small and noisy ones), and on the large sample data it scores the same at
-# about 1.6 times the defaults' fit time (more, smaller trees).
+# (depth 3) that stop early on their own held-out tenth. Of the search's candidates it has
+# the best worst case across the real data sets (benchmarks/real-data-candidates.md: never
+# shown behind scikit-learn's defaults, well ahead on the small and noisy ones), and on the
+# large sample data it scores the same at about 1.6 times the defaults' fit time (more,
+# smaller trees).
 DEFAULT_BOOSTING_PARAMS: dict[str, Any] = {"max_depth": 3, "max_iter": 300, "early_stopping": True,
                                            "n_iter_no_change": 20}
 
