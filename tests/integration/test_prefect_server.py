@@ -191,11 +191,20 @@ def _watch_until_drawn(served: Served) -> tuple[str, int]:
             if select.select([screen], [], [], 0.5)[0]:
                 drawn += os.read(screen, 1 << 16)
         watch.send_signal(signal.SIGINT)
-        code = watch.wait(timeout=30)
+        # Read on while it ends, as a terminal does: a redraw (or the cursor restored on the
+        # way out) blocks on a full pty that nobody reads.
+        deadline = time.monotonic() + 30
+        while watch.poll() is None and time.monotonic() < deadline:
+            if select.select([screen], [], [], 0.2)[0]:
+                try:
+                    drawn += os.read(screen, 1 << 16)
+                except OSError:  # the terminal closed with the process
+                    break
+        code = watch.wait(timeout=5)
         while select.select([screen], [], [], 0.2)[0]:
             try:
                 drawn += os.read(screen, 1 << 16)
-            except OSError:  # the terminal closed with the process
+            except OSError:
                 break
     finally:
         os.close(screen)
