@@ -42,15 +42,15 @@ DISTRIBUTED_ESTIMATORS = frozenset({"xgboost"})
 # shown behind scikit-learn's defaults, well ahead on the small and noisy ones), and on the
 # large sample data it scores the same at about 1.6 times the defaults' fit time (more,
 # smaller trees).
-DEFAULT_BOOSTING_PARAMS: dict[str, Any] = {"max_depth": 3, "max_iter": 300, "early_stopping": True,
-                                           "n_iter_no_change": 20}
+_STOP_EARLY = {"early_stopping": True, "n_iter_no_change": 20}
+DEFAULT_BOOSTING_PARAMS: dict[str, Any] = {"max_depth": 3, "max_iter": 300, **_STOP_EARLY}
 
 # A sensible model search per task, for `[[model.candidates]]` (see config/retrain.toml):
-# gradient boosting as scikit-learn has it, a smaller and more regularised one (noisy or small
-# data), a larger one (many interactions), the default's shallow one, a linear model (small data, near-linear
-# signal) and a forest. The boosted ones past the default stop early on their own held-out
-# tenth, so their many iterations cost only what the data can use.
-_STOP_EARLY = {"early_stopping": True, "n_iter_no_change": 20}
+# gradient boosting as scikit-learn has it, a smaller and more regularised one (noisy or
+# small data), a larger one (many interactions), the default's shallow one, a linear model
+# (small data, near-linear signal) and a forest. The boosted ones past scikit-learn's
+# defaults stop early on their own held-out tenth, so their many iterations cost only what
+# the data can use.
 _TREES: list[dict[str, Any]] = [
     {"estimator": "hist_gradient_boosting", "params": {}},
     {"estimator": "hist_gradient_boosting",

@@ -167,7 +167,7 @@ def test_noise_on_the_new_rows_is_told_from_a_new_concept() -> None:
                                ["0", "1"], spec), everything, True, "v0001") is None
     # Too few new rows to tell (and too few earlier rows to ask whether the champion lost skill).
     few = np.arange(1000) < 60
-    assert check_signal(Scored("roc_auc", CLASSES, y[:150], *[part(m, 150) for m in (noise.outputs)],
+    assert check_signal(Scored("roc_auc", CLASSES, y[:150], *(part(m, 150) for m in noise.outputs),
                                ["0", "1"], ["0", "1"], spec), few[:150], True, "v0001").verdict == "too_few_rows"
 
 
