@@ -182,8 +182,12 @@ def _watch_until_drawn(served: Served) -> tuple[str, int]:
     import select
 
     screen, terminal = pty.openpty()
+    # Ctrl+C as a terminal sends it: to a command whose SIGINT is not ignored. A test run
+    # started in the background by a shell without job control ignores SIGINT, and every
+    # process it starts would inherit that.
     watch = subprocess.Popen([served.daemon.proc.args[0], "status", "--watch", "0.2"], env=served.env,
-                             cwd=served.root, stdout=terminal, stderr=terminal)
+                             cwd=served.root, stdout=terminal, stderr=terminal,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(terminal)
     drawn, deadline = b"", time.monotonic() + 120
     try:
@@ -191,8 +195,7 @@ def _watch_until_drawn(served: Served) -> tuple[str, int]:
             if select.select([screen], [], [], 0.5)[0]:
                 drawn += os.read(screen, 1 << 16)
         watch.send_signal(signal.SIGINT)
-        # Read on while it ends, as a terminal does: a redraw (or the cursor restored on the
-        # way out) blocks on a full pty that nobody reads.
+        # Read on while it ends, as a terminal does.
         deadline = time.monotonic() + 30
         while watch.poll() is None and time.monotonic() < deadline:
             if select.select([screen], [], [], 0.2)[0]:
