@@ -128,11 +128,12 @@ def long_lived_cluster_options() -> dict:
 def warm_up_workers(address: str, own_cluster: bool = False) -> str:
     """Import the flow's code on every worker now (and on workers that join later); the
     workers of this process's own cluster leave Ctrl+C to it; the scheduler forgets each
-    run once it is over (service.runtime.forgetting). Returns the id of the scheduler the
-    plugins were registered on (a restarted one has another)."""
+    run once it is over, and the workers take its tasks out of their profile
+    (service.runtime.forgetting). Returns the id of the scheduler the plugins were
+    registered on (a restarted one has another)."""
     from distributed import Client
 
-    from service.runtime.forgetting import ForgetFinishedRuns
+    from service.runtime.forgetting import ForgetFinishedRuns, ForgetRunProfiles
     from service.runtime.warmup import ParentHandlesInterrupts, WarmUp
 
     started = time.perf_counter()
@@ -140,6 +141,8 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> str:
         client.register_plugin(WarmUp())
         if own_cluster:  # after WarmUp: Prefect's loggers exist by then, to be made one-line
             client.register_plugin(ParentHandlesInterrupts())
+        else:  # workers that keep Dask's profiler (the own cluster's processes run without it)
+            client.register_plugin(ForgetRunProfiles())
         try:
             client.register_plugin(ForgetFinishedRuns())
         except Exception as exc:  # a scheduler without the service's code in its environment

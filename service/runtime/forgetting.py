@@ -24,6 +24,14 @@ scheduler grew by 1.7-2.5 MiB per run of the soak):
   client per flow run. Dask empties a topic an hour after its client left
   (``distributed.scheduler.events-cleanup-delay``) but never removes it; the plugin removes
   the topics of the daemon's clients (those that submitted its spans) when they leave.
+
+Each worker keeps its statistical profile (``distributed.worker.profile``): a call tree per
+second of work, once for all its tasks and once per task prefix, for the last
+``distributed.admin.low-level-log-length`` (1,000) seconds. Bounded by time, not by runs, but
+a busy worker's is a few hundred MiB once full, and a Prefect task's stack is deep. A worker
+plugin the daemon registers, ``ForgetRunProfiles``, takes the daemon's tasks out of both
+``PROFILE_GRACE_SECONDS`` after they were sampled: until then the dashboard's Profile page
+shows them; the samples of other clients' tasks stay, counted exactly as before.
 """
 
 from __future__ import annotations
@@ -31,13 +39,18 @@ from __future__ import annotations
 import time
 import uuid
 
-from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
+from distributed.utils import key_split
 
 RUN_SPAN_TAG = "retrain"
 # A span is removed this long after its last task ended: the workers report each span's
 # metrics with their heartbeats (every few seconds at most), and the scheduler looks the
 # span up by its id when they do.
 SPAN_GRACE_SECONDS = 120.0
+# The daemon's tasks leave a worker's profile this long after they were sampled, checked
+# every PROFILE_SWEEP_SECONDS: the profile holds at most these few minutes of them.
+PROFILE_GRACE_SECONDS = 120.0
+PROFILE_SWEEP_SECONDS = 10.0
 
 
 def run_span() -> dict:
@@ -132,6 +145,73 @@ class ForgetFinishedRuns(SchedulerPlugin):
             for key in [k for k, v in index.items() if not v]:
                 del index[key]
         return len(expired)
+
+
+class ForgetRunProfiles(WorkerPlugin):
+    """On each worker (workers that join later included): takes the daemon's tasks out of
+    the worker's statistical profile once PROFILE_GRACE_SECONDS have passed (see the
+    module). The worker keeps, per second, a tree of all samples and a tree per task prefix
+    (``key_split``) made of the same samples, so removing a prefix's tree from the first
+    leaves exactly the other tasks' samples. The daemon's prefixes are those of tasks that
+    ran in its spans. Registered by name: a restarted daemon replaces it."""
+
+    name = "retrain-forget-run-profiles"
+    idempotent = True
+
+    def setup(self, worker) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        self.worker = worker
+        self.prefixes: set[str] = set()  # task prefixes of the daemon's tasks on this worker
+        self.swept_until = float("-inf")  # profile seconds up to this time are done
+        sweep = PeriodicCallback(self.forget, PROFILE_SWEEP_SECONDS * 1000)
+        worker.periodic_callbacks[self.name] = sweep
+        sweep.start()
+
+    def teardown(self, worker) -> None:
+        sweep = worker.periodic_callbacks.pop(self.name, None)
+        if sweep is not None:
+            sweep.stop()
+
+    def transition(self, key, start: str, finish: str, **kwargs) -> None:
+        if finish == "executing":
+            task = self.worker.state.tasks.get(key)
+            if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
+                self.prefixes.add(key_split(key))
+
+    def forget(self, now: float | None = None) -> int:
+        """Take the daemon's tasks out of the profile's seconds older than the grace;
+        returns how many per-prefix trees were removed."""
+        from distributed.metrics import time as dask_time
+
+        now = dask_time() + self.worker.scheduler_delay if now is None else now
+        cutoff = now - PROFILE_GRACE_SECONDS
+        removed = 0
+        # Both histories get one entry per second, appended together with the same time.
+        for (when, tree), (when_keys, per_prefix) in zip(self.worker.profile_history,
+                                                         self.worker.profile_keys_history):
+            if when > cutoff:
+                break
+            if when <= self.swept_until or when != when_keys:
+                continue
+            for prefix in [p for p in per_prefix if p in self.prefixes]:
+                _subtract(tree, per_prefix.pop(prefix))
+                removed += 1
+            self.swept_until = when
+        return removed
+
+
+def _subtract(total: dict, part: dict) -> None:
+    """Remove the samples of the profile tree ``part`` from ``total``, which holds them
+    (``distributed.profile.process`` counts a sample once on every node of its path)."""
+    total["count"] -= part["count"]
+    for ident, child in part["children"].items():
+        node = total["children"].get(ident)
+        if node is None:
+            continue
+        _subtract(node, child)
+        if node["count"] <= 0:
+            del total["children"][ident]
 
 
 def _groups_alive(scheduler, span) -> bool:

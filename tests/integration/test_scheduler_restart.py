@@ -95,8 +95,9 @@ def test_a_run_in_flight_when_the_scheduler_restarts_runs_again_on_the_new_one(
         daemon.kill_group()
     log = daemon.log()
     assert log.count(went_away) == 1, log
-    assert "retrain-warm-up" in scheduler_plugins
-    assert worker_plugins and all("retrain-warm-up" in names for names in worker_plugins), worker_plugins
+    ours = {"retrain-warm-up", "retrain-forget-run-profiles"}
+    assert ours <= set(scheduler_plugins)
+    assert worker_plugins and all(ours <= set(names) for names in worker_plugins), worker_plugins
     ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
     try:
         handed_back, rerun = sorted(ledger.runs(limit=10), key=lambda run: run.id)

@@ -1,5 +1,6 @@
-"""The scheduler plugin that forgets the daemon's finished runs, on a real scheduler with
-Dask's default extensions (as an operator's `dask scheduler` has), and a real worker."""
+"""The plugins that forget the daemon's finished runs, on a real scheduler with Dask's
+default extensions (as an operator's `dask scheduler` has), and a real worker with Dask's
+statistical profiler on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import dask
 import pytest
 from distributed import Client, LocalCluster, span
 
-from service.runtime.forgetting import SPAN_GRACE_SECONDS, ForgetFinishedRuns, run_span
+from service.runtime.forgetting import (PROFILE_GRACE_SECONDS, SPAN_GRACE_SECONDS, ForgetFinishedRuns,
+                                        ForgetRunProfiles, run_span)
 
 
 def double(x: int) -> int:
@@ -38,12 +40,25 @@ def cluster():
         yield cluster
 
 
+def wait_for_span_metrics_reported(cluster) -> None:
+    """Until the workers' heartbeats have reported the metrics of finished tasks by their
+    span's id: the scheduler would not know a span forgotten before that, and the worker
+    would close. With the real grace that cannot happen; tests that move the clock past it
+    wait for it (a heartbeat every half second)."""
+    from distributed.spans import CONTEXTS_WITH_SPAN_ID
+
+    time.sleep(1.0)  # a worker records some of a task's metrics after its result was taken
+    wait_until(lambda: not any(isinstance(k, tuple) and k[0] in CONTEXTS_WITH_SPAN_ID
+                               for w in cluster.workers.values() for k in w.digests_total_since_heartbeat))
+
+
 @pytest.fixture
-def plugin(cluster) -> ForgetFinishedRuns:
+def plugin(cluster):
     """The plugin as the daemon registers it (through a client), as the scheduler holds it."""
     with Client(cluster) as setup:
         setup.register_plugin(ForgetFinishedRuns())
-    return cluster.scheduler.plugins[ForgetFinishedRuns.name]
+    yield cluster.scheduler.plugins[ForgetFinishedRuns.name]
+    wait_for_span_metrics_reported(cluster)  # before the next test moves the clock
 
 
 def test_forgets_the_runs_spans_and_topics_but_nothing_of_other_clients(cluster, plugin):
@@ -66,7 +81,7 @@ def test_forgets_the_runs_spans_and_topics_but_nothing_of_other_clients(cluster,
         # Done, but within the grace the workers' heartbeats may still name them: kept.
         assert plugin.forget_spans(scheduler) == 0
         assert ours_ids <= set(spans.spans)
-        time.sleep(3)  # the worker's heartbeats after the runs (several a second)
+        wait_for_span_metrics_reported(cluster)
         # After the grace: gone, from every index of the extension.
         assert plugin.forget(scheduler, now=time.monotonic() + SPAN_GRACE_SECONDS + 1)[0] == 3
         assert not ours_ids & set(spans.spans)
@@ -131,5 +146,61 @@ def test_a_span_whose_results_are_still_held_is_kept(cluster, plugin):
             assert ours.submit(halve, 10).result() == 5
         del held
         wait_until(lambda: "halve" not in scheduler.task_groups)
+        wait_for_span_metrics_reported(cluster)
         plugin.forget(scheduler, now=later + SPAN_GRACE_SECONDS + 1)  # done for the grace since first seen
         assert first["ids"][-1] not in spans.spans
+
+
+def spin_ours(seconds: float) -> int:
+    return _spin(seconds)
+
+
+def spin_theirs(seconds: float) -> int:
+    return _spin(seconds)
+
+
+def _spin(seconds: float) -> int:
+    """Work the profiler samples (a sleeping thread is sampled too, but on one line)."""
+    deadline, n = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        n += sum(range(100))
+    return n
+
+
+def frame_names(tree: dict) -> set[str]:
+    names = {tree["description"]["name"]} if isinstance(tree["description"], dict) else set()
+    for child in tree["children"].values():
+        names |= frame_names(child)
+    return names
+
+
+def test_workers_take_the_daemons_tasks_out_of_their_profile_after_the_grace(cluster):
+    worker = next(iter(cluster.workers.values()))
+    with Client(cluster) as setup:
+        setup.register_plugin(ForgetRunProfiles())
+    plugin = worker.plugins[ForgetRunProfiles.name]
+    with Client(cluster) as ours, Client(cluster) as other:
+        with dask.annotate(span=run_span()):
+            assert ours.submit(spin_ours, 1.5).result() > 0
+        assert other.submit(spin_theirs, 1.5).result() > 0
+    wait_until(lambda: sum("spin_theirs" in keys for _, keys in worker.profile_keys_history) >= 1
+               and worker.profile_recent["count"] == 0, seconds=10)
+    sampled = [(tree, keys) for (_, tree), (_, keys) in zip(worker.profile_history, worker.profile_keys_history)
+               if keys]
+    assert any("spin_ours" in keys for _, keys in sampled)
+    assert plugin.prefixes == {"spin_ours"}
+    theirs_before = [(keys["spin_theirs"]["count"]) for _, keys in sampled if "spin_theirs" in keys]
+
+    # Within the grace the dashboard still shows them; after it, only the other client's.
+    assert plugin.forget() == 0
+    assert plugin.forget(now=time.time() + PROFILE_GRACE_SECONDS + 1) >= 1
+    assert not any("spin_ours" in keys for _, keys in worker.profile_keys_history)
+    everything = [tree for _, tree in worker.profile_history]
+    assert not any("spin_ours" in frame_names(tree) for tree in everything)
+    assert any("spin_theirs" in frame_names(tree) for tree in everything)
+    # What is left of each second is exactly the other tasks' samples.
+    for tree, keys in sampled:
+        assert tree["count"] == sum(part["count"] for part in keys.values())
+    assert [keys["spin_theirs"]["count"] for _, keys in sampled if "spin_theirs" in keys] == theirs_before
+    # A sweep after that has nothing left to take.
+    assert plugin.forget(now=time.time() + PROFILE_GRACE_SECONDS + 2) == 0
