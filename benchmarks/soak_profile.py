@@ -35,6 +35,7 @@ class GrowthProbe:
             tracemalloc.start(frames)
         self.snapshot: tracemalloc.Snapshot | None = None
         self.counts: Counter[str] = Counter()
+        self.pending: Counter[str] = Counter()
         self.ids: set[int] = set()
 
     def report(self, top: int = 12) -> str:
@@ -54,14 +55,36 @@ class GrowthProbe:
                 where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback[:6])
                 lines.append(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+6d} blocks  {where}")
         objects = gc.get_objects()
+        pending = pending_work(objects)
         if self.counts:
             grown = (counts - self.counts).most_common(3 * top)
             lines.append("  objects: " + ", ".join(f"{name} +{n}" for name, n in grown))
+            grown = (pending - self.pending).most_common(top)
+            lines.append("  pending: " + ", ".join(f"{name} +{n}" for name, n in grown))
             if tracemalloc.is_tracing():  # slow (referrers of a sample): only when tracing anyway
                 lines.append("  new containers held by: " + new_holders(objects, self.ids, top))
+        self.pending = pending
         self.ids = {id(o) for o in objects}
         self.snapshot, self.counts = snapshot, counts
         return "\n".join(lines)
+
+
+def pending_work(objects: list) -> Counter[str]:
+    """What the event loops of this process hold: unfinished asyncio tasks (by coroutine),
+    timers not yet run (by callback), and log records (by logger; kept by a handler)."""
+    import asyncio
+    import logging
+
+    found: Counter[str] = Counter()
+    for obj in objects:
+        if isinstance(obj, asyncio.Task) and not obj.done():
+            found[f"task {getattr(obj.get_coro(), '__qualname__', '?')}"] += 1
+        elif isinstance(obj, asyncio.TimerHandle) and not obj.cancelled():
+            callback = obj._callback
+            found[f"timer {getattr(callback, '__qualname__', type(callback).__qualname__)}"] += 1
+        elif isinstance(obj, logging.LogRecord):
+            found[f"log record {obj.name}"] += 1
+    return found
 
 
 def new_holders(objects: list, old_ids: set[int], top: int, sample: int = 400) -> str:
@@ -189,13 +212,14 @@ def main() -> None:
     from flows.retrain import RetrainRequest
     from service.config import load_settings
     from service.runtime.api import prefect_api
-    from service.runtime.cluster import dask_cluster
+    from service.runtime.cluster import dask_cluster, quiet_libraries
     from service.sample import write_samples
 
     settings = load_settings(home=home, overrides={"window.last_files": 3,
                                                                 **({"dask.address": args.address} if args.address else {})})
     paths = [write_samples(home / "data", files=1, rows=1000, seed=1000 + i)[0]
              for i in range(args.warmup + args.runs)]
+    quiet_libraries()  # as the daemon: Dask's INFO records are not kept by its log handlers
     probe, old_ids = None, set()
     with prefect_api(), dask_cluster(settings.dask) as address, Client(address) as client:
         refs = []

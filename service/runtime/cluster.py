@@ -99,9 +99,15 @@ def dask_cluster(spec: DaskSpec, in_process: bool = False) -> Iterator[str]:
 # so in a process that runs flows for months these logs would be the largest thing it
 # holds, and would grow for hundreds of runs before their bound. A short one is enough to
 # read what just happened. The scheduler's history of computations (each with its task
-# groups) is bounded the same way.
+# groups) is bounded the same way. And each time a client leaves (every run's task runner
+# is a client), the scheduler starts a task that sleeps for `events-cleanup-delay` (an
+# hour) before it empties the client's event topic: some thousand sleeping tasks at a run
+# every few seconds, about 0.03 MiB per run for the first hour. The daemon's scheduler
+# plugin removes its clients' topics itself (service.runtime.forgetting), so a minute is
+# enough.
 LONG_LIVED_DASK_CONFIG = {"distributed.admin.low-level-log-length": 50,
-                          "distributed.diagnostics.computations.max-history": 10}
+                          "distributed.diagnostics.computations.max-history": 10,
+                          "distributed.scheduler.events-cleanup-delay": "60s"}
 
 
 def long_lived_cluster_options() -> dict:
