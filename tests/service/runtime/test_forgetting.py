@@ -189,7 +189,7 @@ def test_workers_take_the_daemons_tasks_out_of_their_profile_after_the_grace(clu
                if keys]
     assert any("spin_ours" in keys for _, keys in sampled)
     assert plugin.prefixes == {"spin_ours"}
-    theirs_before = [(keys["spin_theirs"]["count"]) for _, keys in sampled if "spin_theirs" in keys]
+    theirs_before = [keys["spin_theirs"]["count"] for _, keys in sampled if "spin_theirs" in keys]
 
     # Within the grace the dashboard still shows them; after it, only the other client's.
     assert plugin.forget() == 0
