@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/retrain watch
 
-## make test: the whole test suite
+## make test: the whole test suite, its files spread over two processes (most tests wait on
+## real daemons and servers rather than compute)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 $(MLFLOW_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(MLFLOW_VENV)

@@ -9,7 +9,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 # Prefect reads these at import time: keep its state out of the user's ~/.prefect and
 # never try to reach the internet.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="retrain-tests-prefect-"))
+# Under pytest-xdist each test process gets a home of its own (the processes inherit the
+# first one's environment, and two Prefect servers must not share one database).
+if os.environ.get("PYTEST_XDIST_WORKER") or "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="retrain-tests-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
