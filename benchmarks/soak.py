@@ -66,35 +66,41 @@ def role_of(proc: psutil.Process, root_pid: int) -> str:
     return "other"
 
 
-def tree_rss(root_pid: int) -> dict[str, int]:
-    """Resident bytes per role of a process tree, and of the whole tree."""
-    totals = dict.fromkeys(ROLES, 0)
+def tree_usage(root_pid: int) -> tuple[dict[str, int], dict[str, float]]:
+    """Resident bytes and CPU seconds so far (user and system) per role of a process tree,
+    and of the whole tree."""
+    rss, cpu = dict.fromkeys(ROLES, 0), dict.fromkeys(ROLES, 0.0)
     root = psutil.Process(root_pid)
     for proc in [root, *root.children(recursive=True)]:
         try:
-            rss = proc.memory_info().rss
-            role = role_of(proc, root_pid)
+            with proc.oneshot():
+                role, used, times = role_of(proc, root_pid), proc.memory_info().rss, proc.cpu_times()
         except psutil.Error:
             continue
-        totals[role] += rss
-        totals["tree"] += rss
-    return totals
+        for role_or_tree in (role, "tree"):
+            rss[role_or_tree] += used
+            cpu[role_or_tree] += times.user + times.system
+    return rss, cpu
 
 
-def cluster_rss(cluster: "ExistingCluster | None") -> dict[str, int]:
-    """Resident bytes of an existing cluster's scheduler and of its workers together (each
-    `dask worker` process with the worker process its nanny spawns)."""
+def cluster_usage(cluster: "ExistingCluster | None") -> tuple[dict[str, int], dict[str, float]]:
+    """Resident bytes and CPU seconds so far of an existing cluster's scheduler and of its
+    workers together (each `dask worker` process with the worker process its nanny spawns)."""
     if cluster is None:
-        return {}
-    totals = dict.fromkeys(CLUSTER_ROLES, 0)
+        return {}, {}
+    rss, cpu = dict.fromkeys(CLUSTER_ROLES, 0), dict.fromkeys(CLUSTER_ROLES, 0.0)
     for role, procs in (("scheduler", [cluster.scheduler]), ("cluster workers", cluster.workers)):
         for proc in procs:
             try:
                 ps = psutil.Process(proc.pid)
-                totals[role] += sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
+                for one in [ps, *ps.children(recursive=True)]:
+                    with one.oneshot():
+                        rss[role] += one.memory_info().rss
+                        times = one.cpu_times()
+                        cpu[role] += times.user + times.system
             except psutil.Error:
                 continue
-    return totals
+    return rss, cpu
 
 
 def folder_bytes(path: Path) -> int:
@@ -270,8 +276,9 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
             dropped = daemon.drop(path)
             state = daemon.wait_settled(path.name)
             seconds = time.perf_counter() - dropped
+            (tree_rss, tree_cpu), (cluster_rss, cluster_cpu) = tree_usage(daemon.proc.pid), cluster_usage(cluster)
             record = {"index": i, "warmup": i < warmup, "name": path.name, "state": state,
-                      "seconds": seconds, "rss": {**tree_rss(daemon.proc.pid), **cluster_rss(cluster)},
+                      "seconds": seconds, "rss": {**tree_rss, **cluster_rss}, "cpu": {**tree_cpu, **cluster_cpu},
                       "disk": disk_usage(home)}
             records.append(record)
             if on_sample is not None:
@@ -346,6 +353,15 @@ def linear_slope(ys: list[float]) -> float:
     return num / sum((x - mean_x) ** 2 for x in range(n))
 
 
+def cpu_per_run(records: list[dict], roles: tuple[str, ...]) -> dict[str, float] | None:
+    """CPU seconds per run of each role between the first and the last of ``records``
+    (None for records from before CPU was measured)."""
+    if len(records) < 2 or "cpu" not in records[0]:
+        return None
+    runs = len(records) - 1
+    return {role: (records[-1]["cpu"][role] - records[0]["cpu"][role]) / runs for role in roles}
+
+
 def roles_of(result: dict) -> tuple[str, ...]:
     return ROLES + (CLUSTER_ROLES if result.get("existing_cluster") else ())
 
@@ -367,6 +383,9 @@ def summarize(result: dict) -> dict:
         "rss_half_mib": {role: second_half[0]["rss"][role] / MIB for role in roles},
         "rss_last_mib": {role: measured[-1]["rss"][role] / MIB for role in roles},
         "median_first": first, "median_last": last, "time_ratio": last / first,
+        # CPU seconds per run of each role over the first and the last k files: which
+        # process a change of the time per file comes from.
+        "cpu_first": cpu_per_run(measured[:k + 1], roles), "cpu_last": cpu_per_run(measured[-k - 1:], roles),
         "disk_slope_kib": {f: linear_slope([r["disk"][f] / 1024 for r in measured]) for f in FOLDERS},
         "disk_last_mib": {f: measured[-1]["disk"][f] / MIB for f in FOLDERS},
         "states": {s: sum(r["state"] == s for r in result["records"])
@@ -448,6 +467,10 @@ def markdown(summary: dict, png: str, note: str, registry: dict | None = None) -
         f"{summary['median_last']:.2f} s: x{summary['time_ratio']:.2f} (target <= {TARGET_TIME_RATIO}): "
         f"{verdict(summary['time_ratio'] <= TARGET_TIME_RATIO)}.",
     ]
+    if summary.get("cpu_first") and summary.get("cpu_last"):
+        lines.append(f"- CPU seconds per run, first {k} files against the last {k}: " + ", ".join(
+            f"{'daemon tree' if role == 'tree' else role} {summary['cpu_first'][role]:.2f} -> "
+            f"{summary['cpu_last'][role]:.2f}" for role in summary["roles"] if role != "other") + ".")
     if registry:
         r = registry
         lines.append(

@@ -32,9 +32,12 @@ def test_short_soak_is_exactly_once_and_sampled_per_role(tmp_path: Path) -> None
         for role in ("daemon", "workers", "prefect api"):
             assert rss[role] > 0, (role, record)
         assert rss["tree"] >= rss["daemon"] + rss["workers"] + rss["prefect api"]
+        assert record["cpu"]["daemon"] > 0 and record["cpu"]["tree"] >= record["cpu"]["daemon"]
         assert set(record["disk"]) == set(soak.FOLDERS)
     assert records[-1]["disk"]["registry"] > 0
 
     summary = soak.summarize(result)
     assert summary["files"] == 2 and summary["warmup"] == 1
     assert set(summary["slope_mib"]) == set(soak.ROLES)
+    # CPU per run over the two measured files: every run costs the daemon some.
+    assert summary["cpu_last"]["daemon"] > 0 and summary["cpu_last"]["tree"] >= summary["cpu_last"]["daemon"]
