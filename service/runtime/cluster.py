@@ -104,8 +104,12 @@ def dask_cluster(spec: DaskSpec, in_process: bool = False) -> Iterator[str]:
 # hour) before it empties the client's event topic: some thousand sleeping tasks at a run
 # every few seconds, about 0.03 MiB per run for the first hour. The daemon's scheduler
 # plugin removes its clients' topics itself (service.runtime.forgetting), so a minute is
-# enough.
+# enough. The system monitor of the scheduler and of each worker (the dashboard's CPU,
+# memory, network and disk plots) keeps eight series sampled every half second for an hour
+# (7,200 samples, about 1.8 MiB each once full); ten minutes of them are enough to see
+# what the cluster does now, and are full after ten minutes instead of after an hour of runs.
 LONG_LIVED_DASK_CONFIG = {"distributed.admin.low-level-log-length": 50,
+                          "distributed.admin.system-monitor.log-length": 1200,
                           "distributed.diagnostics.computations.max-history": 10,
                           "distributed.scheduler.events-cleanup-delay": "60s"}
 
