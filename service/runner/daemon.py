@@ -42,6 +42,7 @@ from service.runner.records import FlowResult
 from service.runner.runs import OPERATOR, Runner, StartedRun, run_line
 from service.runner.session import CRASH_REASON, RunSession
 from service.runtime.deployment import DeploymentControl, DeploymentRef, run_parameters
+from service.runtime.heap import release_free_memory
 from service.runtime.scheduler_watch import SchedulerWatch
 
 log = logging.getLogger("retrain.daemon")
@@ -245,6 +246,7 @@ class RetrainDaemon:
         requeued = [fid for fid in run.file_ids if self.ledger.get(fid).state == FileState.QUEUED]
         self.queue(requeued + self.current.made_files)
         self.current, self.run_future = None, None
+        release_free_memory()  # what the run freed, back to the system (service.runtime.heap)
         self.write_heartbeat()
 
     def note_failures(self, run: RunRecord, result: FlowResult) -> None:

@@ -139,11 +139,13 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> str:
     """Import the flow's code on every worker now (and on workers that join later); the
     workers of this process's own cluster leave Ctrl+C to it; the scheduler forgets each
     run once it is over, and the workers take its tasks out of their profile
-    (service.runtime.forgetting). Returns the id of the scheduler the plugins were
+    (service.runtime.forgetting); the workers give the memory its tasks freed back to the
+    system (service.runtime.heap). Returns the id of the scheduler the plugins were
     registered on (a restarted one has another)."""
     from distributed import Client
 
     from service.runtime.forgetting import ForgetFinishedRuns, ForgetRunProfiles
+    from service.runtime.heap import ReleaseFreeMemory
     from service.runtime.warmup import ParentHandlesInterrupts, WarmUp
 
     started = time.perf_counter()
@@ -153,6 +155,7 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> str:
             client.register_plugin(ParentHandlesInterrupts())
         else:  # workers that keep Dask's profiler (the own cluster's processes run without it)
             client.register_plugin(ForgetRunProfiles())
+        client.register_plugin(ReleaseFreeMemory())
         try:
             client.register_plugin(ForgetFinishedRuns())
         except Exception as exc:  # a scheduler without the service's code in its environment

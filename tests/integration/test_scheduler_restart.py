@@ -95,7 +95,7 @@ def test_a_run_in_flight_when_the_scheduler_restarts_runs_again_on_the_new_one(
         daemon.kill_group()
     log = daemon.log()
     assert log.count(went_away) == 1, log
-    ours = {"retrain-warm-up", "retrain-forget-run-profiles"}
+    ours = {"retrain-warm-up", "retrain-forget-run-profiles", "retrain-release-free-memory"}
     assert ours <= set(scheduler_plugins)
     assert worker_plugins and all(ours <= set(names) for names in worker_plugins), worker_plugins
     ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)

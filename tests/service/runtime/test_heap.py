@@ -1,0 +1,76 @@
+"""Giving freed memory back to the system (service.runtime.heap): measured on this process's
+real heap, and the worker plugin on a real worker."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import dask
+import psutil
+import pytest
+from distributed import Client, LocalCluster
+
+from service.runtime.forgetting import run_span
+from service.runtime.heap import ReleaseFreeMemory, release_free_memory
+
+MIB = 1024 * 1024
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+
+
+def fragment_a_thread_arena() -> list[bytes]:
+    """What a run leaves: 150 MiB of small blocks allocated in a thread (an arena of its
+    own), all freed but every fiftieth, so no arena has a free top to give back."""
+    kept: list[bytes] = []
+
+    def allocate() -> None:
+        blocks = [bytes(1000) + i.to_bytes(4, "little") for i in range(150_000)]
+        kept.extend(blocks[::50])
+
+    thread = threading.Thread(target=allocate)
+    thread.start()
+    thread.join()
+    return kept
+
+
+@glibc_only
+def test_the_pages_a_run_freed_go_back_to_the_system() -> None:
+    process = psutil.Process()
+    kept = fragment_a_thread_arena()
+    before = process.memory_info().rss
+    assert release_free_memory()
+    after = process.memory_info().rss
+    assert before - after > 50 * MIB, (before / MIB, after / MIB)
+    assert len(kept) == 3000 and all(len(block) == 1004 for block in kept)  # the live blocks are intact
+
+
+def sleep_a_little(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@glibc_only
+def test_workers_release_memory_after_the_daemons_tasks_only() -> None:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as setup:
+            setup.register_plugin(ReleaseFreeMemory())
+        worker = next(iter(cluster.workers.values()))
+        plugin = worker.plugins[ReleaseFreeMemory.name]
+        assert ReleaseFreeMemory.name in worker.periodic_callbacks  # every TRIM_SECONDS
+
+        with Client(cluster) as other:  # another client's task: nothing to do
+            assert other.submit(sleep_a_little, 0.1).result() == 0.1
+        assert not plugin.ran_since_trim
+        plugin.trim_if_ran()
+        assert plugin.trims == 0
+
+        with Client(cluster) as ours, dask.annotate(span=run_span()):
+            assert ours.submit(sleep_a_little, 0.2).result() == 0.2
+        assert plugin.ran_since_trim
+        plugin.trim_if_ran()
+        assert plugin.trims == 1 and not plugin.ran_since_trim
+        plugin.trim_if_ran()  # nothing ran since
+        assert plugin.trims == 1
