@@ -6,6 +6,7 @@ folders is known to the ledger exactly once, and nothing is in two places.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from service.intake.home import Home
@@ -21,7 +22,24 @@ FOLDER_OF_STATE = {
 
 
 def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]:
-    """Assert that folders and ledger agree; return the counts per state."""
+    """Assert that folders and ledger agree; return the counts per state. With
+    ``allow_in_flight`` the daemon may be working: a file can move between the reading of
+    the ledger and the listing of the folders, so a disagreement must last (a second)
+    to count; a lost or doubled file lasts, a move does not."""
+    if not allow_in_flight:
+        return _check_once(home, allow_in_flight=False)
+    for _ in range(IN_FLIGHT_CHECKS - 1):
+        try:
+            return _check_once(home, allow_in_flight=True)
+        except AssertionError:
+            time.sleep(0.1)
+    return _check_once(home, allow_in_flight=True)
+
+
+IN_FLIGHT_CHECKS = 10
+
+
+def _check_once(home: Path, allow_in_flight: bool) -> dict[str, int]:
     home = home.root if isinstance(home, Home) else Path(home)
     ledger = Ledger(home / "state" / "ledger.sqlite", readonly=True)
     try:
@@ -34,6 +52,7 @@ def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]
     for record in records:
         if record.state == FileState.CLAIMING:
             assert allow_in_flight, f"file {record.id} ({record.name}) is stuck in 'claiming'"
+            claimed_paths[Path(record.path)] = record.id  # its rename into processing/ may be done
             continue
         folder = FOLDER_OF_STATE.get(record.state)
         if folder is None:  # vanished, requeued: no file of theirs to find
