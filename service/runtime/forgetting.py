@@ -147,7 +147,31 @@ class ForgetFinishedRuns(SchedulerPlugin):
         return len(expired)
 
 
-class ForgetRunProfiles(WorkerPlugin):
+class PeriodicWorkerPlugin(WorkerPlugin):
+    """A worker plugin whose ``tick`` the worker's event loop calls every ``seconds``, as it
+    calls the worker's own periodic callbacks (stopped with the worker or the plugin)."""
+
+    name: str
+    seconds: float
+
+    def setup(self, worker) -> None:
+        from tornado.ioloop import PeriodicCallback
+
+        self.worker = worker
+        callback = PeriodicCallback(self.tick, self.seconds * 1000)
+        worker.periodic_callbacks[self.name] = callback
+        callback.start()
+
+    def teardown(self, worker) -> None:
+        callback = worker.periodic_callbacks.pop(self.name, None)
+        if callback is not None:
+            callback.stop()
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class ForgetRunProfiles(PeriodicWorkerPlugin):
     """On each worker (workers that join later included): takes the daemon's tasks out of
     the worker's statistical profile once PROFILE_GRACE_SECONDS have passed (see the
     module). The worker keeps, per second, a tree of all samples and a tree per task prefix
@@ -157,21 +181,15 @@ class ForgetRunProfiles(WorkerPlugin):
 
     name = "retrain-forget-run-profiles"
     idempotent = True
+    seconds = PROFILE_SWEEP_SECONDS
 
     def setup(self, worker) -> None:
-        from tornado.ioloop import PeriodicCallback
-
-        self.worker = worker
         self.prefixes: set[str] = set()  # task prefixes of the daemon's tasks on this worker
         self.swept_until = float("-inf")  # profile seconds up to this time are done
-        sweep = PeriodicCallback(self.forget, PROFILE_SWEEP_SECONDS * 1000)
-        worker.periodic_callbacks[self.name] = sweep
-        sweep.start()
+        super().setup(worker)
 
-    def teardown(self, worker) -> None:
-        sweep = worker.periodic_callbacks.pop(self.name, None)
-        if sweep is not None:
-            sweep.stop()
+    def tick(self) -> None:
+        self.forget()
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
         if finish == "executing":

@@ -24,9 +24,7 @@ import ctypes
 import ctypes.util
 import functools
 
-from distributed.diagnostics.plugin import WorkerPlugin
-
-from service.runtime.forgetting import is_run_span_annotation
+from service.runtime.forgetting import PeriodicWorkerPlugin, is_run_span_annotation
 
 TRIM_SECONDS = 10.0
 
@@ -50,28 +48,19 @@ def release_free_memory() -> bool:
     return True
 
 
-class ReleaseFreeMemory(WorkerPlugin):
+class ReleaseFreeMemory(PeriodicWorkerPlugin):
     """On each worker (workers that join later included): after the daemon's tasks ran,
     give the free pages of the worker's heap back, at most every TRIM_SECONDS. Registered
     by name: a restarted daemon replaces it."""
 
     name = "retrain-release-free-memory"
     idempotent = True
+    seconds = TRIM_SECONDS
 
     def setup(self, worker) -> None:
-        from tornado.ioloop import PeriodicCallback
-
-        self.worker = worker
         self.ran_since_trim = False  # one of the daemon's tasks ended since the last trim
         self.trims = 0
-        trim = PeriodicCallback(self.trim_if_ran, TRIM_SECONDS * 1000)
-        worker.periodic_callbacks[self.name] = trim
-        trim.start()
-
-    def teardown(self, worker) -> None:
-        trim = worker.periodic_callbacks.pop(self.name, None)
-        if trim is not None:
-            trim.stop()
+        super().setup(worker)
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
         if start == "executing" and not self.ran_since_trim:
@@ -79,7 +68,7 @@ class ReleaseFreeMemory(WorkerPlugin):
             if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
                 self.ran_since_trim = True
 
-    def trim_if_ran(self) -> None:
+    def tick(self) -> None:
         if self.ran_since_trim:
             self.ran_since_trim = False
             self.trims += release_free_memory()

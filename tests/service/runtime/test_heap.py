@@ -64,13 +64,13 @@ def test_workers_release_memory_after_the_daemons_tasks_only() -> None:
         with Client(cluster) as other:  # another client's task: nothing to do
             assert other.submit(sleep_a_little, 0.1).result() == 0.1
         assert not plugin.ran_since_trim
-        plugin.trim_if_ran()
+        plugin.tick()
         assert plugin.trims == 0
 
         with Client(cluster) as ours, dask.annotate(span=run_span()):
             assert ours.submit(sleep_a_little, 0.2).result() == 0.2
         assert plugin.ran_since_trim
-        plugin.trim_if_ran()
+        plugin.tick()
         assert plugin.trims == 1 and not plugin.ran_since_trim
-        plugin.trim_if_ran()  # nothing ran since
+        plugin.tick()  # nothing ran since
         assert plugin.trims == 1
