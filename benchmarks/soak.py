@@ -8,8 +8,8 @@
 One real `retrain watch` (its own home under benchmarks/work/, the default local cluster,
 the embedded Prefect API, `[window] last_files = 3`). Files of 1,000 rows, each from its
 own seed (never a duplicate), are dropped one at a time; after each is archived the
-benchmark records the drop-to-archived time, the resident memory of each role of the
-daemon's process tree (the daemon, its Dask workers, the Prefect API) and the size of each
+benchmark records the drop-to-archived time and, once the daemon is idle again, the resident
+memory of each role of the daemon's process tree (the daemon, its Dask workers, the Prefect API) and the size of each
 home folder. With ``--existing-cluster`` the daemon runs its tasks on a scheduler and
 workers started as separate processes, and their memory is measured as roles of their own.
 Writes benchmarks/soak.png (soak-cluster.png) and a section of benchmarks/soak-results.md
@@ -220,6 +220,22 @@ class SoakDaemon:
             time.sleep(0.01)
         raise TimeoutError(f"{name} was not settled within {timeout:.0f}s")
 
+    def wait_done_with_run(self, since: float, timeout: float = 60) -> None:
+        """Wait until the daemon has recorded the run and is idle again (its heartbeat, written
+        after it recorded a run and gave back what the run freed, says so after ``since``,
+        a ``time.time()``): memory is sampled there, not while the run's last steps run."""
+        deadline = time.monotonic() + timeout
+        heartbeat = self.home / "state" / "daemon.json"
+        while time.monotonic() < deadline:
+            try:
+                beat = json.loads(heartbeat.read_text())
+            except (OSError, ValueError):  # being replaced
+                beat = {}
+            if beat.get("state") not in (None, "running") and beat.get("heartbeat_unix", 0) >= since:
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"the daemon was not idle again within {timeout:.0f}s")
+
     def stop(self) -> None:
         if getattr(self, "ledger", None) is not None:
             self.ledger.close()
@@ -276,6 +292,9 @@ def soak(work: Path, files: int, warmup: int, settings: dict[str, str] | None = 
             dropped = daemon.drop(path)
             state = daemon.wait_settled(path.name)
             seconds = time.perf_counter() - dropped
+            # The heartbeat that follows the run may come before this poll saw the file settle;
+            # any idle one of the last half second does (a run lasts longer, and says "running").
+            daemon.wait_done_with_run(since=time.time() - 0.5)
             (tree_rss, tree_cpu), (cluster_rss, cluster_cpu) = tree_usage(daemon.proc.pid), cluster_usage(cluster)
             record = {"index": i, "warmup": i < warmup, "name": path.name, "state": state,
                       "seconds": seconds, "rss": {**tree_rss, **cluster_rss}, "cpu": {**tree_cpu, **cluster_cpu},

@@ -144,8 +144,7 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> str:
     registered on (a restarted one has another)."""
     from distributed import Client
 
-    from service.runtime.forgetting import ForgetFinishedRuns, ForgetRunProfiles
-    from service.runtime.heap import ReleaseFreeMemory
+    from service.runtime.forgetting import ForgetFinishedRuns, ForgetRunProfiles, ReleaseFreeMemory
     from service.runtime.warmup import ParentHandlesInterrupts, WarmUp
 
     started = time.perf_counter()

@@ -32,6 +32,9 @@ a busy worker's is a few hundred MiB once full, and a Prefect task's stack is de
 plugin the daemon registers, ``ForgetRunProfiles``, takes the daemon's tasks out of both
 ``PROFILE_GRACE_SECONDS`` after they were sampled: until then the dashboard's Profile page
 shows them; the samples of other clients' tasks stay, counted exactly as before.
+
+What a run freed on a worker stays resident in glibc's arenas (service.runtime.heap); a
+third plugin, ``ReleaseFreeMemory``, gives it back after the daemon's tasks ran there.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import uuid
 
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 from distributed.utils import key_split
+
+from service.runtime import heap
 
 RUN_SPAN_TAG = "retrain"
 # A span is removed this long after its last task ended: the workers report each span's
@@ -217,6 +222,32 @@ class ForgetRunProfiles(PeriodicWorkerPlugin):
                 removed += 1
             self.swept_until = when
         return removed
+
+
+class ReleaseFreeMemory(PeriodicWorkerPlugin):
+    """On each worker (workers that join later included): after the daemon's tasks ran,
+    give the free pages of the worker's heap back, at most every TRIM_SECONDS. Registered
+    by name: a restarted daemon replaces it."""
+
+    name = "retrain-release-free-memory"
+    idempotent = True
+    seconds = heap.TRIM_SECONDS
+
+    def setup(self, worker) -> None:
+        self.ran_since_trim = False  # one of the daemon's tasks ended since the last trim
+        self.trims = 0
+        super().setup(worker)
+
+    def transition(self, key, start: str, finish: str, **kwargs) -> None:
+        if start == "executing" and not self.ran_since_trim:
+            task = self.worker.state.tasks.get(key)
+            if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
+                self.ran_since_trim = True
+
+    def tick(self) -> None:
+        if self.ran_since_trim:
+            self.ran_since_trim = False
+            self.trims += heap.release_free_memory()
 
 
 def _subtract(total: dict, part: dict) -> None:

@@ -13,9 +13,14 @@ OS") but does not make it; its nanny's ``MALLOC_TRIM_THRESHOLD_`` only trims the
 each arena.
 
 The daemon calls ``release_free_memory`` after recording each run. On the workers, a plugin
-does it every ``TRIM_SECONDS`` after one of the daemon's tasks ended there; a worker that
-only runs other clients' tasks is left as it is. Elsewhere than glibc (macOS, musl) both do
-nothing.
+(``service.runtime.forgetting.ReleaseFreeMemory``) does it every ``TRIM_SECONDS`` after one
+of the daemon's tasks ended there; a worker that only runs other clients' tasks is left as it
+is. The servers the daemon starts as children (the embedded Prefect API) do it every
+``TRIM_SECONDS`` after they worked (``release_free_memory_after_work``). Elsewhere than glibc
+(macOS, musl) all of them do nothing.
+
+No import of Dask here: the API's process imports this module, and Dask would cost it
+24 MiB.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-
-from service.runtime.forgetting import PeriodicWorkerPlugin, is_run_span_annotation
+import threading
+import time
 
 TRIM_SECONDS = 10.0
+# CPU seconds a server must have used since its last trim for the next one: an idle
+# server's heap has nothing new to give back.
+BUSY_CPU_SECONDS = 0.05
 
 
 @functools.cache
@@ -48,27 +56,18 @@ def release_free_memory() -> bool:
     return True
 
 
-class ReleaseFreeMemory(PeriodicWorkerPlugin):
-    """On each worker (workers that join later included): after the daemon's tasks ran,
-    give the free pages of the worker's heap back, at most every TRIM_SECONDS. Registered
-    by name: a restarted daemon replaces it."""
+def release_free_memory_after_work(seconds: float = TRIM_SECONDS) -> threading.Event:
+    """Start a thread that gives this process's free pages back every ``seconds`` during
+    which it worked (used CPU): for a server, whose requests free their memory on threads
+    of their own. Setting the returned event ends the thread."""
+    stop = threading.Event()
 
-    name = "retrain-release-free-memory"
-    idempotent = True
-    seconds = TRIM_SECONDS
+    def trim_after_work() -> None:
+        trimmed_at = time.process_time()
+        while not stop.wait(seconds):
+            if time.process_time() - trimmed_at >= BUSY_CPU_SECONDS:
+                release_free_memory()
+                trimmed_at = time.process_time()
 
-    def setup(self, worker) -> None:
-        self.ran_since_trim = False  # one of the daemon's tasks ended since the last trim
-        self.trims = 0
-        super().setup(worker)
-
-    def transition(self, key, start: str, finish: str, **kwargs) -> None:
-        if start == "executing" and not self.ran_since_trim:
-            task = self.worker.state.tasks.get(key)
-            if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
-                self.ran_since_trim = True
-
-    def tick(self) -> None:
-        if self.ran_since_trim:
-            self.ran_since_trim = False
-            self.trims += release_free_memory()
+    threading.Thread(target=trim_after_work, name="release-free-memory", daemon=True).start()
+    return stop

@@ -14,12 +14,18 @@ two differences that make it a child the daemon owns:
   the server then stops gracefully, and is ended by force after ``ORPHAN_GRACE_SECONDS``.
   A pipe rather than Linux's parent-death signal: that one fires when the *thread* that
   started the child ends, and the daemon starts its API from a short-lived thread.
+
+And it gives the memory its requests freed back to the system, every few seconds in which it
+worked (``service.runtime.heap``): a long-lived server's heap would otherwise keep every page
+it once used.
 """
 
 import os
 import signal
 import sys
 import threading
+
+from service.runtime import heap
 
 # What the daemon sends to stop the child gracefully (uvicorn's should_exit).
 STOP_SIGNAL = signal.SIGUSR1
@@ -70,6 +76,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(STOP_SIGNAL, signal.SIG_IGN)  # until the server listens: uvicorn restores this, exit 0
     threading.Thread(target=_stop_when_parent_exits, name="tether", daemon=True).start()
+    heap.release_free_memory_after_work()  # for as long as the process lives
     if module == "uvicorn":
         import uvicorn.server
 

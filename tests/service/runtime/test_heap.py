@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import dask
 import psutil
 import pytest
 from distributed import Client, LocalCluster
 
-from service.runtime.forgetting import run_span
-from service.runtime.heap import ReleaseFreeMemory, release_free_memory
+from service.runtime.forgetting import ReleaseFreeMemory, run_span
+from service.runtime import heap
+from service.runtime.heap import release_free_memory, release_free_memory_after_work
 
 MIB = 1024 * 1024
 
@@ -43,6 +45,33 @@ def test_the_pages_a_run_freed_go_back_to_the_system() -> None:
     after = process.memory_info().rss
     assert before - after > 50 * MIB, (before / MIB, after / MIB)
     assert len(kept) == 3000 and all(len(block) == 1004 for block in kept)  # the live blocks are intact
+
+
+@glibc_only
+def test_a_server_gives_back_what_its_work_freed_and_leaves_an_idle_heap_alone(monkeypatch) -> None:
+    trims = []
+
+    def counted_trim() -> bool:
+        trims.append(time.monotonic())
+        return release_free_memory()
+
+    monkeypatch.setattr(heap, "release_free_memory", counted_trim)
+    process = psutil.Process()
+    stop = release_free_memory_after_work(seconds=0.3)
+    try:
+        time.sleep(1.0)  # idle: no CPU used, nothing to give back
+        assert trims == []
+
+        kept = fragment_a_thread_arena()  # a request's work (and the CPU it used)
+        fragmented = process.memory_info().rss
+        deadline = time.monotonic() + 5
+        while not trims and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trims, "no trim after the work"
+        assert fragmented - process.memory_info().rss > 50 * MIB, (fragmented / MIB, process.memory_info().rss / MIB)
+        assert len(kept) == 3000 and all(len(block) == 1004 for block in kept)
+    finally:
+        stop.set()
 
 
 def sleep_a_little(seconds: float) -> float:
