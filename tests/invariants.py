@@ -19,6 +19,8 @@ FOLDER_OF_STATE = {
     FileState.QUARANTINED: "quarantine",
     FileState.DUPLICATE: "duplicates",
 }
+# With a working daemon: up to this many checks, 0.1 s apart; one that passes is enough.
+IN_FLIGHT_CHECKS = 10
 
 
 def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]:
@@ -34,9 +36,6 @@ def check_invariant(home: Path, allow_in_flight: bool = False) -> dict[str, int]
         except AssertionError:
             time.sleep(0.1)
     return _check_once(home, allow_in_flight=True)
-
-
-IN_FLIGHT_CHECKS = 10
 
 
 def _check_once(home: Path, allow_in_flight: bool) -> dict[str, int]:
