@@ -15,8 +15,8 @@ two differences that make it a child the daemon owns:
   A pipe rather than Linux's parent-death signal: that one fires when the *thread* that
   started the child ends, and the daemon starts its API from a short-lived thread.
 
-And it gives the memory its requests freed back to the system, every few seconds in which it
-worked (``service.runtime.heap``): a long-lived server's heap would otherwise keep every page
+And it gives the memory its requests freed back to the system every few seconds
+(``service.runtime.heap``): a long-lived server's heap would otherwise keep every page
 it once used.
 """
 
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(STOP_SIGNAL, signal.SIG_IGN)  # until the server listens: uvicorn restores this, exit 0
     threading.Thread(target=_stop_when_parent_exits, name="tether", daemon=True).start()
-    heap.release_free_memory_after_work()  # for as long as the process lives
+    heap.release_free_memory_periodically()  # for as long as the process lives
     if module == "uvicorn":
         import uvicorn.server
 
