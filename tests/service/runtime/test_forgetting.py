@@ -8,6 +8,7 @@ import time
 
 import dask
 import pytest
+from dask.utils import key_split
 from distributed import Client, LocalCluster, span
 
 from service.runtime.forgetting import (PROFILE_GRACE_SECONDS, SPAN_GRACE_SECONDS, ForgetFinishedRuns,
@@ -82,8 +83,11 @@ def test_forgets_the_runs_spans_and_topics_but_nothing_of_other_clients(cluster,
         assert plugin.forget_spans(scheduler) == 0
         assert ours_ids <= set(spans.spans)
         wait_for_span_metrics_reported(cluster)
+        key_split(f"double-{runs[-1][1]['ids'][0]}")  # a key met since the last client left
+        assert key_split.cache_info().currsize > 0
         # After the grace: gone, from every index of the extension.
         assert plugin.forget(scheduler, now=time.monotonic() + SPAN_GRACE_SECONDS + 1)[0] == 3
+        assert key_split.cache_info().currsize == 0  # and Dask's memo of their prefixes
         assert not ours_ids & set(spans.spans)
         assert all(s.name[:1] != ("retrain",) for s in spans.root_spans)
         assert ("retrain",) not in spans.spans_search_by_name

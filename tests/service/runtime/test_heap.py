@@ -12,6 +12,7 @@ import weakref
 import dask
 import psutil
 import pytest
+from dask.utils import key_split
 from distributed import Client, LocalCluster
 
 from service.runtime.forgetting import ReleaseFreeMemory, run_span
@@ -107,7 +108,9 @@ def test_workers_release_memory_after_the_daemons_tasks_only() -> None:
         with Client(cluster) as ours, dask.annotate(span=run_span()):
             assert ours.submit(sleep_a_little, 0.2).result() == 0.2
         assert plugin.ran_since_trim
+        assert key_split.cache_info().currsize > 0
         plugin.tick()
         assert plugin.trims == 1 and not plugin.ran_since_trim
+        assert key_split.cache_info().currsize == 0  # the memo of the keys' prefixes too (service.runtime.forgetting)
         plugin.tick()  # nothing ran since
         assert plugin.trims == 1
