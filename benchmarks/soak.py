@@ -8,9 +8,9 @@
 One real `retrain watch` (its own home under benchmarks/work/, the default local cluster,
 the embedded Prefect API, `[window] last_files = 3`). Files of 1,000 rows, each from its
 own seed (never a duplicate), are dropped one at a time; after each is archived the
-benchmark records the drop-to-archived time and, once the daemon is idle again, the resident
-memory of each role of the daemon's process tree (the daemon, its Dask workers, the Prefect API) and the size of each
-home folder. With ``--existing-cluster`` the daemon runs its tasks on a scheduler and
+benchmark records the drop-to-archived time and, once the daemon is idle again, the
+resident memory of each role of the daemon's process tree (the daemon, its Dask workers,
+the Prefect API) and the size of each home folder. With ``--existing-cluster`` the daemon runs its tasks on a scheduler and
 workers started as separate processes, and their memory is measured as roles of their own.
 Writes benchmarks/soak.png (soak-cluster.png) and a section of benchmarks/soak-results.md
 (soak-quick-results.md for --quick): the growth of memory per run (linear fit over the
