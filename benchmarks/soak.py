@@ -225,7 +225,9 @@ class SoakDaemon:
         after it recorded a run and gave back what the run freed, says so after ``since``,
         a ``time.time()``): memory is sampled there, not while the run's last steps run."""
         deadline = time.monotonic() + timeout
-        heartbeat = self.home / "state" / "daemon.json"
+        from service.intake.home import Home
+
+        heartbeat = Home(self.home).heartbeat_path
         while time.monotonic() < deadline:
             try:
                 beat = json.loads(heartbeat.read_text())

@@ -84,8 +84,6 @@ def test_a_server_gives_back_what_its_requests_freed() -> None:
 
 
 def sleep_a_little(seconds: float) -> float:
-    import time
-
     time.sleep(seconds)
     return seconds
 
