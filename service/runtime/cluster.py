@@ -138,13 +138,14 @@ def long_lived_cluster_options() -> dict:
 def warm_up_workers(address: str, own_cluster: bool = False) -> str:
     """Import the flow's code on every worker now (and on workers that join later); the
     workers of this process's own cluster leave Ctrl+C to it; the scheduler forgets each
-    run once it is over, and the workers take its tasks out of their profile
-    (service.runtime.forgetting); the workers give the memory its tasks freed back to the
+    run once it is over, and the workers take its tasks out of their profile and their
+    metrics (service.runtime.forgetting); the workers give the memory its tasks freed back to the
     system (service.runtime.heap). Returns the id of the scheduler the plugins were
     registered on (a restarted one has another)."""
     from distributed import Client
 
-    from service.runtime.forgetting import ForgetFinishedRuns, ForgetRunProfiles, ReleaseFreeMemory
+    from service.runtime.forgetting import (ForgetFinishedRuns, ForgetRunMetrics, ForgetRunProfiles,
+                                            ReleaseFreeMemory)
     from service.runtime.warmup import ParentHandlesInterrupts, WarmUp
 
     started = time.perf_counter()
@@ -152,8 +153,9 @@ def warm_up_workers(address: str, own_cluster: bool = False) -> str:
         client.register_plugin(WarmUp())
         if own_cluster:  # after WarmUp: Prefect's loggers exist by then, to be made one-line
             client.register_plugin(ParentHandlesInterrupts())
-        else:  # workers that keep Dask's profiler (the own cluster's processes run without it)
+        else:  # workers that keep Dask's profiler and spans (the own cluster's run without them)
             client.register_plugin(ForgetRunProfiles())
+            client.register_plugin(ForgetRunMetrics())
         client.register_plugin(ReleaseFreeMemory())
         try:
             client.register_plugin(ForgetFinishedRuns())

@@ -33,8 +33,16 @@ plugin the daemon registers, ``ForgetRunProfiles``, takes the daemon's tasks out
 ``PROFILE_GRACE_SECONDS`` after they were sampled: until then the dashboard's Profile page
 shows them; the samples of other clients' tasks stay, counted exactly as before.
 
+Each worker also adds up how long its tasks spent on what (Dask's fine performance metrics:
+``Worker.digests_total`` and ``digests_max``) under a key per span, task prefix and activity,
+and never removes a span's keys: some 18 keys a run on each worker, for ever. The scheduler
+has its own copy of them (each heartbeat sends what is new), and on the worker nothing of
+Dask reads them but its tests. No upstream issue tracks it; a worker plugin,
+``ForgetRunMetrics``, removes the keys of the daemon's spans once the worker holds none of
+their tasks (minimal reproduction: ``test_forgetting.py``).
+
 What a run freed on a worker stays resident in glibc's arenas (service.runtime.heap); a
-third plugin, ``ReleaseFreeMemory``, gives it back after the daemon's tasks ran there.
+plugin, ``ReleaseFreeMemory``, gives it back after the daemon's tasks ran there.
 
 Every process of Dask memoizes the prefix of each task key it meets (``dask.utils.key_split``,
 for the last 100,000 distinct keys), and every run's keys are new: a memo that fills over
@@ -229,6 +237,48 @@ class ForgetRunProfiles(PeriodicWorkerPlugin):
                 _subtract(tree, per_prefix.pop(prefix))
                 removed += 1
             self.swept_until = when
+        return removed
+
+
+class ForgetRunMetrics(PeriodicWorkerPlugin):
+    """On each worker (workers that join later included): removes the daemon's finished
+    runs from the worker's fine performance metrics (see the module) once the worker holds
+    no task of their span. Other clients' keys stay. Registered by name: a restarted
+    daemon replaces it."""
+
+    name = "retrain-forget-run-metrics"
+    idempotent = True
+    seconds = PROFILE_SWEEP_SECONDS
+
+    def setup(self, worker) -> None:
+        self.span_ids: set[str] = set()  # spans of the daemon's tasks that ran on this worker
+        super().setup(worker)
+
+    def tick(self) -> None:
+        self.forget()
+
+    def transition(self, key, start: str, finish: str, **kwargs) -> None:
+        if finish == "executing":
+            task = self.worker.state.tasks.get(key)
+            if (task is not None and task.span_id is not None
+                    and is_run_span_annotation((task.annotations or {}).get("span"))):
+                self.span_ids.add(task.span_id)
+
+    def forget(self) -> int:
+        """Remove the metrics of the daemon's spans of which the worker holds no task;
+        returns how many keys."""
+        from distributed.spans import CONTEXTS_WITH_SPAN_ID
+
+        done = self.span_ids - {task.span_id for task in self.worker.state.tasks.values()}
+        if not done:
+            return 0
+        removed = 0
+        for metrics in (self.worker.digests_total, self.worker.digests_max, self.worker.digests or {}):
+            for key in list(metrics):
+                if (isinstance(key, tuple) and len(key) > 1 and key[0] in CONTEXTS_WITH_SPAN_ID
+                        and key[1] in done):
+                    removed += metrics.pop(key, None) is not None
+        self.span_ids -= done
         return removed
 
 

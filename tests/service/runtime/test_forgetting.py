@@ -12,7 +12,7 @@ from dask.utils import key_split
 from distributed import Client, LocalCluster, span
 
 from service.runtime.forgetting import (PROFILE_GRACE_SECONDS, SPAN_GRACE_SECONDS, ForgetFinishedRuns,
-                                        ForgetRunProfiles, run_span)
+                                        ForgetRunMetrics, ForgetRunProfiles, run_span)
 
 
 def double(x: int) -> int:
@@ -208,3 +208,48 @@ def test_workers_take_the_daemons_tasks_out_of_their_profile_after_the_grace(clu
     assert [keys["spin_theirs"]["count"] for _, keys in sampled if "spin_theirs" in keys] == theirs_before
     # A sweep after that has nothing left to take.
     assert plugin.forget(now=time.time() + PROFILE_GRACE_SECONDS + 2) == 0
+
+
+def span_ids_in(metrics: dict) -> set:
+    from distributed.spans import CONTEXTS_WITH_SPAN_ID
+
+    return {k[1] for k in metrics if isinstance(k, tuple) and k[0] in CONTEXTS_WITH_SPAN_ID}
+
+
+def test_workers_remove_the_daemons_runs_from_their_metrics_once_they_hold_none_of_its_tasks(cluster):
+    worker = next(iter(cluster.workers.values()))
+    with Client(cluster) as setup:
+        setup.register_plugin(ForgetRunMetrics())
+    plugin = worker.plugins[ForgetRunMetrics.name]
+    with Client(cluster) as other, Client(cluster) as ours:
+        with span("their-work") as their_span:
+            assert other.submit(triple, 7).result() == 21
+        # Three runs, a client each: Dask adds keys for each one's span and keeps them all.
+        runs = [run_span() for _ in range(3)]
+        for i, annotation in enumerate(runs[:2]):
+            with Client(cluster) as run_client, dask.annotate(span=annotation):
+                assert run_client.submit(double, 200 + i).result() == 400 + 2 * i
+        with dask.annotate(span=runs[2]):
+            held = ours.submit(double, 300)  # a run whose result is still held
+            assert held.result() == 600
+        ours_ids = {annotation["ids"][-1] for annotation in runs}
+        wait_until(lambda: ours_ids <= span_ids_in(worker.digests_total))
+        assert ours_ids <= span_ids_in(worker.digests_total) and ours_ids <= span_ids_in(worker.digests_max)
+        assert plugin.span_ids == ours_ids
+        # Once the worker holds none of a run's tasks, its keys go; the held run's stay.
+        finished = {runs[0]["ids"][-1], runs[1]["ids"][-1]}
+        wait_until(lambda: not {t.span_id for t in worker.state.tasks.values()} & finished)
+        theirs_before = {k: v for k, v in worker.digests_total.items() if isinstance(k, tuple) and their_span in k}
+        assert theirs_before
+        assert plugin.forget() > 0
+        for metrics in (worker.digests_total, worker.digests_max):
+            assert not span_ids_in(metrics) & finished
+            assert runs[2]["ids"][-1] in span_ids_in(metrics)
+        assert {k: v for k, v in worker.digests_total.items()
+                if isinstance(k, tuple) and their_span in k} == theirs_before  # other clients' stay
+        assert "latency" in worker.digests_total  # and the worker's own
+        del held
+        wait_until(lambda: runs[2]["ids"][-1] not in {t.span_id for t in worker.state.tasks.values()})
+        assert plugin.forget() > 0
+        assert not span_ids_in(worker.digests_total) & ours_ids
+        assert plugin.span_ids == set() and plugin.forget() == 0
