@@ -191,6 +191,14 @@ class PeriodicWorkerPlugin(WorkerPlugin):
     def tick(self) -> None:
         raise NotImplementedError
 
+    def daemons_task(self, key):
+        """The worker's task ``key`` if it is one of the daemon's (in one of its runs'
+        spans), else None."""
+        task = self.worker.state.tasks.get(key)
+        if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
+            return task
+        return None
+
 
 class ForgetRunProfiles(PeriodicWorkerPlugin):
     """On each worker (workers that join later included): takes the daemon's tasks out of
@@ -213,10 +221,8 @@ class ForgetRunProfiles(PeriodicWorkerPlugin):
         self.forget()
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
-        if finish == "executing":
-            task = self.worker.state.tasks.get(key)
-            if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
-                self.prefixes.add(key_split(key))
+        if finish == "executing" and self.daemons_task(key) is not None:
+            self.prefixes.add(key_split(key))
 
     def forget(self, now: float | None = None) -> int:
         """Take the daemon's tasks out of the profile's seconds older than the grace;
@@ -258,11 +264,9 @@ class ForgetRunMetrics(PeriodicWorkerPlugin):
         self.forget()
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
-        if finish == "executing":
-            task = self.worker.state.tasks.get(key)
-            if (task is not None and task.span_id is not None
-                    and is_run_span_annotation((task.annotations or {}).get("span"))):
-                self.span_ids.add(task.span_id)
+        task = self.daemons_task(key) if finish == "executing" else None
+        if task is not None and task.span_id is not None:
+            self.span_ids.add(task.span_id)
 
     def forget(self) -> int:
         """Remove the metrics of the daemon's spans of which the worker holds no task;
@@ -297,10 +301,8 @@ class ReleaseFreeMemory(PeriodicWorkerPlugin):
         super().setup(worker)
 
     def transition(self, key, start: str, finish: str, **kwargs) -> None:
-        if start == "executing" and not self.ran_since_trim:
-            task = self.worker.state.tasks.get(key)
-            if task is not None and is_run_span_annotation((task.annotations or {}).get("span")):
-                self.ran_since_trim = True
+        if start == "executing" and not self.ran_since_trim and self.daemons_task(key) is not None:
+            self.ran_since_trim = True
 
     def tick(self) -> None:
         if self.ran_since_trim:

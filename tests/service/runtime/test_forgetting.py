@@ -178,11 +178,17 @@ def frame_names(tree: dict) -> set[str]:
     return names
 
 
-def test_workers_take_the_daemons_tasks_out_of_their_profile_after_the_grace(cluster):
+def registered_on_the_worker(cluster, plugin):
+    """The cluster's worker and the worker plugin as the daemon registers it (through a
+    client), as the worker holds it."""
     worker = next(iter(cluster.workers.values()))
     with Client(cluster) as setup:
-        setup.register_plugin(ForgetRunProfiles())
-    plugin = worker.plugins[ForgetRunProfiles.name]
+        setup.register_plugin(plugin)
+    return worker, worker.plugins[plugin.name]
+
+
+def test_workers_take_the_daemons_tasks_out_of_their_profile_after_the_grace(cluster):
+    worker, plugin = registered_on_the_worker(cluster, ForgetRunProfiles())
     with Client(cluster) as ours, Client(cluster) as other:
         with dask.annotate(span=run_span()):
             assert ours.submit(spin_ours, 1.5).result() > 0
@@ -217,10 +223,7 @@ def span_ids_in(metrics: dict) -> set:
 
 
 def test_workers_remove_the_daemons_runs_from_their_metrics_once_they_hold_none_of_its_tasks(cluster):
-    worker = next(iter(cluster.workers.values()))
-    with Client(cluster) as setup:
-        setup.register_plugin(ForgetRunMetrics())
-    plugin = worker.plugins[ForgetRunMetrics.name]
+    worker, plugin = registered_on_the_worker(cluster, ForgetRunMetrics())
     with Client(cluster) as other, Client(cluster) as ours:
         with span("their-work") as their_span:
             assert other.submit(triple, 7).result() == 21
