@@ -1,6 +1,7 @@
 """Threads that parse with ``ast`` at once (numpy's .npy headers, so every skops model load)
 must not break each other's AST construction (python/cpython#106905; core.ast_guard)."""
 
+import ast
 import builtins
 import gc
 import io
@@ -11,7 +12,10 @@ import threading
 import numpy as np
 import pytest
 
+from core import ast_guard
 from core.ast_guard import compile_one_at_a_time
+
+BUILTIN_COMPILE = compile_one_at_a_time.__wrapped__
 
 
 def _npy(shape: tuple[int, ...]) -> bytes:
@@ -24,8 +28,12 @@ class _LetAnotherThreadIn:
     """A finalizer that, at the ``countdown``-th garbage collection, lets another thread load
     an array (parse its header) while this thread is wherever the collection caught it."""
 
-    countdown = 0
+    countdown = -1
     other_errors: list[str] = []
+    others: list[threading.Thread] = []
+    # How long this thread waits for the other one: with the guard the other thread waits
+    # for this one's parse (so not for ever); without it, it ends at once.
+    patience = 0.5
 
     def __init__(self) -> None:
         self.me = self  # a cycle: only the collector frees it
@@ -37,9 +45,9 @@ class _LetAnotherThreadIn:
             _LetAnotherThreadIn()  # for the next collection
         elif cls.countdown == 0:
             other = threading.Thread(target=cls.load_deeper, args=(_npy((3, 4)), 25))
+            cls.others.append(other)
             other.start()
-            # With the guard the other thread waits for this one's parse: do not wait forever.
-            other.join(timeout=0.5)
+            other.join(timeout=cls.patience)
 
     @classmethod
     def load_deeper(cls, data: bytes, frames: int) -> None:
@@ -52,19 +60,41 @@ class _LetAnotherThreadIn:
             cls.other_errors.append(str(exc))
 
 
-def _interleaved_loads() -> list[str]:
-    """Load one array while a garbage collection inside its header's parse lets a second
-    thread load another, for each of several points of the parse; the errors seen."""
-    errors, data, threshold = [], _npy((1000, 20)), gc.get_threshold()
-    _LetAnotherThreadIn.other_errors = []
-    try:
-        for countdown in range(1, 12):
+class _CountFromTheParse:
+    """The builtin ``compile``, which, once armed, starts the countdown of collections when
+    the next parse to an AST begins (collecting at every allocation from there): each
+    countdown lands at the same point of the parse whatever the process did before."""
+
+    def __init__(self) -> None:
+        self.armed_with: int | None = None
+
+    def __call__(self, source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **kwargs):
+        countdown, self.armed_with = self.armed_with, None
+        if countdown is not None and flags & ast.PyCF_ONLY_AST:
             gc.collect()
             gc.disable()
             _LetAnotherThreadIn.countdown = countdown
             _LetAnotherThreadIn()
             gc.set_threshold(1)  # collect at every allocation: the collection lands inside the parse
             gc.enable()
+        return BUILTIN_COMPILE(source, filename, mode, flags, dont_inherit, optimize, **kwargs)
+
+
+def _interleaved_loads(guarded: bool, patience: float) -> list[str]:
+    """Load one array while a garbage collection inside its header's parse lets a second
+    thread load another, for each of several points of the parse, through the guard or
+    through the builtin ``compile`` alone; the errors seen."""
+    errors, data, threshold = [], _npy((1000, 20)), gc.get_threshold()
+    _LetAnotherThreadIn.other_errors, _LetAnotherThreadIn.patience = [], patience
+    counting = _CountFromTheParse()
+    saved = builtins.compile, ast_guard._compile
+    if guarded:  # the guard's lock around the counting compile
+        ast_guard._compile = counting
+    else:
+        builtins.compile = counting
+    try:
+        for countdown in range(1, 16):
+            counting.armed_with = countdown
             try:
                 np.load(io.BytesIO(data))
             except SystemError as exc:
@@ -72,7 +102,10 @@ def _interleaved_loads() -> list[str]:
             finally:
                 gc.set_threshold(*threshold)
                 _LetAnotherThreadIn.countdown = -1
+                while _LetAnotherThreadIn.others:  # done before the next point (or the next test)
+                    _LetAnotherThreadIn.others.pop().join()
     finally:
+        builtins.compile, ast_guard._compile = saved
         gc.set_threshold(*threshold)
         gc.enable()
     return errors + _LetAnotherThreadIn.other_errors
@@ -83,18 +116,13 @@ def test_the_guard_is_installed_by_importing_our_code() -> None:
 
 
 def test_threads_loading_arrays_at_once_do_not_break_each_others_parse() -> None:
-    assert _interleaved_loads() == []
+    assert _interleaved_loads(guarded=True, patience=0.5) == []
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 13), reason="the counter is per call from Python 3.13 on")
 def test_without_the_guard_the_same_interleaving_fails() -> None:
     """The test above can fail: with the builtin compile, the interleaving breaks the parse."""
-    guarded = builtins.compile
-    builtins.compile = compile_one_at_a_time.__wrapped__
-    try:
-        errors = _interleaved_loads()
-    finally:
-        builtins.compile = guarded
+    errors = _interleaved_loads(guarded=False, patience=10.0)
     assert any("AST constructor recursion depth mismatch" in e for e in errors), errors
 
 
