@@ -224,6 +224,10 @@ def span_ids_in(metrics: dict) -> set:
 
 def test_workers_remove_the_daemons_runs_from_their_metrics_once_they_hold_none_of_its_tasks(cluster):
     worker, plugin = registered_on_the_worker(cluster, ForgetRunMetrics())
+    sweeps = worker.periodic_callbacks[ForgetRunMetrics.name]  # every PROFILE_SWEEP_SECONDS
+    assert sweeps.is_running()
+    worker.loop.add_callback(sweeps.stop)  # from here the test sweeps, when it chooses
+    wait_until(lambda: not sweeps.is_running())
     with Client(cluster) as other, Client(cluster) as ours:
         with span("their-work") as their_span:
             assert other.submit(triple, 7).result() == 21
